@@ -1,0 +1,1 @@
+"""research: pretrain, fine-tune, evaluate and compress Transformer models with JAX and Flax."""

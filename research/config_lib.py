@@ -1,0 +1,60 @@
+"""Helpers for `configs/*.py`: argument parsing and the config sections every recipe shares.
+
+A config file's `get_config(arg)` receives the text after ':' in `--config=configs/x.py:arg`,
+e.g. 'size=tiny,runlocal'; `parse_arg` turns it into typed fields (bare names are booleans).
+"""
+import ml_collections
+
+from research.errors import UserError
+from research.models.config import SIZES
+from research.sharding import DEFAULT_RULES
+
+
+def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
+  """'size=tiny,runlocal' -> ConfigDict(size='tiny', runlocal=True), typed like `defaults`."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    if key not in defaults:
+      raise UserError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = (value.lower() in ("1", "true", "yes")) if eq else True
+    else:
+      try:
+        out[key] = kind(value)
+      except ValueError:
+        raise UserError(f"config argument {key}={value!r} is not a {kind.__name__}") from None
+  return out
+
+
+def model(kind: str, size: str, heads: tuple, *, dtype: str = "bfloat16"):
+  """The `model` section: a named size of the BERT encoder or GPT-2 decoder."""
+  if size not in SIZES:
+    raise UserError(f"unknown size {size!r}; known: {list(SIZES)}")
+  layers, hidden, num_heads = SIZES[size]
+  encoder = kind == "encoder"
+  return ml_collections.ConfigDict(dict(
+      kind=kind, vocab_size=-1, hidden_size=hidden, num_layers=layers, num_heads=num_heads,
+      mlp_dim=4 * hidden, max_len=512 if encoder else 1024, type_vocab_size=2 if encoder else 0,
+      dropout_rate=0.1, layer_norm_eps=1e-12 if encoder else 1e-5,
+      activation="gelu" if encoder else "gelu_tanh", dtype=dtype, param_dtype="float32",
+      heads=heads, tie_embeddings=True, attention_impl=ml_collections.FieldReference(None, str)))
+
+
+def optim(learning_rate: float, weight_decay: float = 0.01):
+  return ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=learning_rate, b1=0.9, b2=0.98, eps=1e-6,
+      weight_decay=weight_decay, clip_norm=1.0,
+      # Parameters matching any of these path regexes get no weight decay.
+      no_decay=(r"bias$", r"(^|/)ln[^/]*/scale$", r"embed/embedding$")))
+
+
+def common(config):
+  """Adds the sections every recipe shares (mesh, sharding rules, checkpoints, init, logging)."""
+  config.mesh = dict(data=-1, fsdp=1, tensor=1)
+  config.sharding_rules = DEFAULT_RULES
+  config.ckpt = dict(every_steps=1000, keep=3, use_async=True)
+  config.init = {"resume": "", "from": "", "exclude": ()}
+  config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True)
+  return config

@@ -1,0 +1,20 @@
+"""Two-way classifier on the pooled [CLS] output: next-sentence (NSP) or sentence-order (SOP)."""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from research.models import layers
+from research.models.config import ModelConfig
+
+
+class SentencePairHead(nn.Module):
+  """Adds 'sentence_pair_logits' (batch, 2) in float32; label 0 = in order / is next."""
+  cfg: ModelConfig
+  uses_token_embedding = False
+
+  @nn.compact
+  def __call__(self, outputs, masked_positions=None, deterministic=True):
+    cfg = self.cfg
+    logits = nn.Dense(2, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                      kernel_init=layers.normal_init(("embed_out", None)),
+                      bias_init=layers.zeros_init((None,)), name="classifier")(outputs["pooled"])
+    return {"sentence_pair_logits": logits.astype(jnp.float32)}

@@ -1,0 +1,103 @@
+r"""Command line: `python -m research.main --config=configs/FILE.py[:ARGS] --workdir=DIR`.
+
+Flags:
+  --config     a config file, optionally with arguments after ':' (see its docstring), then any
+               number of overrides `--config.SECTION.KEY=VALUE` (the config is locked: a
+               misspelt key is an error, with a did-you-mean).
+  --workdir    where checkpoints, metrics, TensorBoard events, the tokenizer and the summary go;
+               rerunning the same command resumes from its latest checkpoint.
+  --verbose    show the full traceback of a bad-input error instead of one line.
+
+Everything here is `research.train.run(config, workdir)`, which tests and notebooks call directly.
+Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
+"""
+import difflib
+import json
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from research.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str):
+  """Prints one line on stderr and exits: the end of every bad-input path."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def _one_line(error: Exception) -> str:
+  """A flag/config error as one readable line (keeps ml_collections' did-you-mean)."""
+  text = str(error.args[0]) if error.args else str(error)
+  text = text.strip().strip("'\"").replace("\\n", " ")
+  did_you_mean = [l for l in text.splitlines() if l.startswith("Did you mean")]
+  first = text.splitlines()[0] if text else type(error).__name__
+  if "Other fields present" in first:  # drop the dump of every field
+    first = first.split(". Other fields present")[0]
+  return " ".join([first] + did_you_mean)
+
+
+def parse_flags(argv):
+  verbose = "--verbose" in argv
+  try:
+    return FLAGS(argv)
+  except UserError as e:
+    if verbose:
+      raise
+    fail(e)
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    if verbose:
+      raise
+    cause = e.__cause__ or e.__context__ or e
+    fail(f"bad flags: {_one_line(cause if isinstance(cause, (KeyError, AttributeError)) else e)}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}; did you mean {_suggest(argv[1])}?")
+  configure_logging()
+  from research import train  # pylint: disable=g-import-not-at-top  (jax import after flags)
+  try:
+    summary = train.run(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    if FLAGS.verbose:
+      raise
+    fail(e)
+  print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def configure_logging():
+  """Our INFO lines on stderr; libraries (orbax, jax) only from WARNING up."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+  ours = logging.getLogger("research")
+  ours.handlers[:] = [handler]
+  ours.setLevel(logging.INFO)
+  ours.propagate = False
+
+
+def _suggest(arg: str) -> str:
+  options = ["--config", "--workdir", "--verbose", "--config.train.steps"]
+  match = difflib.get_close_matches(arg.split("=")[0], options, n=1)
+  return repr(match[0]) if match else "a --flag=value"
+
+
+def entry():
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,29 @@
+"""GPT-2-style decoder: learned positions, pre-LN blocks, causal attention, final LayerNorm."""
+import flax.linen as nn
+
+from research.models import layers
+from research.models.config import ModelConfig
+
+
+class Decoder(nn.Module):
+  """Causal decoder over already-embedded tokens; returns {'hidden': (batch, length, hidden)}.
+
+  With `segment_ids`, packed documents do not attend to each other and `positions` restart at
+  each document (see `research.models.layers.positions_from_segments`).
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, token_embeddings, attention_mask, token_type_ids, segment_ids, positions,
+               deterministic: bool):
+    del token_type_ids  # GPT-2 has none
+    cfg = self.cfg
+    x = token_embeddings + nn.Embed(
+        cfg.max_len, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+        embedding_init=layers.normal_init((None, "embed")), name="position_embed")(positions)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = layers.constrain_hidden(x)
+    mask = layers.attention_mask(attention_mask, segment_ids, causal=True)
+    for i in range(cfg.num_layers):
+      x = layers.TransformerBlock(cfg, pre_norm=True, name=f"layer_{i}")(x, mask, deterministic)
+    return {"hidden": layers.layer_norm(cfg, "ln_final")(x)}

@@ -1,0 +1,47 @@
+"""Training FLOPs and model-FLOPs utilisation (MFU).
+
+FLOPs of one training step = 3 x forward FLOPs (backward costs twice the forward), counting a
+multiply-add as 2 FLOPs and only matrix multiplications. Forward FLOPs per sequence of length T,
+hidden d, MLP width f, L layers, vocabulary V:
+  per layer   2T(4d^2)     query/key/value/output projections
+            + 2T(2df)      MLP
+            + 2(2T^2 d)    attention scores and weighted sum (causal attention counted in full,
+                           as PaLM's appendix B does, so MFU is comparable across models)
+  MLM head    2P(d^2 + dV) on the P = max_predictions gathered positions only
+  LM head     2T dV
+Recomputation (remat) is not counted: this is *model* FLOPs utilisation.
+MFU = FLOPs per step x steps per second / (peak FLOP/s per device x devices). Peaks are dense
+bf16 figures from vendor datasheets; set `config.logging.peak_tflops` to override (e.g. for a
+chip not in the table, or float32 compute). On CPU no peak is known and MFU is reported as null.
+"""
+import jax
+
+# Dense bf16 peak FLOP/s per device, matched against `device.device_kind` (first match wins).
+PEAK_FLOPS = (
+    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12),
+    ("A10", 125e12), ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5", 197e12),
+    ("TPU v4", 275e12), ("TPU v3", 123e12),
+)
+
+
+def forward_flops_per_sequence(model_cfg, seq_len: int, max_predictions: int = 0) -> float:
+  d, f, L, V, T = (model_cfg.hidden_size, model_cfg.mlp_dim, model_cfg.num_layers,
+                   model_cfg.vocab_size, seq_len)
+  flops = L * (2 * T * 4 * d * d + 2 * T * 2 * d * f + 2 * 2 * T * T * d)
+  if "mlm" in model_cfg.heads:
+    flops += 2 * max_predictions * (d * d + d * V)
+  if "lm" in model_cfg.heads:
+    flops += 2 * T * d * V
+  return float(flops)
+
+
+def train_flops_per_step(model_cfg, seq_len: int, batch_size: int, max_predictions: int = 0):
+  return 3.0 * batch_size * forward_flops_per_sequence(model_cfg, seq_len, max_predictions)
+
+
+def peak_flops_per_device(override_tflops: float = 0.0, device=None):
+  """The configured peak if set, else the table's entry for this device kind, else None."""
+  if override_tflops:
+    return override_tflops * 1e12
+  kind = (device or jax.devices()[0]).device_kind
+  return next((peak for name, peak in PEAK_FLOPS if name.lower() in kind.lower()), None)

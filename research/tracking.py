@@ -1,0 +1,112 @@
+"""Experiment tracking: metrics.jsonl, TensorBoard, a progress bar, summary.json, a loss plot.
+
+Only process 0 writes. On resume, records past the resumed step (written by the interrupted run
+after its last checkpoint) are dropped, so metrics.jsonl holds each step once.
+"""
+import json
+import math
+import os
+
+import jax
+import tqdm
+
+METRICS_FILE, SUMMARY_FILE, PLOT_FILE = "metrics.jsonl", "summary.json", "loss.png"
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _json_value(v):
+  v = float(v)
+  return None if math.isnan(v) or math.isinf(v) else v
+
+
+class Tracker:
+  def __init__(self, workdir: str, *, start_step: int, total_steps: int, tensorboard: bool = True,
+               progress: bool = True):
+    self.workdir = workdir
+    self.is_writer = jax.process_index() == 0
+    self.history = [r for r in read_metrics(workdir) if r["step"] <= start_step]
+    self.tb = self.bar = None
+    if not self.is_writer:
+      return
+    self._rewrite()  # drop what the interrupted run logged after its last checkpoint
+    self.file = open(os.path.join(workdir, METRICS_FILE), "a")
+    if tensorboard:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    if progress:
+      self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                           desc="train")
+
+  def _rewrite(self):
+    path = os.path.join(self.workdir, METRICS_FILE)
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in self.history)
+    os.replace(path + ".tmp", path)
+
+  def write(self, step: int, metrics: dict):
+    record = {"step": int(step), **{k: _json_value(v) if v is not None else None
+                                    for k, v in sorted(metrics.items())}}
+    self.history.append(record)
+    if not self.is_writer:
+      return
+    self.file.write(json.dumps(record) + "\n")
+    self.file.flush()
+    if self.tb:
+      for k, v in record.items():
+        if k != "step" and v is not None:
+          self.tb.add_scalar(k, v, step)
+    if self.bar and "train/loss" in record:
+      self.bar.set_postfix(loss=f"{record['train/loss']:.3f}",
+                           tok_s=f"{record.get('perf/tokens_per_sec') or 0:.0f}")
+
+  def advance(self, steps: int):
+    if self.bar:
+      self.bar.update(steps)
+
+  def latest(self, prefix: str) -> dict:
+    """The last logged value of every metric whose name starts with `prefix`."""
+    out = {}
+    for record in self.history:
+      out.update({k: v for k, v in record.items() if k.startswith(prefix)})
+    return out
+
+  def finish(self, summary: dict):
+    if not self.is_writer:
+      return
+    if self.bar:
+      self.bar.close()
+    self.file.close()
+    if self.tb:
+      self.tb.close()
+    with open(os.path.join(self.workdir, SUMMARY_FILE), "w") as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+    plot_losses(self.history, os.path.join(self.workdir, PLOT_FILE))
+
+
+def plot_losses(history: list[dict], path: str):
+  """Train loss and every eval loss against step, in one PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  keys = sorted({k for r in history for k in r if k == "train/loss" or
+                 (k.startswith("eval/") and k.endswith("/loss"))})
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for k in keys:
+    points = [(r["step"], r[k]) for r in history if r.get(k) is not None]
+    if points:
+      ax.plot(*zip(*points), marker="o" if k.startswith("eval/") else None, label=k)
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax.grid(alpha=0.3)
+  if keys:
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

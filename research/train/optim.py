@@ -1,0 +1,62 @@
+"""Optimizer and learning-rate schedule from `config.optim` and `config.schedule`.
+
+AdamW with weight decay masked off by parameter-path patterns (regexes searched in the
+'/'-joined path, e.g. 'backbone/layer_0/ln_mlp/scale'), so the mask does not depend on one
+library's naming; global-norm clipping; linear warmup then linear or cosine decay.
+"""
+import re
+
+import jax
+import optax
+
+from research.errors import UserError
+
+
+def schedule(config) -> optax.Schedule:
+  s, peak, steps = config.schedule, config.optim.learning_rate, config.train.steps
+  warmup = min(s.warmup_steps, steps)
+  decay_steps = max(steps - warmup, 1)
+  end = peak * s.end_factor
+  if s.decay == "linear":
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif s.decay == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=s.end_factor)
+  elif s.decay == "constant":
+    decay = optax.constant_schedule(peak)
+  else:
+    raise UserError(f"schedule.decay must be 'linear', 'cosine' or 'constant', got {s.decay!r}")
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def path_str(path) -> str:
+  """'a/b/c' for a `jax.tree_util` key path (dict keys, attributes and indices alike)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
+def decay_mask(patterns):
+  """A mask function: True (decay) unless a pattern matches the parameter's path."""
+  compiled = [re.compile(p) for p in patterns]
+
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(c.search(path_str(path)) for c in compiled), params)
+  return mask
+
+
+def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  o = config.optim
+  if o.name != "adamw":
+    raise UserError(f"optim.name must be 'adamw', got {o.name!r}")
+  lr = schedule(config)
+  chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
+  chain.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                           mask=decay_mask(o.no_decay)))
+  return optax.chain(*chain), lr

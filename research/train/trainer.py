@@ -1,0 +1,270 @@
+"""`run(config, workdir) -> summary`: the one training loop, for every objective.
+
+Reads top to bottom: check inputs -> mesh -> data -> model -> sharded state (initialisation
+policy) -> jitted steps -> loop (log, evaluate, checkpoint) -> summary. Everything that can be
+wrong with the input is checked before the first byte is written to the workdir.
+"""
+import json
+import logging
+import math
+import os
+import re
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import checkpoint as ckpt_lib
+from research import data as data_lib
+from research import models, objectives as objectives_lib, perf, sharding, tracking
+from research.data import tokenizer as tokenizer_lib
+from research.errors import UserError
+from research.train import optim
+from research.train.step import TrainState, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that need no device work and write nothing.
+# ---------------------------------------------------------------------------------------------
+def check_config(config):
+  kind, objective = config.model.kind, config.objective.name
+  wanted = {"mlm": "encoder", "clm": "decoder"}.get(objective)
+  if wanted and kind != wanted:
+    raise UserError(f"objective {objective!r} trains a {wanted}, but model.kind is {kind!r}")
+  for key in ("train.steps", "train.batch_size", "train.grad_accum_steps", "data.seq_len",
+              "logging.every_steps", "evals.every_steps", "ckpt.every_steps", "ckpt.keep"):
+    section, field = key.split(".")
+    if config[section][field] < 1:
+      raise UserError(f"{key} must be >= 1, got {config[section][field]}")
+  if config.data.seq_len > config.model.max_len:
+    raise UserError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_len "
+                    f"({config.model.max_len})")
+  for pattern in list(config.optim.no_decay) + list(config.init.exclude):
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise UserError(f"bad regex {pattern!r} in config: {e}") from None
+
+
+def prepare_workdir(workdir: str):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
+
+
+def check_batch(config, mesh):
+  batch, dp = config.train.batch_size, sharding.data_parallel_size(mesh)
+  accum = config.train.grad_accum_steps
+  if batch % (dp * accum) or batch % jax.process_count():
+    raise UserError(f"train.batch_size ({batch}) must be divisible by the data-parallel size "
+                    f"(mesh data x fsdp = {dp}) times train.grad_accum_steps ({accum}), and by "
+                    f"the {jax.process_count()} host(s)")
+
+
+def resolve_vocab(config, tokenizer):
+  """model.vocab_size = -1 takes the tokenizer's size, rounded up to a multiple of 128."""
+  if config.model.vocab_size == -1:
+    config.model.vocab_size = int(math.ceil(tokenizer.get_vocab_size() / 128) * 128)
+  elif config.model.vocab_size < tokenizer.get_vocab_size():
+    raise UserError(f"model.vocab_size ({config.model.vocab_size}) is smaller than the "
+                    f"tokenizer's vocabulary ({tokenizer.get_vocab_size()})")
+
+
+# ---------------------------------------------------------------------------------------------
+# State: created already sharded; then the one initialisation policy.
+# ---------------------------------------------------------------------------------------------
+def dummy_inputs(config, batch_size=1):
+  seq, shape = config.data.seq_len, (batch_size, config.data.seq_len)
+  inputs = {"input_ids": jnp.zeros(shape, jnp.int32), "attention_mask": jnp.ones(shape, jnp.int32)}
+  if config.model.kind == "encoder":
+    inputs["token_type_ids"] = jnp.zeros(shape, jnp.int32)
+    inputs["masked_positions"] = jnp.zeros((batch_size, config.objective.max_predictions), jnp.int32)
+  else:
+    inputs["segment_ids"] = jnp.ones(shape, jnp.int32)
+  del seq
+  return inputs
+
+
+def create_sharded_state(model, tx, config, mesh, rules, rng):
+  """Returns (state, abstract_state, shardings); parameters are born on their shards."""
+  def init(rng):
+    inputs = dummy_inputs(config)
+    boxed = model.init({"params": rng, "dropout": rng}, inputs.pop("input_ids"), **inputs)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, opt_state=tx.init(boxed))
+
+  # No mesh context here: flax's DenseGeneral would constrain its flat (pre-reshape) kernel.
+  with nn.logical_axis_rules(rules):
+    abstract_boxed = jax.eval_shape(init, rng)
+    shardings = sharding.shardings_of(abstract_boxed, mesh, rules)
+    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(abstract_boxed), shardings)
+  return state, abstract, shardings
+
+
+def load_weights(state, source_dir: str, exclude, shardings):
+  """`config.init.from`: copies matching parameters (by path and shape) from our checkpoint."""
+  if source_dir.startswith("hf:"):
+    raise UserError("init.from='hf:...' needs the Hugging Face importer (research.convert), "
+                    "which this version does not have yet")
+  ckpt_dir = _checkpoint_dir(source_dir, "init.from")
+  ckpt = ckpt_lib.Checkpointer(ckpt_dir, every_steps=1, keep=1, use_async=False)
+  source = ckpt.restore_raw_state(ckpt.latest_step())["params"]
+  flat_source = {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  excluded = [re.compile(p) for p in exclude]
+  loaded = []
+
+  def pick(path, current, target_sharding):
+    name = optim.path_str(path)
+    value = flat_source.get(name)
+    if (value is None or any(e.search(name) for e in excluded)
+        or tuple(value.shape) != tuple(current.shape)):
+      return current
+    loaded.append(name)
+    return jax.device_put(np.asarray(value, current.dtype), target_sharding)
+
+  params = jax.tree_util.tree_map_with_path(pick, state.params, shardings.params)
+  log.info("init.from %s: loaded %d parameter arrays", source_dir, len(loaded))
+  return state.replace(params=params), len(loaded)
+
+
+def _checkpoint_dir(path: str, key: str) -> str:
+  for candidate in (os.path.join(path, "checkpoints"), path):
+    if ckpt_lib.Checkpointer.exists(candidate):
+      return candidate
+  raise UserError(f"{key}: no checkpoint found in {path!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------------------------
+def run(config, workdir: str) -> dict:
+  """Trains as `config` says, in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+  wall_start = time.time()
+  config = config.copy_and_resolve_references()
+  check_config(config)
+  prepare_workdir(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  check_batch(config, mesh)
+  rules = sharding.rules_of(config)
+
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               every_steps=config.ckpt.every_steps, keep=config.ckpt.keep,
+                               use_async=config.ckpt.use_async)
+  latest = ckpt.latest_step()
+  data = data_lib.build(config, workdir)
+  resolve_vocab(config, data.tokenizer)
+  model_cfg = models.ModelConfig.from_dict(config.model)
+  if latest is not None:
+    ckpt_lib.check_same_shapes(ckpt.saved_config(latest)["model"], config.model.to_dict(),
+                               f"workdir {workdir!r}")
+  # --- All inputs checked: from here on the workdir is written. ---
+  if jax.process_index() == 0:
+    tokenizer_lib.save(data.tokenizer, workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  model = models.build(model_cfg)
+  objectives = objectives_lib.build(config.objective)
+  tx, lr_schedule = optim.build(config)
+  init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
+  state, abstract_state, state_shardings = create_sharded_state(
+      model, tx, config, mesh, rules, init_key)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+  # One initialisation policy: own checkpoint > init.resume > init.from > scratch.
+  init_source = "scratch"
+  if latest is not None:
+    state, data_state = ckpt.restore(latest, abstract_state)
+    init_source = f"resumed from step {latest}"
+  elif config.init.resume:
+    other = ckpt_lib.Checkpointer(_checkpoint_dir(config.init.resume, "init.resume"),
+                                  every_steps=1, keep=1, use_async=False)
+    ckpt_lib.check_same_shapes(other.saved_config(other.latest_step())["model"],
+                               config.model.to_dict(), f"init.resume {config.init.resume!r}")
+    state, data_state = other.restore(other.latest_step(), abstract_state)
+    init_source = f"init.resume {config.init.resume}"
+  elif config.init["from"]:
+    state, _ = load_weights(state, config.init["from"], config.init.exclude, state_shardings)
+    init_source = f"init.from {config.init['from']}"
+  start_step = int(state.step)
+  log.info("model: %s, %d parameters; %s", model_cfg.kind, n_params, init_source)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    train_step = jax.jit(
+        make_train_step(model, objectives, tx, lr_schedule, dropout_key,
+                        config.train.grad_accum_steps),
+        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+        donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model, objectives),
+                        in_shardings=(state_shardings.params, batch_sharding))
+
+  def evaluate(params) -> dict:
+    totals = None
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      for _, batch in data_lib.device_batches(data.eval, 0, data.eval_steps, batch_sharding):
+        sums = eval_step(params, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    out = {f"eval/{k}": float(s) / max(float(c), 1.0) for k, (s, c) in totals.items()}
+    for prefix in ("mlm", "clm"):
+      if f"eval/{prefix}/loss" in out:
+        out[f"eval/{prefix}/perplexity"] = float(np.exp(min(out[f"eval/{prefix}/loss"], 50.0)))
+    return out
+
+  steps = config.train.steps
+  tracker = tracking.Tracker(workdir, start_step=start_step, total_steps=steps,
+                             tensorboard=config.logging.tensorboard,
+                             progress=config.logging.progress)
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  flops_per_step = perf.train_flops_per_step(model_cfg, config.data.seq_len,
+                                             config.train.batch_size,
+                                             config.objective.max_predictions)
+  peak = perf.peak_flops_per_device(config.logging.peak_tflops)
+  config_dict = json.loads(config.to_json_best_effort())
+
+  # --- The loop. ---
+  compile_seconds, timer_step, timer = None, start_step, time.time()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for step, batch in data_lib.device_batches(data.train, start_step, steps, batch_sharding):
+      state, metrics = train_step(state, batch)
+      done = step + 1
+      if compile_seconds is None:  # the only extra sync: time the first (compiling) step
+        jax.block_until_ready(metrics)
+        compile_seconds, timer_step, timer = time.time() - timer, done, time.time()
+      record = {}
+      if done % config.logging.every_steps == 0 or done == steps or done == start_step + 1:
+        record.update(jax.device_get(metrics))
+        now = time.time()
+        record["perf/tokens_per_sec"] = record["perf/mfu"] = None  # the compiling step
+        if done > timer_step:
+          steps_per_sec = (done - timer_step) / (now - timer)
+          record["perf/tokens_per_sec"] = steps_per_sec * tokens_per_step
+          if peak:
+            record["perf/mfu"] = flops_per_step * steps_per_sec / (peak * jax.device_count())
+        timer_step, timer = done, now
+      if done % config.evals.every_steps == 0 or done == steps:
+        record.update(evaluate(state.params))
+      if record:
+        tracker.write(done, record)
+      ckpt.save(done, state, {"next_step": done}, config_dict, force=done == steps)
+      tracker.advance(1)
+
+  final_eval = tracker.latest("eval/") or evaluate(state.params)
+  ckpt.wait()
+  ckpt.close()
+  summary = {"step": int(state.step), "params/total": n_params, "params/trainable": n_params,
+             "wall_seconds": time.time() - wall_start, "init": init_source,
+             "perf/compile_seconds": compile_seconds, **data.stats, **final_eval}
+  tracker.finish(summary)
+  return summary

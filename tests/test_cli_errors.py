@@ -1,0 +1,89 @@
+"""Bad input: one line on stderr, exit code 2, and nothing already written is touched."""
+import hashlib
+import os
+
+import pytest
+
+from conftest import run_cli
+
+TINY = ["--config.train.steps=4", "--config.train.batch_size=8", "--config.data.vocab_size=1024",
+        "--config.data.seq_len=32", "--config.evals.batches=1", "--config.ckpt.every_steps=2",
+        "--config.logging.progress=False", "--config.logging.tensorboard=False"]
+
+
+def _fails_with(proc, *fragments):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert lines[-1].startswith("error: "), proc.stderr[-3000:]
+  errors = [l for l in lines if l.startswith("error")]
+  assert len(errors) == 1
+  for fragment in fragments:
+    assert fragment.lower() in lines[-1].lower(), lines[-1]
+  return lines[-1]
+
+
+def _tree_digest(root):
+  digest = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return digest
+
+
+@pytest.mark.parametrize("flag, fragments", [
+    ("--config.train.stpes=3", ("stpes", 'did you mean "steps"')),
+    ("--config.train.steps=abc", ("train.steps",)),
+    ("--config.mesh.tensor=3", ("mesh", "3 devices")),
+    ("--config.data.source=/no/such/corpus.txt", ("no file matches", "/no/such/corpus.txt")),
+    ("--config.model.kind=decoder", ("trains a encoder",)),
+])
+def test_bad_flags(tmp_path, flag, fragments):
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", flag),
+              *fragments)
+
+
+def test_bad_config_argument(tmp_path):
+  _fails_with(run_cli("--config=configs/mlm.py:size=huge", f"--workdir={tmp_path}/w"), "huge")
+
+
+def test_batch_not_divisible_by_data_parallel_size(tmp_path):
+  proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
+                 "--config.train.batch_size=12",
+                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  _fails_with(proc, "batch_size (12)", "data-parallel size")
+
+
+def test_empty_dataset(tmp_path):
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n\n\n")
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
+                      f"--config.data.source={empty}"), "no non-empty documents")
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={blocker}/w"),
+              "cannot write to workdir")
+
+
+def test_checkpoint_of_a_different_model_is_refused_and_kept(tmp_path):
+  workdir = str(tmp_path / "w")
+  first = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY)
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = _tree_digest(workdir)
+  assert any(k.startswith("checkpoints/4/") for k in before)
+  proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY,
+                 "--config.model.hidden_size=64", "--config.train.steps=8")
+  _fails_with(proc, "different model", "hidden_size=128")
+  assert _tree_digest(workdir) == before
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+  proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", "--verbose",
+                 "--config.data.source=/no/such/corpus.txt")
+  assert proc.returncode != 0
+  assert "Traceback" in proc.stderr

@@ -1,0 +1,102 @@
+"""The encoder/decoder: shapes, padding, causality and packed-segment isolation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import models
+from research.errors import UserError
+from research.models.layers import positions_from_segments
+
+ENCODER = dict(kind="encoder", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
+               mlp_dim=64, max_len=64, heads=("mlm", "sentence_pair"), dtype="float32")
+DECODER = dict(kind="decoder", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
+               mlp_dim=64, max_len=64, type_vocab_size=0, heads=("lm",), dtype="float32",
+               activation="gelu_tanh", layer_norm_eps=1e-5)
+
+
+def init(model_cfg, ids, **kw):
+  model = models.build(model_cfg)
+  params = model.init(jax.random.key(0), ids, **kw)["params"]
+  return model, params
+
+
+def test_encoder_outputs_and_head_shapes():
+  ids = jax.random.randint(jax.random.key(1), (2, 16), 5, 300)
+  positions = jnp.array([[1, 3, 5], [0, 2, 4]])
+  model, params = init(ENCODER, ids, masked_positions=positions)
+  out = model.apply({"params": params}, ids, masked_positions=positions)
+  assert out["hidden"].shape == (2, 16, 32)
+  assert out["pooled"].shape == (2, 32)
+  assert out["mlm_logits"].shape == (2, 3, 300)
+  assert out["sentence_pair_logits"].shape == (2, 2)
+  # The MLM head at position p equals the head applied to the full hidden state at p.
+  full = model.apply({"params": params}, ids, masked_positions=jnp.tile(jnp.arange(16), (2, 1)))
+  np.testing.assert_allclose(out["mlm_logits"][0, 1], full["mlm_logits"][0, 3], rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_ignores_padding_tokens():
+  ids = jax.random.randint(jax.random.key(2), (1, 12), 5, 300)
+  mask = jnp.array([[1] * 8 + [0] * 4])
+  model, params = init(ENCODER, ids, attention_mask=mask)
+  a = model.apply({"params": params}, ids, attention_mask=mask)["hidden"]
+  b = model.apply({"params": params}, ids.at[0, 8:].set(7), attention_mask=mask)["hidden"]
+  np.testing.assert_allclose(a[0, :8], b[0, :8], rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_is_causal():
+  ids = jax.random.randint(jax.random.key(3), (1, 12), 5, 300)
+  model, params = init(DECODER, ids)
+  a = model.apply({"params": params}, ids)["lm_logits"]
+  b = model.apply({"params": params}, ids.at[0, 6:].set(9))["lm_logits"]
+  np.testing.assert_allclose(a[0, :6], b[0, :6], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(a[0, 6:], b[0, 6:])
+
+
+def test_packed_documents_do_not_see_each_other():
+  """Two documents packed in one row give the same logits as each run alone."""
+  doc1 = jax.random.randint(jax.random.key(4), (1, 5), 5, 300)
+  doc2 = jax.random.randint(jax.random.key(5), (1, 7), 5, 300)
+  packed = jnp.concatenate([doc1, doc2], axis=1)
+  segments = jnp.array([[1] * 5 + [2] * 7])
+  model, params = init(DECODER, packed, segment_ids=segments)
+  both = model.apply({"params": params}, packed, segment_ids=segments)["lm_logits"]
+  alone1 = model.apply({"params": params}, doc1)["lm_logits"]
+  alone2 = model.apply({"params": params}, doc2)["lm_logits"]
+  np.testing.assert_allclose(both[0, :5], alone1[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(both[0, 5:], alone2[0], rtol=1e-5, atol=1e-5)
+
+
+def test_positions_restart_per_segment():
+  seg = jnp.array([[1, 1, 1, 2, 2, 0, 0]])
+  np.testing.assert_array_equal(positions_from_segments(seg), [[0, 1, 2, 0, 1, 0, 1]])
+
+
+def test_parameters_carry_logical_axis_names():
+  ids = jnp.ones((1, 8), jnp.int32)
+  boxed = models.build(ENCODER).init(jax.random.key(0), ids, masked_positions=ids[:, :2])["params"]
+  q = boxed["backbone"]["layer_0"]["attention"]["query"]["kernel"]
+  assert q.names == ("embed", "heads", "kv")
+  assert boxed["token_embed"]["embedding"].names == ("vocab", "embed")
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  cfg = dict(DECODER, dtype="bfloat16")
+  ids = jnp.ones((1, 8), jnp.int32)
+  model, params = init(cfg, ids)
+  out = model.apply({"params": params}, ids)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  assert out["hidden"].dtype == jnp.bfloat16
+  assert out["lm_logits"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(kind="seq2seq"), "model.kind"),
+    (dict(hidden_size=30), "divisible"),
+    (dict(heads=("qa",)), "unknown model heads"),
+    (dict(dtype="float13"), "is not a dtype"),
+    (dict(hiden_size=3), "unknown model config keys"),
+])
+def test_bad_model_config(bad, message):
+  with pytest.raises(UserError, match=message):
+    models.build(dict(ENCODER, **bad))

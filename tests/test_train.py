@@ -1,0 +1,83 @@
+"""End to end through `research.train.run`: what a run writes, and that it learns."""
+import json
+import math
+import os
+
+import numpy as np
+
+from research import tracking, train
+
+PER_STEP = ("train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec", "perf/mfu")
+
+
+def test_mlm_run_writes_metrics_checkpoints_and_summary(tiny, tmp_path):
+  workdir = str(tmp_path)
+  summary = train.run(tiny("mlm", steps=20), workdir)
+  records = tracking.read_metrics(workdir)
+  assert [r["step"] for r in records] == list(range(1, 21))
+  for r in records:
+    assert set(PER_STEP) <= set(r)
+  assert records[-1]["perf/tokens_per_sec"] > 0
+  assert records[-1]["train/loss"] < 0.9 * records[0]["train/loss"]
+  last = records[-1]
+  for key in ("eval/mlm/loss", "eval/mlm/accuracy", "eval/mlm/perplexity", "eval/mlm/unigram_accuracy"):
+    assert key in last and summary[key] == last[key]
+  assert math.isclose(last["eval/mlm/perplexity"], math.exp(last["eval/mlm/loss"]), rel_tol=1e-9)
+  assert summary["step"] == 20
+  assert summary["params/total"] == summary["params/trainable"] > 0
+  assert summary["wall_seconds"] > 0
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-2:] == ["10", "20"]
+  for name in ("config.json", "tokenizer.json", "summary.json", "loss.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["vocab_size"] % 128 == 0  # resolved from the tokenizer
+
+  # Rerunning a finished job restores its last checkpoint and trains no further.
+  again = train.run(tiny("mlm", steps=20), workdir)
+  assert again["step"] == 20 and again["init"] == "resumed from step 20"
+  assert len(tracking.read_metrics(workdir)) == 20
+
+
+def test_clm_run_trains_a_decoder(tiny, tmp_path):
+  summary = train.run(tiny("clm", steps=20), str(tmp_path))
+  records = tracking.read_metrics(str(tmp_path))
+  assert records[-1]["train/loss"] < 0.9 * records[0]["train/loss"]
+  for key in ("eval/clm/loss", "eval/clm/accuracy", "eval/clm/perplexity"):
+    assert key in summary
+  assert summary["eval/clm/accuracy"] > summary["eval/clm/unigram_accuracy"]
+
+
+def test_sentence_order_prediction_is_reported_separately(tiny, tmp_path):
+  config = tiny("mlm", steps=10)
+  config.objective.sentence_task = "sop"
+  config.model.heads = ("mlm", "sentence_pair")
+  summary = train.run(config, str(tmp_path))
+  record = tracking.read_metrics(str(tmp_path))[-1]
+  assert {"train/sop/loss", "train/mlm/loss", "eval/sop/accuracy"} <= set(record)
+  assert 0.0 <= summary["eval/sop/accuracy"] <= 1.0
+  np.testing.assert_allclose(record["train/loss"],
+                             record["train/mlm/loss"] + record["train/sop/loss"], rtol=1e-5)
+
+
+def test_init_from_copies_weights_but_not_excluded_ones(tiny, tmp_path):
+  source = str(tmp_path / "source")
+  train.run(tiny("mlm", steps=10), source)
+  config = tiny("mlm", steps=1)
+  config.init["from"] = source
+  config.init.exclude = (r"^backbone/layer_1/",)
+  config.optim.learning_rate = 0.0
+  config.data.tokenizer = os.path.join(source, "tokenizer.json")
+  summary = train.run(config, str(tmp_path / "target"))
+  assert summary["init"] == f"init.from {source}"
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  def params(workdir, step):
+    c = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1,
+                                use_async=False)
+    return c.restore_raw_state(step)["params"]
+  src, dst = params(source, 10), params(str(tmp_path / "target"), 1)
+  np.testing.assert_array_equal(src["token_embed"]["embedding"], dst["token_embed"]["embedding"])
+  np.testing.assert_array_equal(src["backbone"]["layer_0"]["mlp"]["up"]["kernel"],
+                                dst["backbone"]["layer_0"]["mlp"]["up"]["kernel"])
+  assert not np.array_equal(src["backbone"]["layer_1"]["mlp"]["up"]["kernel"],
+                            dst["backbone"]["layer_1"]["mlp"]["up"]["kernel"])
