@@ -1,9 +1,10 @@
 r"""GPT-style causal-LM pretraining on packed documents (no attention across documents).
 
-Quick start, 2 CPU cores, about 2 minutes, embedded BBC News corpus:
+Quick start, 2 CPU cores, about 3 minutes, embedded BBC News corpus:
   python -m research.main --config=configs/clm.py:runlocal --workdir=/tmp/clm
-  Expected (2-core CPU): train/loss falls from ~9.1 to ~5.7 in 400 steps; eval/clm/accuracy
-  ~0.17 against eval/clm/unigram_accuracy ~0.05; eval/clm/perplexity ~350.
+  Expected (2-core CPU, measured): train/loss falls from 9.0 at step 1 to ~5.8 at step 300;
+  eval/clm/accuracy ~0.13 against eval/clm/unigram_accuracy 0.037; eval/clm/perplexity ~310;
+  ~7k tokens/s (the vocabulary projection runs at every position).
 
 GPT-2 small (size=base, 124M) or medium (size=large, 355M) at 1024 tokens:
   python -m research.main --config=configs/clm.py:size=base --workdir=$HOME/runs/gpt2 \
@@ -34,7 +35,7 @@ def get_config(arg=None):
     config.data.update(vocab_size=8192, seq_len=128)
     config.optim.learning_rate = 2e-3
     config.schedule.warmup_steps = 40
-    config.train.update(steps=400, batch_size=32)
+    config.train.update(steps=300, batch_size=32)
     config.evals.update(every_steps=100, batches=8)
     config.ckpt.every_steps = 100
     config.logging.every_steps = 20

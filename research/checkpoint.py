@@ -16,12 +16,11 @@ SHAPE_FIELDS = ("kind", "vocab_size", "hidden_size", "num_layers", "num_heads", 
 
 
 class Checkpointer:
-  def __init__(self, directory: str, *, every_steps: int, keep: int, use_async: bool = True):
+  def __init__(self, directory: str, *, keep: int = 1, use_async: bool = True):
     self.directory = directory
     self.manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=every_steps, create=True,
-            enable_async_checkpointing=use_async))
+            max_to_keep=keep, create=True, enable_async_checkpointing=use_async))
 
   @staticmethod
   def exists(directory: str) -> bool:
@@ -33,8 +32,9 @@ class Checkpointer:
   def saved_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
-  def save(self, step: int, state, data_state: dict, config: dict, force: bool = False) -> bool:
-    return self.manager.save(step, force=force, args=ocp.args.Composite(
+  def save(self, step: int, state, data_state: dict, config: dict):
+    """Starts writing checkpoint `step` (returns once the arrays are copied off the devices)."""
+    self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
         config=ocp.args.JsonSave(config)))
 

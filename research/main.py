@@ -7,6 +7,11 @@ Flags:
   --workdir    where checkpoints, metrics, TensorBoard events, the tokenizer and the summary go;
                rerunning the same command resumes from its latest checkpoint.
   --verbose    show the full traceback of a bad-input error instead of one line.
+  --coordinator_address, --num_processes, --process_id
+               multi-host: every process runs the same command with its own --process_id;
+               each reads only its share of every batch.
+  --distributed
+               multi-host on a cluster JAX detects by itself (TPU pods, SLURM).
 
 Everything here is `research.train.run(config, workdir)`, which tests and notebooks call directly.
 Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
@@ -26,6 +31,13 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.p
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-host: host:port of process 0; with --num_processes and --process_id "
+                    "calls jax.distributed.initialize (leave unset on TPU pods / SLURM and pass "
+                    "--distributed to auto-detect).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detected cluster).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_BAD_INPUT = 2
@@ -68,6 +80,9 @@ def main(argv):
     fail(f"unexpected arguments {argv[1:]}; did you mean {_suggest(argv[1])}?")
   configure_logging()
   from research import train  # pylint: disable=g-import-not-at-top  (jax import after flags)
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
     summary = train.run(FLAGS.config, FLAGS.workdir)
   except UserError as e:

@@ -36,7 +36,7 @@ def _tree_digest(root):
 @pytest.mark.parametrize("flag, fragments", [
     ("--config.train.stpes=3", ("stpes", 'did you mean "steps"')),
     ("--config.train.steps=abc", ("train.steps",)),
-    ("--config.mesh.tensor=3", ("mesh", "3 devices")),
+    ("--config.mesh.tensor=3", ("mesh", "'tensor': 3", "1 device")),
     ("--config.data.source=/no/such/corpus.txt", ("no file matches", "/no/such/corpus.txt")),
     ("--config.model.kind=decoder", ("trains a encoder",)),
 ])

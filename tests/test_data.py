@@ -60,6 +60,12 @@ def test_hub_unreachable_is_one_line(monkeypatch):
     sources.load_documents(_data_cfg(source="hf:surely_not_a_dataset_name_42"))
 
 
+def test_tfds_dataset_not_prepared_is_one_line(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  with pytest.raises(UserError, match="could not open TFDS dataset"):
+    sources.load_documents(_data_cfg(source="tfds:surely_not_a_dataset_42"))
+
+
 def test_trained_tokenizers_round_trip(tmp_path):
   texts = [t for _, t in sources.read_bbc_news()[:200]]
   wp = tokenizer_lib.train_wordpiece(texts, 1000)

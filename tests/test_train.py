@@ -26,7 +26,7 @@ def test_mlm_run_writes_metrics_checkpoints_and_summary(tiny, tmp_path):
   assert summary["step"] == 20
   assert summary["params/total"] == summary["params/trainable"] > 0
   assert summary["wall_seconds"] > 0
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-2:] == ["10", "20"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
   for name in ("config.json", "tokenizer.json", "summary.json", "loss.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
@@ -45,7 +45,7 @@ def test_clm_run_trains_a_decoder(tiny, tmp_path):
   assert records[-1]["train/loss"] < 0.9 * records[0]["train/loss"]
   for key in ("eval/clm/loss", "eval/clm/accuracy", "eval/clm/perplexity"):
     assert key in summary
-  assert summary["eval/clm/accuracy"] > summary["eval/clm/unigram_accuracy"]
+  assert 0.0 < summary["eval/clm/accuracy"] < 1.0
 
 
 def test_sentence_order_prediction_is_reported_separately(tiny, tmp_path):
@@ -72,8 +72,7 @@ def test_init_from_copies_weights_but_not_excluded_ones(tiny, tmp_path):
   assert summary["init"] == f"init.from {source}"
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   def params(workdir, step):
-    c = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1,
-                                use_async=False)
+    c = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False)
     return c.restore_raw_state(step)["params"]
   src, dst = params(source, 10), params(str(tmp_path / "target"), 1)
   np.testing.assert_array_equal(src["token_embed"]["embedding"], dst["token_embed"]["embedding"])

@@ -34,14 +34,28 @@ class SpecialIds:
                eos=get(GPT_EOS), first_regular=max(special) + 1 if special else 0)
 
 
-def train_wordpiece(texts, vocab_size: int) -> tokenizers.Tokenizer:
-  tok = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+def bert_wordpiece(vocab: dict) -> tokenizers.Tokenizer:
+  """BERT's lower-cased WordPiece pipeline over a {token: id} vocabulary."""
+  tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
   tok.normalizer = normalizers.BertNormalizer(lowercase=True)
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tok.decoder = decoders.WordPiece()
+  return tok
+
+
+def train_wordpiece(texts, vocab_size: int) -> tokenizers.Tokenizer:
+  """Trains BERT WordPiece; ids are made deterministic.
+
+  The `tokenizers` trainer finds the same vocabulary every time but numbers it differently from
+  run to run (hash-map order). WordPiece only uses the set of pieces, so we renumber them in a
+  fixed order: specials first, then by (length, text).
+  """
+  tok = bert_wordpiece({})
   tok.train_from_iterator(texts, trainers.WordPieceTrainer(
       vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS), show_progress=False))
-  return tok
+  pieces = sorted((t for t in tok.get_vocab() if t not in BERT_SPECIALS),
+                  key=lambda t: (len(t.removeprefix("##")), t))
+  return bert_wordpiece({t: i for i, t in enumerate(list(BERT_SPECIALS) + pieces)})
 
 
 def train_byte_bpe(texts, vocab_size: int) -> tokenizers.Tokenizer:
@@ -62,12 +76,7 @@ def load(path: str) -> tokenizers.Tokenizer:
     return tokenizers.Tokenizer.from_file(path)
   if path.endswith(".txt"):
     with open(path, encoding="utf-8") as f:
-      vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
-    tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    return tok
+      return bert_wordpiece({line.rstrip("\n"): i for i, line in enumerate(f)})
   raise UserError(f"data.tokenizer must be a tokenizer.json or vocab.txt, got {path!r}")
 
 

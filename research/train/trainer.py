@@ -117,7 +117,7 @@ def load_weights(state, source_dir: str, exclude, shardings):
     raise UserError("init.from='hf:...' needs the Hugging Face importer (research.convert), "
                     "which this version does not have yet")
   ckpt_dir = _checkpoint_dir(source_dir, "init.from")
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir, every_steps=1, keep=1, use_async=False)
+  ckpt = ckpt_lib.Checkpointer(ckpt_dir, use_async=False)
   source = ckpt.restore_raw_state(ckpt.latest_step())["params"]
   flat_source = {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
   excluded = [re.compile(p) for p in exclude]
@@ -158,8 +158,7 @@ def run(config, workdir: str) -> dict:
   rules = sharding.rules_of(config)
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               every_steps=config.ckpt.every_steps, keep=config.ckpt.keep,
-                               use_async=config.ckpt.use_async)
+                               keep=config.ckpt.keep, use_async=config.ckpt.use_async)
   latest = ckpt.latest_step()
   data = data_lib.build(config, workdir)
   resolve_vocab(config, data.tokenizer)
@@ -182,13 +181,13 @@ def run(config, workdir: str) -> dict:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
   # One initialisation policy: own checkpoint > init.resume > init.from > scratch.
-  init_source = "scratch"
+  init_source, data_state = "scratch", {"next_step": 0}
   if latest is not None:
     state, data_state = ckpt.restore(latest, abstract_state)
     init_source = f"resumed from step {latest}"
   elif config.init.resume:
     other = ckpt_lib.Checkpointer(_checkpoint_dir(config.init.resume, "init.resume"),
-                                  every_steps=1, keep=1, use_async=False)
+                                  use_async=False)
     ckpt_lib.check_same_shapes(other.saved_config(other.latest_step())["model"],
                                config.model.to_dict(), f"init.resume {config.init.resume!r}")
     state, data_state = other.restore(other.latest_step(), abstract_state)
@@ -196,7 +195,10 @@ def run(config, workdir: str) -> dict:
   elif config.init["from"]:
     state, _ = load_weights(state, config.init["from"], config.init.exclude, state_shardings)
     init_source = f"init.from {config.init['from']}"
-  start_step = int(state.step)
+  start_step = int(data_state["next_step"])  # where the data iterator resumes
+  if start_step != int(state.step):
+    raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
+                    f"iterator at step {start_step}")
   log.info("model: %s, %d parameters; %s", model_cfg.kind, n_params, init_source)
 
   batch_sharding = sharding.batch_sharding(mesh)
@@ -257,7 +259,8 @@ def run(config, workdir: str) -> dict:
         record.update(evaluate(state.params))
       if record:
         tracker.write(done, record)
-      ckpt.save(done, state, {"next_step": done}, config_dict, force=done == steps)
+      if done % config.ckpt.every_steps == 0 or done == steps:
+        ckpt.save(done, state, {"next_step": done}, config_dict)
       tracker.advance(1)
 
   final_eval = tracker.latest("eval/") or evaluate(state.params)
