@@ -21,10 +21,13 @@ INSTALL_REQUIRES = [
     "tqdm>=4.70,<5",
     "tensorboardX>=2.6.5,<3",
     "matplotlib>=3.11,<4",
+    "safetensors>=0.8.0,<0.9",
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=9.0,<10"],
+    # Parity tests against transformers (PyTorch). torch is pinned to the CPU build this
+    # environment carries; an unpinned torch would pull a multi-GB CUDA build.
+    "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6"],
 }
 
 setup(

@@ -12,7 +12,9 @@ from research.errors import UserError
 
 # Model fields that fix parameter shapes: a checkpoint differing in one cannot be restored.
 SHAPE_FIELDS = ("kind", "vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
-                "max_len", "type_vocab_size", "heads", "tie_embeddings")
+                "max_len", "type_vocab_size", "heads", "tie_embeddings", "num_kv_heads",
+                "attention_head_dim", "norm", "gated_mlp", "use_bias", "position_embedding",
+                "pooler", "num_labels", "classifier")
 
 
 class Checkpointer:
@@ -58,7 +60,8 @@ class Checkpointer:
 def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):
   """Raises `UserError` naming the fields where a checkpoint's model differs from this one."""
   diff = [f"{k}={saved_model_cfg.get(k)!r} (checkpoint) vs {model_cfg.get(k)!r} (config)"
-          for k in SHAPE_FIELDS if _norm(saved_model_cfg.get(k)) != _norm(model_cfg.get(k))]
+          for k in SHAPE_FIELDS
+          if k in saved_model_cfg and _norm(saved_model_cfg[k]) != _norm(model_cfg.get(k))]
   if diff:
     raise UserError(f"{where} holds a checkpoint of a different model: {'; '.join(diff)}. "
                     "Use a new --workdir, or match the model config")

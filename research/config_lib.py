@@ -3,10 +3,12 @@
 A config file's `get_config(arg)` receives the text after ':' in `--config=configs/x.py:arg`,
 e.g. 'size=tiny,runlocal'; `parse_arg` turns it into typed fields (bare names are booleans).
 """
+import dataclasses
+
 import ml_collections
 
 from research.errors import UserError
-from research.models.config import SIZES
+from research.models.config import SIZES, ModelConfig
 from research.sharding import DEFAULT_RULES
 
 
@@ -29,17 +31,22 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
 
 
 def model(kind: str, size: str, heads: tuple, *, dtype: str = "bfloat16"):
-  """The `model` section: a named size of the BERT encoder or GPT-2 decoder."""
+  """The `model` section: a named size of the BERT encoder or GPT-2 decoder.
+
+  Holds every `ModelConfig` field, so each can be overridden from the command line.
+  """
   if size not in SIZES:
     raise UserError(f"unknown size {size!r}; known: {list(SIZES)}")
   layers, hidden, num_heads = SIZES[size]
   encoder = kind == "encoder"
-  return ml_collections.ConfigDict(dict(
+  fields = dataclasses.asdict(ModelConfig())
+  fields.update(
       kind=kind, vocab_size=-1, hidden_size=hidden, num_layers=layers, num_heads=num_heads,
       mlp_dim=4 * hidden, max_len=512 if encoder else 1024, type_vocab_size=2 if encoder else 0,
       dropout_rate=0.1, layer_norm_eps=1e-12 if encoder else 1e-5,
       activation="gelu" if encoder else "gelu_tanh", dtype=dtype, param_dtype="float32",
-      heads=heads, tie_embeddings=True, attention_impl=ml_collections.FieldReference(None, str)))
+      heads=heads, pooler=encoder, attention_impl=ml_collections.FieldReference(None, str))
+  return ml_collections.ConfigDict(fields)
 
 
 def optim(learning_rate: float, weight_decay: float = 0.01):

@@ -8,3 +8,13 @@ early as possible, before anything is written, so that bad input never damages a
 
 class UserError(Exception):
   """Bad input: a config value, a path, a dataset, or a workdir that cannot be used as asked."""
+
+
+EXIT_BAD_INPUT = 2
+
+
+def exit_with(error) -> None:
+  """Ends a command-line program on bad input: one line on stderr, exit code 2."""
+  import sys  # pylint: disable=g-import-not-at-top
+  print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)

@@ -24,7 +24,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from research.errors import UserError
+from research.errors import UserError, exit_with
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal.",
@@ -40,13 +40,7 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detected cluster).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_BAD_INPUT = 2
-
-
-def fail(message: str):
-  """Prints one line on stderr and exits: the end of every bad-input path."""
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  sys.exit(EXIT_BAD_INPUT)
+fail = exit_with  # the end of every bad-input path: one line on stderr, exit code 2
 
 
 def _one_line(error: Exception) -> str:

@@ -31,6 +31,7 @@ DEFAULT_RULES = (
     ("embed", "fsdp"),
     ("embed_out", None),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),
     ("kv", None),
     ("mlp", "tensor"),
 )

@@ -92,7 +92,7 @@ def test_masking_follows_the_bert_recipe():
   kinds = np.zeros(3)
   for _ in range(400):
     out = masking.mask_tokens(ids, maskable, rng, rate=0.15, max_predictions=20, mask_id=mask_id,
-                              first_regular=first, vocab_size=vocab)
+                              regular_ids=np.arange(first, vocab))
     n = int(out["masked_weights"].sum())
     assert n == 19  # round(126 * 0.15)
     pos = out["masked_positions"][:n]

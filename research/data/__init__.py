@@ -36,7 +36,7 @@ def build(config, workdir: str, tok: tokenizers.Tokenizer | None = None) -> Data
   specials = SpecialIds.of(tok)
   token_docs = {split: tokenize(tok, texts) for split, texts in docs.items()}
   counts = np.bincount(np.concatenate(token_docs["train"]), minlength=tok.get_vocab_size())
-  counts[:specials.first_regular] = 0
+  counts[list(specials.special)] = 0
   most_frequent = int(counts.argmax())  # the unigram baseline always predicts this token
 
   def make(split, seed):

@@ -22,7 +22,7 @@ def encoder_examples(token_docs, *, seq_len: int, specials: SpecialIds, vocab_si
       _encoder_example, chunks=chunks, seq_len=seq_len, specials=specials,
       sentence_task=objective_cfg.sentence_task, mask_kwargs=dict(
           rate=objective_cfg.mask_rate, max_predictions=objective_cfg.max_predictions,
-          mask_id=specials.mask, first_regular=specials.first_regular, vocab_size=vocab_size))
+          mask_id=specials.mask, regular_ids=specials.regular_ids(vocab_size)))
   return (grain.MapDataset.source(chunks).shuffle(seed=seed).repeat(None)
           .random_map(make, seed=seed + 1)), len(chunks)
 

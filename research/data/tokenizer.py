@@ -5,10 +5,11 @@ GPT-2 byte-level BPE tokenizer (<|endoftext|>). A trained tokenizer is saved as
 WORKDIR/tokenizer.json and reused when the run resumes.
 """
 import dataclasses
+import json
 import os
 
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from research.errors import UserError
 
@@ -16,30 +17,66 @@ BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 GPT_EOS = "<|endoftext|>"
 
 
+# Names of the special tokens, in the spellings of BERT, RoBERTa/Llama and GPT-2.
+SPECIAL_NAMES = {"pad": ("[PAD]", "<pad>"), "cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"),
+                 "mask": ("[MASK]", "<mask>"), "eos": (GPT_EOS, "</s>"), "unk": ("[UNK]", "<unk>")}
+
+
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
-  """Ids of the special tokens an objective needs; -1 where the tokenizer has none."""
+  """Ids of the special tokens an objective needs (-1 where the tokenizer has none)."""
   pad: int
   cls: int
   sep: int
   mask: int
   eos: int
-  first_regular: int  # smallest id that is not a special token (random MLM replacements)
+  special: tuple  # every special token id: never masked, never a random MLM replacement
 
   @classmethod
   def of(cls, tok: tokenizers.Tokenizer) -> "SpecialIds":
-    get = lambda t: -1 if tok.token_to_id(t) is None else tok.token_to_id(t)
-    special = [get(t) for t in BERT_SPECIALS + (GPT_EOS,) if get(t) >= 0]
-    return cls(pad=max(get("[PAD]"), 0), cls=get("[CLS]"), sep=get("[SEP]"), mask=get("[MASK]"),
-               eos=get(GPT_EOS), first_regular=max(special) + 1 if special else 0)
+    def first(names):
+      return next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), -1)
+    ids = {role: first(names) for role, names in SPECIAL_NAMES.items()}
+    special = {i for i in ids.values() if i >= 0}
+    special |= {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    return cls(pad=max(ids["pad"], 0), cls=ids["cls"], sep=ids["sep"], mask=ids["mask"],
+               eos=ids["eos"], special=tuple(sorted(special)))
+
+  def regular_ids(self, vocab_size: int):
+    """The ids an MLM may put in as random replacements."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    return np.setdiff1d(np.arange(vocab_size, dtype=np.int32), np.asarray(self.special, np.int32))
 
 
-def bert_wordpiece(vocab: dict) -> tokenizers.Tokenizer:
-  """BERT's lower-cased WordPiece pipeline over a {token: id} vocabulary."""
+def bert_wordpiece(vocab: dict, lowercase: bool = True, post_process: bool = False):
+  """BERT's WordPiece pipeline over a {token: id} vocabulary.
+
+  With `post_process`, encoding with special tokens gives [CLS] A [SEP] (B [SEP]), as
+  transformers' BERT tokenizer does.
+  """
   tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tok.decoder = decoders.WordPiece()
+  if post_process:
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+  return tok
+
+
+def byte_level_bpe(vocab_path: str, merges_path: str, roberta: bool):
+  """GPT-2's byte-level BPE from vocab.json + merges.txt; RoBERTa adds <s> A </s>."""
+  tok = tokenizers.Tokenizer(models.BPE.from_file(vocab_path, merges_path))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  if roberta:
+    tok.post_processor = processors.RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True,
+        add_prefix_space=False)
+  else:
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
   return tok
 
 
@@ -69,15 +106,36 @@ def train_byte_bpe(texts, vocab_size: int) -> tokenizers.Tokenizer:
 
 
 def load(path: str) -> tokenizers.Tokenizer:
-  """Loads a `tokenizer.json`, or a WordPiece `vocab.txt` (BERT's lower-cased pipeline)."""
+  """Loads a tokenizer file or directory, giving the ids transformers' fast tokenizer gives.
+
+  `path`: a tokenizer.json; a WordPiece vocab.txt; or a directory holding tokenizer.json, else
+  vocab.txt (BERT; `do_lower_case` from tokenizer_config.json), else vocab.json + merges.txt
+  (GPT-2 byte-level BPE; RoBERTa's <s> A </s> when the vocabulary has <s> and </s>).
+  """
+  if os.path.isdir(path):
+    for name in ("tokenizer.json", "vocab.txt"):
+      if os.path.exists(os.path.join(path, name)):
+        return load(os.path.join(path, name))
+    vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+    if os.path.exists(vocab) and os.path.exists(merges):
+      with open(vocab, encoding="utf-8") as f:
+        tokens = json.load(f)
+      return byte_level_bpe(vocab, merges, roberta="<s>" in tokens and "</s>" in tokens)
+    raise UserError(f"no tokenizer.json, vocab.txt or vocab.json + merges.txt in {path!r}")
   if not os.path.isfile(path):
     raise UserError(f"data.tokenizer: no such file {path!r}")
   if path.endswith(".json"):
     return tokenizers.Tokenizer.from_file(path)
   if path.endswith(".txt"):
     with open(path, encoding="utf-8") as f:
-      return bert_wordpiece({line.rstrip("\n"): i for i, line in enumerate(f)})
-  raise UserError(f"data.tokenizer must be a tokenizer.json or vocab.txt, got {path!r}")
+      vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    settings = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    lowercase = True
+    if os.path.exists(settings):
+      with open(settings) as f:
+        lowercase = json.load(f).get("do_lower_case", True)
+    return bert_wordpiece(vocab, lowercase=lowercase, post_process="[CLS]" in vocab)
+  raise UserError(f"data.tokenizer must be a tokenizer.json, a vocab.txt or a directory, got {path!r}")
 
 
 def get_tokenizer(data_cfg, kind: str, train_texts, workdir: str) -> tokenizers.Tokenizer:
@@ -90,8 +148,9 @@ def get_tokenizer(data_cfg, kind: str, train_texts, workdir: str) -> tokenizers.
       return tokenizers.Tokenizer.from_file(saved)
     train = train_wordpiece if kind == "encoder" else train_byte_bpe
     tok = train(train_texts, data_cfg.vocab_size)
-  needed = ("[CLS]", "[SEP]", "[MASK]", "[PAD]") if kind == "encoder" else (GPT_EOS,)
-  missing = [t for t in needed if tok.token_to_id(t) is None]
+  ids = SpecialIds.of(tok)
+  needed = ("cls", "sep", "mask") if kind == "encoder" else ("eos",)
+  missing = [SPECIAL_NAMES[r][0] for r in needed if getattr(ids, r) < 0]
   if missing:
     raise UserError(f"the tokenizer lacks the special tokens {missing} a {kind} needs")
   return tok

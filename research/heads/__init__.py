@@ -4,10 +4,12 @@
 Fine-tuning adds heads here; the backbone code never changes.
 """
 from research.heads.causal_lm import CausalLmHead
+from research.heads.classification import ClassificationHead
 from research.heads.masked_lm import MaskedLmHead
 from research.heads.sentence_pair import SentencePairHead
 
-_HEADS = {"mlm": MaskedLmHead, "lm": CausalLmHead, "sentence_pair": SentencePairHead}
+_HEADS = {"mlm": MaskedLmHead, "lm": CausalLmHead, "sentence_pair": SentencePairHead,
+          "classification": ClassificationHead}
 
 
 def build(name, cfg, token_embed):

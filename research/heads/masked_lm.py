@@ -26,7 +26,7 @@ class MaskedLmHead(nn.Module):
     x = nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
                  kernel_init=layers.normal_init(("embed", "embed_out")),
                  bias_init=layers.zeros_init(("embed_out",)), name="transform")(x)
-    x = nn.gelu(x, approximate=cfg.activation == "gelu_tanh")
+    x = layers.ACTIVATIONS[cfg.activation](x)
     x = layers.layer_norm(cfg, "ln")(x)
     if cfg.tie_embeddings:
       logits = self.token_embed.attend(x)

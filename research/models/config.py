@@ -21,23 +21,35 @@ SIZES = {
 }
 
 KINDS = ("encoder", "decoder")
-HEADS = ("mlm", "sentence_pair", "lm")
+HEADS = ("mlm", "sentence_pair", "lm", "classification")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Everything that fixes a model's parameters and its computation."""
-  kind: str = "encoder"  # 'encoder' (BERT: post-LN, bidirectional) or 'decoder' (GPT-2: pre-LN, causal)
+  kind: str = "encoder"  # 'encoder' (bidirectional) or 'decoder' (causal)
   vocab_size: int = 30522
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
+  num_kv_heads: int = 0  # grouped-query attention (Llama); 0 = num_heads
+  attention_head_dim: int = 0  # 0 = hidden_size // num_heads
   mlp_dim: int = 3072
-  max_len: int = 512  # learned position embeddings
+  max_len: int = 512  # learned position embeddings (unused with rotary)
   type_vocab_size: int = 2  # token types (segments A/B); 0 for none
   dropout_rate: float = 0.1  # on embeddings, attention output and MLP output
+  norm: str = "layernorm"  # 'layernorm' or 'rmsnorm' (Llama)
   layer_norm_eps: float = 1e-12
-  activation: str = "gelu"  # 'gelu' (exact, BERT) or 'gelu_tanh' (GPT-2)
+  activation: str = "gelu"  # 'gelu' (exact, BERT), 'gelu_tanh' (GPT-2), 'relu', 'silu'
+  gated_mlp: bool = False  # SwiGLU-style: down(act(gate(x)) * up(x)) (Llama)
+  use_bias: bool = True  # biases in attention and MLP projections (Llama has none)
+  position_embedding: str = "learned"  # 'learned' (BERT, GPT-2) or 'rotary' (Llama)
+  rope_theta: float = 10000.0
+  position_offset: int = 0  # RoBERTa: positions count real tokens from padding_idx + 1
+  pooler: bool = True  # encoder: tanh-dense on the first token ('pooled')
+  num_labels: int = 2  # the classification head's outputs
+  classifier: str = "pooled"  # classification head: 'pooled' (BERT) or 'first_token_mlp' (RoBERTa)
   dtype: str = "bfloat16"  # compute dtype
   param_dtype: str = "float32"
   heads: tuple = ()  # any of HEADS
@@ -46,7 +58,11 @@ class ModelConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
+    return self.attention_head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
 
   @property
   def compute_dtype(self):
@@ -69,14 +85,23 @@ class ModelConfig:
   def validate(self):
     if self.kind not in KINDS:
       raise UserError(f"model.kind must be one of {KINDS}, got {self.kind!r}")
-    if self.hidden_size % self.num_heads:
+    if not self.attention_head_dim and self.hidden_size % self.num_heads:
       raise UserError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
                       f"model.num_heads ({self.num_heads})")
+    if self.num_heads % self.kv_heads:
+      raise UserError(f"model.num_heads ({self.num_heads}) must be a multiple of "
+                      f"model.num_kv_heads ({self.kv_heads})")
+    choices = {"norm": ("layernorm", "rmsnorm"), "activation": ACTIVATIONS,
+               "position_embedding": ("learned", "rotary"),
+               "classifier": ("pooled", "first_token_mlp")}
+    for field, allowed in choices.items():
+      if getattr(self, field) not in allowed:
+        raise UserError(f"model.{field} must be one of {allowed}, got {getattr(self, field)!r}")
+    if "classification" in self.heads and self.classifier == "pooled" and not self.pooler:
+      raise UserError("the 'pooled' classification head needs model.pooler=True")
     bad = [h for h in self.heads if h not in HEADS]
     if bad:
       raise UserError(f"unknown model heads {bad}; known: {list(HEADS)}")
-    if self.activation not in ("gelu", "gelu_tanh"):
-      raise UserError(f"model.activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
     for field in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, field))

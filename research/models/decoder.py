@@ -1,4 +1,5 @@
-"""GPT-2-style decoder: learned positions, pre-LN blocks, causal attention, final LayerNorm."""
+"""Causal decoder: GPT-2 (learned positions, LayerNorm, GELU) or Llama-style (rotary, RMSNorm,
+SwiGLU, grouped-query attention), pre-norm blocks and a final norm either way."""
 import flax.linen as nn
 
 from research.models import layers
@@ -16,14 +17,17 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, token_embeddings, attention_mask, token_type_ids, segment_ids, positions,
                deterministic: bool):
-    del token_type_ids  # GPT-2 has none
+    del token_type_ids  # decoders have none
     cfg = self.cfg
-    x = token_embeddings + nn.Embed(
-        cfg.max_len, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-        embedding_init=layers.normal_init((None, "embed")), name="position_embed")(positions)
+    x = token_embeddings
+    if cfg.position_embedding == "learned":
+      x = x + nn.Embed(
+          cfg.max_len, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+          embedding_init=layers.normal_init((None, "embed")), name="position_embed")(positions)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain_hidden(x)
     mask = layers.attention_mask(attention_mask, segment_ids, causal=True)
     for i in range(cfg.num_layers):
-      x = layers.TransformerBlock(cfg, pre_norm=True, name=f"layer_{i}")(x, mask, deterministic)
+      block = layers.TransformerBlock(cfg, pre_norm=True, name=f"layer_{i}")
+      x = block(x, mask, positions, deterministic)
     return {"hidden": layers.layer_norm(cfg, "ln_final")(x)}

@@ -2,13 +2,21 @@
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`), so how it is sharded
 is decided by `research.sharding`'s rules, not here. Logical names used:
-  vocab, embed, heads, kv, mlp (parameters); act_batch, act_length, act_embed (activations).
+  vocab, embed, heads, kv_heads, kv, mlp (parameters); act_batch, act_length, act_embed, act_mlp
+  (activations).
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from research.models.config import ModelConfig
+
+ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+}
 
 
 def normal_init(axes, stddev=0.02):
@@ -19,11 +27,15 @@ def zeros_init(axes):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+def layer_norm(cfg: ModelConfig, name: str) -> nn.Module:
+  """LayerNorm (scale and bias) or, with `cfg.norm == 'rmsnorm'`, RMSNorm (scale only)."""
+  scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                      param_dtype=cfg.param_dtype, scale_init=scale_init, name=name)
   return nn.LayerNorm(
       epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-      bias_init=zeros_init(("embed",)), name=name)
+      scale_init=scale_init, bias_init=zeros_init(("embed",)), name=name)
 
 
 def constrain_hidden(x):
@@ -57,72 +69,105 @@ def positions_from_segments(segment_ids):
   return idx - start_idx
 
 
+def apply_rotary(x, positions, theta: float):
+  """Rotary position embedding, 'rotate half' layout (as Llama checkpoints expect).
+
+  x: (batch, length, heads, head_dim); positions: (batch, length).
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2 / x.shape[-1]))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (batch, length, half)
+  cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  return (xf * cos + rotated * sin).astype(x.dtype)
+
+
 class Einsum(nn.Module):
-  """`einsum(equation, x, kernel) + bias` with logically named parameters (multi-axis dense)."""
+  """`einsum(equation, x, kernel) (+ bias)` with logically named parameters (multi-axis dense)."""
   equation: str
   kernel_shape: tuple
   kernel_axes: tuple
   bias_axes: tuple
   cfg: ModelConfig
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
-    bias_shape = tuple(self.kernel_shape[-len(self.bias_axes):])
     kernel = self.param("kernel", normal_init(self.kernel_axes), self.kernel_shape,
                         self.cfg.param_dtype)
-    bias = self.param("bias", zeros_init(self.bias_axes), bias_shape, self.cfg.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.cfg.compute_dtype)
-    return jnp.einsum(self.equation, x, kernel) + bias
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.cfg.compute_dtype)
+    y = jnp.einsum(self.equation, x, kernel)
+    if self.use_bias:
+      bias_shape = tuple(self.kernel_shape[-len(self.bias_axes):])
+      bias = self.param("bias", zeros_init(self.bias_axes), bias_shape, self.cfg.param_dtype)
+      y = y + bias.astype(y.dtype)
+    return y
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention through `jax.nn.dot_product_attention` (cuDNN fused on GPUs).
+  """Multi-head (or grouped-query) self-attention through `jax.nn.dot_product_attention`.
 
-  Attention-probability dropout is not applied (fused kernels do not support it); dropout acts
-  on the attention output instead.
+  On GPUs that call can use cuDNN's fused kernel. Attention-probability dropout is not applied
+  (fused kernels do not support it); dropout acts on the attention output instead.
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool):
+  def __call__(self, x, mask, positions, deterministic: bool):
     cfg = self.cfg
-    shape = (cfg.hidden_size, cfg.num_heads, cfg.head_dim)
-    q, k, v = (Einsum("btd,dhk->bthk", shape, ("embed", "heads", "kv"), ("heads", "kv"), cfg,
-                      name=n)(x) for n in ("query", "key", "value"))
+    d, hd = cfg.hidden_size, cfg.head_dim
+
+    def project(name, heads, head_axis):
+      return Einsum("btd,dhk->bthk", (d, heads, hd), ("embed", head_axis, "kv"), (head_axis, "kv"),
+                    cfg, use_bias=cfg.use_bias, name=name)(x)
+    q = project("query", cfg.num_heads, "heads")
+    k = project("key", cfg.kv_heads, "kv_heads")
+    v = project("value", cfg.kv_heads, "kv_heads")
+    if cfg.position_embedding == "rotary":
+      q, k = (apply_rotary(t, positions, cfg.rope_theta) for t in (q, k))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention_impl)
-    out = Einsum("bthk,hkd->btd", (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
-                 ("heads", "kv", "embed"), ("embed",), cfg, name="out")(out)
+    out = Einsum("bthk,hkd->btd", (cfg.num_heads, hd, d), ("heads", "kv", "embed"), ("embed",),
+                 cfg, use_bias=cfg.use_bias, name="out")(out)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
 
 
 class Mlp(nn.Module):
+  """up -> activation -> down; with `gated_mlp`, down(act(gate(x)) * up(x)) (SwiGLU)."""
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
     cfg = self.cfg
-    h = Einsum("btd,df->btf", (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), ("mlp",), cfg,
-               name="up")(x)
-    h = nn.gelu(h, approximate=cfg.activation == "gelu_tanh")
+
+    def dense(name, shape, axes, inputs):
+      return Einsum("btd,df->btf", shape, axes, axes[-1:], cfg, use_bias=cfg.use_bias,
+                    name=name)(inputs)
+    act = ACTIVATIONS[cfg.activation]
+    h = dense("up", (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), x)
+    if cfg.gated_mlp:
+      h = act(dense("gate", (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), x)) * h
+    else:
+      h = act(h)
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
-    out = Einsum("btf,fd->btd", (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), ("embed",),
-                 cfg, name="down")(h)
+    out = dense("down", (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), h)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
 
 
 class TransformerBlock(nn.Module):
-  """Attention + MLP with residuals; `pre_norm` picks GPT-2 (pre-LN) or BERT (post-LN) order."""
+  """Attention + MLP with residuals; `pre_norm` picks GPT-2/Llama (pre-LN) or BERT (post-LN)."""
   cfg: ModelConfig
   pre_norm: bool
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool):
+  def __call__(self, x, mask, positions, deterministic: bool):
     attn, mlp = SelfAttention(self.cfg, name="attention"), Mlp(self.cfg, name="mlp")
     ln1, ln2 = layer_norm(self.cfg, "ln_attention"), layer_norm(self.cfg, "ln_mlp")
     if self.pre_norm:
-      x = x + attn(ln1(x), mask, deterministic)
+      x = x + attn(ln1(x), mask, positions, deterministic)
       x = x + mlp(ln2(x), deterministic)
     else:
-      x = ln1(x + attn(x, mask, deterministic))
+      x = ln1(x + attn(x, mask, positions, deterministic))
       x = ln2(x + mlp(x, deterministic))
     return constrain_hidden(x)

@@ -9,13 +9,24 @@ from research.models.decoder import Decoder
 from research.models.encoder import Encoder
 
 
+def default_positions(cfg: ModelConfig, input_ids, attention_mask, segment_ids):
+  """0, 1, 2, ...; restarting per packed segment; RoBERTa: real tokens from `position_offset`."""
+  if segment_ids is not None:
+    return layers.positions_from_segments(segment_ids)
+  if cfg.position_offset:  # RoBERTa counts real tokens only; padding sits at offset - 1
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.cumsum(mask, axis=1) * mask + cfg.position_offset - 1
+  return jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+
+
 class Transformer(nn.Module):
   """The one model class; `cfg.kind` picks the backbone and `cfg.heads` the heads.
 
   apply({'params': p}, input_ids, attention_mask=None, token_type_ids=None, deterministic=True)
   returns a dict with 'hidden' (batch, length, hidden) plus each head's keys ('pooled',
-  'mlm_logits', 'sentence_pair_logits', 'lm_logits'). The token embedding lives here so heads can
-  tie their vocabulary projection to it.
+  'mlm_logits', 'sentence_pair_logits', 'lm_logits', 'classification_logits'). The token
+  embedding lives here so heads can tie their vocabulary projection to it. Parameters:
+  token_embed/, backbone/, heads_<name>/.
   """
   cfg: ModelConfig
 
@@ -26,7 +37,7 @@ class Transformer(nn.Module):
         embedding_init=layers.normal_init(("vocab", "embed")))
     backbone = Encoder if cfg.kind == "encoder" else Decoder
     self.backbone = backbone(cfg)
-    self.heads = [heads_lib.build(name, cfg, self.token_embed) for name in cfg.heads]
+    self.heads = {name: heads_lib.build(name, cfg, self.token_embed) for name in cfg.heads}
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, segment_ids=None,
                positions=None, masked_positions=None, deterministic: bool = True):
@@ -35,10 +46,9 @@ class Transformer(nn.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if positions is None:
-      positions = (layers.positions_from_segments(segment_ids) if segment_ids is not None
-                   else jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape))
+      positions = default_positions(self.cfg, input_ids, attention_mask, segment_ids)
     outputs = self.backbone(self.token_embed(input_ids), attention_mask, token_type_ids,
                             segment_ids, positions, deterministic)
-    for head in self.heads:
+    for head in self.heads.values():
       outputs.update(head(outputs, masked_positions=masked_positions, deterministic=deterministic))
     return outputs

@@ -4,6 +4,7 @@ Reads top to bottom: check inputs -> mesh -> data -> model -> sharded state (ini
 policy) -> jitted steps -> loop (log, evaluate, checkpoint) -> summary. Everything that can be
 wrong with the input is checked before the first byte is written to the workdir.
 """
+import dataclasses
 import json
 import logging
 import math
@@ -111,21 +112,44 @@ def create_sharded_state(model, tx, config, mesh, rules, rng):
   return state, abstract, shardings
 
 
-def load_weights(state, source_dir: str, exclude, shardings):
-  """`config.init.from`: copies matching parameters (by path and shape) from our checkpoint."""
-  if source_dir.startswith("hf:"):
-    raise UserError("init.from='hf:...' needs the Hugging Face importer (research.convert), "
-                    "which this version does not have yet")
-  ckpt_dir = _checkpoint_dir(source_dir, "init.from")
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir, use_async=False)
-  source = ckpt.restore_raw_state(ckpt.latest_step())["params"]
-  flat_source = {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+# Model fields a run keeps from its own config when it starts from a Hugging Face checkpoint.
+OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels", "classifier")
+
+
+def init_from(config, load: bool):
+  """Applies `config.init.from`; returns its parameters (flat {path: array}) if `load`.
+
+  'hf:DIR' sets config.model from the checkpoint (except OWN_MODEL_FIELDS) and, unless
+  data.tokenizer is set, the tokenizer: a resumed run needs that as much as a new one.
+  """
+  source = config.init["from"]
+  if source.startswith("hf:"):
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    directory = hf.resolve(source[3:])
+    for field, value in dataclasses.asdict(hf.model_config_of(directory)).items():
+      if field not in OWN_MODEL_FIELDS:
+        config.model[field] = value
+    if not config.data.tokenizer:
+      config.data.tokenizer = directory
+    if not load:
+      return None
+    _, params = hf.load_pretrained(directory)
+  elif not load or not source:
+    return None
+  else:
+    ckpt = ckpt_lib.Checkpointer(_checkpoint_dir(source, "init.from"), use_async=False)
+    params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
+  return {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def load_weights(state, source: dict, exclude, shardings):
+  """Copies the parameters of `source` that match ours by path and shape, minus `exclude`."""
   excluded = [re.compile(p) for p in exclude]
   loaded = []
 
   def pick(path, current, target_sharding):
     name = optim.path_str(path)
-    value = flat_source.get(name)
+    value = source.get(name)
     if (value is None or any(e.search(name) for e in excluded)
         or tuple(value.shape) != tuple(current.shape)):
       return current
@@ -133,8 +157,9 @@ def load_weights(state, source_dir: str, exclude, shardings):
     return jax.device_put(np.asarray(value, current.dtype), target_sharding)
 
   params = jax.tree_util.tree_map_with_path(pick, state.params, shardings.params)
-  log.info("init.from %s: loaded %d parameter arrays", source_dir, len(loaded))
-  return state.replace(params=params), len(loaded)
+  total = len(jax.tree.leaves(state.params))
+  log.info("init.from: loaded %d of %d parameter arrays", len(loaded), total)
+  return state.replace(params=params), len(loaded), total
 
 
 def _checkpoint_dir(path: str, key: str) -> str:
@@ -160,6 +185,7 @@ def run(config, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=config.ckpt.keep, use_async=config.ckpt.use_async)
   latest = ckpt.latest_step()
+  pretrained = init_from(config, load=latest is None and not config.init.resume)
   data = data_lib.build(config, workdir)
   resolve_vocab(config, data.tokenizer)
   model_cfg = models.ModelConfig.from_dict(config.model)
@@ -192,9 +218,9 @@ def run(config, workdir: str) -> dict:
                                config.model.to_dict(), f"init.resume {config.init.resume!r}")
     state, data_state = other.restore(other.latest_step(), abstract_state)
     init_source = f"init.resume {config.init.resume}"
-  elif config.init["from"]:
-    state, _ = load_weights(state, config.init["from"], config.init.exclude, state_shardings)
-    init_source = f"init.from {config.init['from']}"
+  elif pretrained is not None:
+    state, loaded, total = load_weights(state, pretrained, config.init.exclude, state_shardings)
+    init_source = f"init.from {config.init['from']} ({loaded} of {total} arrays)"
   start_step = int(data_state["next_step"])  # where the data iterator resumes
   if start_step != int(state.step):
     raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "

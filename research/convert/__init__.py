@@ -1,0 +1,1 @@
+"""Checkpoint conversion: Hugging Face transformers <-> our models (`research.convert.hf`)."""

@@ -1,0 +1,85 @@
+r"""Convert checkpoints between Hugging Face transformers and this library.
+
+  python -m research.convert --from_hf=DIR --to=OUT
+      A transformers checkpoint directory (config.json + model.safetensors) -> OUT, a directory
+      that `--config.init.from=OUT` (weights only) reads, with OUT/config.json (the model
+      section) and OUT/tokenizer.json when DIR holds a tokenizer.
+  python -m research.convert --from=WORKDIR --to_hf=OUT
+      The latest checkpoint of one of our runs -> OUT/config.json + OUT/model.safetensors (and
+      tokenizer.json), which transformers' AutoModel* classes load.
+
+Bad input ends with one line on stderr and exit code 2 (--verbose shows the traceback).
+"""
+import dataclasses
+import json
+import os
+import shutil
+
+from absl import app, flags
+
+from research.errors import UserError, exit_with
+
+flags.DEFINE_string("from_hf", None, "A transformers checkpoint directory to import.")
+flags.DEFINE_string("to", None, "Where to write the imported checkpoint.")
+flags.DEFINE_string("from", None, "A workdir of ours to export (its latest checkpoint).")
+flags.DEFINE_string("to_hf", None, "Where to write the transformers checkpoint.")
+flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+FLAGS = flags.FLAGS
+
+
+def import_hf(hf_dir: str, out: str) -> str:
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  model_cfg, params = hf.load_pretrained(hf_dir)
+  model_section = dataclasses.asdict(model_cfg)
+  ckpt = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), use_async=False)
+  ckpt.save(0, {"params": params}, {"next_step": 0}, {"model": model_section})
+  ckpt.wait()
+  ckpt.close()
+  with open(os.path.join(out, "config.json"), "w") as f:
+    json.dump({"model": model_section}, f, indent=2, sort_keys=True)
+  try:
+    tokenizer_lib.save(tokenizer_lib.load(hf.resolve(hf_dir)), out)
+  except UserError:
+    pass  # no tokenizer files beside the weights
+  return f"{hf_dir} ({model_cfg.kind}, heads {list(model_cfg.heads)}) -> {out}"
+
+
+def export_hf(workdir: str, out: str) -> str:
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise UserError(f"no config.json in {workdir!r}: is it a workdir of ours?")
+  with open(config_path) as f:
+    model_section = json.load(f)["model"]
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not checkpoint.Checkpointer.exists(ckpt_dir):
+    raise UserError(f"no checkpoint in {workdir!r}")
+  ckpt = checkpoint.Checkpointer(ckpt_dir, use_async=False)
+  params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
+  hf.save_pretrained(model_section, params, out)
+  tokenizer = os.path.join(workdir, "tokenizer.json")
+  if os.path.exists(tokenizer):
+    shutil.copy(tokenizer, os.path.join(out, "tokenizer.json"))
+  return f"{workdir} (step {ckpt.latest_step()}) -> {out}"
+
+
+def main(argv):
+  del argv
+  try:
+    if FLAGS.from_hf and FLAGS.to and not (FLAGS["from"].value or FLAGS.to_hf):
+      print(import_hf(FLAGS.from_hf, FLAGS.to))
+    elif FLAGS["from"].value and FLAGS.to_hf and not (FLAGS.from_hf or FLAGS.to):
+      print(export_hf(FLAGS["from"].value, FLAGS.to_hf))
+    else:
+      raise UserError("pass either --from_hf=DIR --to=OUT or --from=WORKDIR --to_hf=OUT")
+  except UserError as e:
+    if FLAGS.verbose:
+      raise
+    exit_with(e)
+
+
+if __name__ == "__main__":
+  app.run(main)

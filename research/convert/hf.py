@@ -1,0 +1,187 @@
+"""Import and export Hugging Face checkpoints: `load_pretrained(dir)`, `save_pretrained(...)`.
+
+Reads `config.json` plus `model.safetensors` (or a sharded `model.safetensors.index.json`, or
+`pytorch_model.bin` when torch is installed) from a local directory, and writes `config.json` +
+`model.safetensors` that transformers loads with the matching `AutoModel*` class. Both base-model
+checkpoints (as `AutoModel` saves them) and task-model checkpoints (with the 'bert.',
+'roberta.', 'transformer.' or 'model.' prefix) load. No network: a hub name is looked up in the
+local HF cache only, and an unreachable hub is reported in one line.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+
+from research import models
+from research.convert import architectures
+from research.errors import UserError
+from research.models.config import ModelConfig
+
+
+def read_tensors(directory: str) -> dict:
+  """{name: numpy array} from the directory's safetensors file(s) or pytorch_model.bin."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  single = os.path.join(directory, "model.safetensors")
+  index = os.path.join(directory, "model.safetensors.index.json")
+  if os.path.exists(single):
+    return load_file(single)
+  if os.path.exists(index):
+    with open(index) as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    tensors = {}
+    for shard in shards:
+      tensors.update(load_file(os.path.join(directory, shard)))
+    return tensors
+  bin_path = os.path.join(directory, "pytorch_model.bin")
+  if os.path.exists(bin_path):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise UserError(f"{bin_path} is a PyTorch pickle: install torch to read it, or convert it to "
+                      "model.safetensors") from None
+    state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+  raise UserError(f"no model.safetensors, model.safetensors.index.json or pytorch_model.bin in "
+                  f"{directory!r}")
+
+
+def read_tensor_names(directory: str) -> list:
+  """The tensor names of a checkpoint, without reading the tensors where the format allows."""
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  single = os.path.join(directory, "model.safetensors")
+  index = os.path.join(directory, "model.safetensors.index.json")
+  if os.path.exists(single):
+    with safe_open(single, "np") as f:
+      return list(f.keys())
+  if os.path.exists(index):
+    with open(index) as f:
+      return list(json.load(f)["weight_map"])
+  return list(read_tensors(directory))
+
+
+def resolve(name_or_dir: str) -> str:
+  """A local directory as is; otherwise a hub name, looked up through huggingface_hub."""
+  if os.path.isdir(name_or_dir):
+    return name_or_dir
+  if name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1:
+    raise UserError(f"no such checkpoint directory {name_or_dir!r}")
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+    return huggingface_hub.snapshot_download(
+        name_or_dir, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+  except Exception as e:  # offline, unknown repo, ...
+    raise UserError(f"{name_or_dir!r} is not a local directory and the Hugging Face hub could not "
+                    f"provide it ({type(e).__name__}); download it elsewhere and pass the "
+                    "directory") from None
+
+
+def expected_shapes(model_cfg: ModelConfig) -> dict:
+  """{our parameter path: shape} of the model `model_cfg` describes."""
+  from research.train.optim import path_str  # pylint: disable=g-import-not-at-top
+  model = models.build(model_cfg)
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), np.zeros((1, 8), np.int32),
+                         masked_positions=np.zeros((1, 1), np.int32)))["params"]
+  leaves = jax.tree_util.tree_flatten_with_path(
+      abstract, is_leaf=lambda x: hasattr(x, "unbox"))[0]
+  return {path_str(p): tuple(getattr(v, "value", v).shape) for p, v in leaves}
+
+
+def _nest(flat: dict) -> dict:
+  tree = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def _describe(directory: str, names, overrides):
+  """(architecture, ModelConfig, is a task model) from config.json and the tensor names."""
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.exists(config_path):
+    raise UserError(f"no config.json in {directory!r}")
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  arch = architectures.get(hf_config.get("model_type"))
+  names = read_tensor_names(directory) if names is None else names
+  task_model = any(k.startswith(arch.prefix) for k in names)
+  stripped = {k[len(arch.prefix):] if task_model and k.startswith(arch.prefix) else k for k in names}
+  fields = arch.to_model_config(hf_config, stripped, task_model)
+  fields.update(overrides)
+  return arch, ModelConfig.from_dict(fields), task_model
+
+
+def model_config_of(name_or_dir: str, **overrides) -> ModelConfig:
+  """The ModelConfig a checkpoint loads as, reading only its config and tensor names."""
+  return _describe(resolve(name_or_dir), None, overrides)[1]
+
+
+def load_pretrained(name_or_dir: str, **overrides):
+  """Returns (ModelConfig, params) for a transformers checkpoint directory.
+
+  `overrides` replace ModelConfig fields that do not change parameters (e.g. dtype='float32').
+  """
+  directory = resolve(name_or_dir)
+  arch, model_cfg, task_model = _describe(directory, None, overrides)
+  tensors = read_tensors(directory)
+  strip = lambda k: k[len(arch.prefix):] if task_model and k.startswith(arch.prefix) else k
+  stripped = {strip(k): v for k, v in tensors.items()}
+
+  shapes = expected_shapes(model_cfg)
+  flat, used, missing = {}, set(), []
+  for rule in arch.rules(model_cfg):
+    if rule.hf not in stripped:
+      missing.append((arch.prefix if task_model and rule.prefixed else "") + rule.hf)
+      continue
+    used.add(rule.hf)
+    for path, value in zip(rule.ours, rule.to_ours(np.asarray(stripped[rule.hf]))):
+      if path not in shapes:
+        raise UserError(f"tensor {rule.hf!r} maps to {path!r}, which the model lacks")
+      if tuple(value.shape) != shapes[path]:
+        raise UserError(f"tensor {rule.hf!r} has shape {tuple(stripped[rule.hf].shape)}, which gives "
+                        f"{tuple(value.shape)} for {path!r}; the model expects {shapes[path]}")
+      flat[path] = np.asarray(value, np.float32)
+  if missing:
+    raise UserError(f"checkpoint {directory!r} lacks tensors: {', '.join(missing[:20])}"
+                    + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else ""))
+  unexpected = sorted(k for k in stripped if k not in used and k not in arch.ignored
+                      and not k.endswith(getattr(arch, "ignored_suffixes", ())))
+  if unexpected:
+    raise UserError(f"checkpoint {directory!r} has tensors no rule reads: {', '.join(unexpected[:20])}")
+  not_loaded = sorted(set(shapes) - set(flat))
+  if not_loaded:
+    raise UserError(f"no checkpoint tensor fills {', '.join(not_loaded[:20])}")
+  return model_cfg, _nest(flat)
+
+
+def save_pretrained(model_cfg, params, directory: str):
+  """Writes config.json + model.safetensors for transformers' matching class."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from research.train.optim import path_str  # pylint: disable=g-import-not-at-top
+  if not isinstance(model_cfg, ModelConfig):
+    model_cfg = ModelConfig.from_dict(model_cfg)
+  arch = architectures.for_model(model_cfg)
+  flat = {path_str(p): np.asarray(v, np.float32)
+          for p, v in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]}
+  task_model = bool(model_cfg.heads)
+  tensors, used = {}, set()
+  for rule in arch.rules(model_cfg):
+    missing = [p for p in rule.ours if p not in flat]
+    if missing:
+      raise UserError(f"params lack {missing} (needed for {rule.hf!r})")
+    used.update(rule.ours)
+    name = (arch.prefix if task_model and rule.prefixed else "") + rule.hf
+    tensors[name] = np.ascontiguousarray(rule.to_hf(*(flat[p] for p in rule.ours)))
+  left = sorted(set(flat) - used)
+  if left:
+    raise UserError(f"no {arch.model_type} tensor holds {left}")
+  hf_config = arch.to_hf_config(model_cfg)
+  hf_config.update(architectures=[arch.architecture(model_cfg.heads)], torch_dtype="float32")
+  os.makedirs(directory, exist_ok=True)
+  save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf_config, f, indent=2, sort_keys=True)

@@ -1,0 +1,300 @@
+"""HF interop: logit parity with transformers (PyTorch, float32) on randomly initialised tiny
+models of each architecture, export round trips, tokenizer ids, and bad checkpoints."""
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import models
+from research.convert import hf
+from research.errors import UserError
+
+torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[test]')")
+transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
+
+TOL = 1e-5
+BERT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=64)
+LLAMA = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+             rope_theta=500.0)
+
+
+def _hf_model(cls_name, config_cls, **kw):
+  torch.manual_seed(0)
+  config = getattr(transformers, config_cls)(**kw)
+  model = getattr(transformers, cls_name)(config).eval()
+  with torch.no_grad():  # non-trivial biases and norms, so a swapped tensor cannot hide
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name.lower():
+        p.add_(torch.randn_like(p) * 0.1)
+  return model
+
+
+def _inputs(batch=2, length=10, vocab=120, pad=0, types=True):
+  rng = np.random.RandomState(0)
+  ids = rng.randint(5, vocab, (batch, length))
+  mask = np.ones((batch, length), np.int64)
+  mask[1, 7:] = 0
+  ids[1, 7:] = pad
+  out = {"input_ids": ids, "attention_mask": mask}
+  if types:
+    tt = np.zeros_like(ids)
+    tt[:, 5:] = 1
+    out["token_type_ids"] = tt
+  return out
+
+
+def _hf_outputs(model, inputs):
+  with torch.no_grad():
+    return model(**{k: torch.tensor(v) for k, v in inputs.items()}, output_hidden_states=True)
+
+
+def _ours(model_cfg, params, inputs):
+  length = inputs["input_ids"].shape[1]
+  kwargs = {k: jnp.asarray(v) for k, v in inputs.items() if k != "input_ids"}
+  if "mlm" in model_cfg.heads:
+    kwargs["masked_positions"] = jnp.tile(jnp.arange(length), (inputs["input_ids"].shape[0], 1))
+  return models.build(model_cfg).apply({"params": params}, jnp.asarray(inputs["input_ids"]), **kwargs)
+
+
+def _close(ours, theirs, mask=None):
+  ours, theirs = np.asarray(ours), np.asarray(theirs)
+  if mask is not None:
+    ours, theirs = ours[mask.astype(bool)], theirs[mask.astype(bool)]
+  err = np.abs(ours - theirs).max()
+  assert err < TOL, err
+  return err
+
+
+CASES = [
+    # (transformers class, config class, config kwargs, our output key, hf output attr, pad id, types)
+    ("BertModel", "BertConfig", BERT, None, None, 0, True),
+    ("BertForMaskedLM", "BertConfig", BERT, "mlm_logits", "logits", 0, True),
+    ("BertForPreTraining", "BertConfig", BERT, "sentence_pair_logits", "seq_relationship_logits", 0, True),
+    ("BertForSequenceClassification", "BertConfig", dict(BERT, num_labels=3),
+     "classification_logits", "logits", 0, True),
+    ("BertModel", "BertConfig", dict(BERT, hidden_size=48, num_attention_heads=12,
+                                     intermediate_size=96, hidden_act="gelu_new"), None, None, 0, True),
+    ("RobertaForMaskedLM", "RobertaConfig", dict(BERT, max_position_embeddings=66, type_vocab_size=1,
+                                                 pad_token_id=1), "mlm_logits", "logits", 1, False),
+    ("RobertaForSequenceClassification", "RobertaConfig",
+     dict(BERT, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, num_labels=4),
+     "classification_logits", "logits", 1, False),
+    ("GPT2Model", "GPT2Config", dict(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=64),
+     None, None, 0, False),
+    ("GPT2LMHeadModel", "GPT2Config", dict(vocab_size=120, n_embd=32, n_layer=2, n_head=4,
+                                           n_positions=64), "lm_logits", "logits", 0, False),
+    ("LlamaForCausalLM", "LlamaConfig", LLAMA, "lm_logits", "logits", 0, False),
+    ("LlamaForCausalLM", "LlamaConfig", dict(LLAMA, tie_word_embeddings=True, num_key_value_heads=4),
+     "lm_logits", "logits", 0, False),
+    ("LlamaModel", "LlamaConfig", dict(LLAMA, head_dim=16), None, None, 0, False),
+]
+
+
+@pytest.mark.parametrize("cls_name, config_cls, kw, ours_key, hf_attr, pad, types", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_import_matches_transformers(tmp_path, cls_name, config_cls, kw, ours_key, hf_attr, pad,
+                                     types):
+  model = _hf_model(cls_name, config_cls, **kw)
+  model.save_pretrained(tmp_path)
+  model_cfg, params = hf.load_pretrained(str(tmp_path), dtype="float32")
+  inputs = _inputs(pad=pad, types=types)
+  theirs, ours = _hf_outputs(model, inputs), _ours(model_cfg, params, inputs)
+  hidden = getattr(theirs, "last_hidden_state", None)
+  hidden = theirs.hidden_states[-1] if hidden is None else hidden
+  _close(ours["hidden"], hidden.numpy(), inputs["attention_mask"])
+  if ours_key in ("mlm_logits", "lm_logits"):
+    _close(ours[ours_key], getattr(theirs, hf_attr).numpy(), inputs["attention_mask"])
+  elif ours_key:
+    _close(ours[ours_key], getattr(theirs, hf_attr).numpy())
+  if cls_name == "BertModel":
+    _close(ours["pooled"], theirs.pooler_output.numpy())
+
+  # Export round trip: save_pretrained -> transformers loads it -> same outputs; and
+  # import(export(p)) == p exactly.
+  out_dir = tmp_path / "exported"
+  hf.save_pretrained(model_cfg, params, str(out_dir))
+  reloaded = getattr(transformers, cls_name).from_pretrained(str(out_dir)).eval()
+  again = _hf_outputs(reloaded, inputs)
+  if ours_key and hf_attr:
+    _close(getattr(again, hf_attr).numpy(), getattr(theirs, hf_attr).numpy(),
+           inputs["attention_mask"] if ours_key.endswith("lm_logits") else None)
+  cfg2, params2 = hf.load_pretrained(str(out_dir), dtype="float32")
+  assert cfg2 == model_cfg
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_sharded_safetensors_and_pytorch_bin(tmp_path):
+  model = _hf_model("GPT2LMHeadModel", "GPT2Config", vocab_size=120, n_embd=32, n_layer=2,
+                    n_head=4, n_positions=64)
+  model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+  assert os.path.exists(tmp_path / "sharded" / "model.safetensors.index.json")
+  cfg_a, params_a = hf.load_pretrained(str(tmp_path / "sharded"))
+  (tmp_path / "bin").mkdir()
+  torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+  (tmp_path / "bin" / "config.json").write_text((tmp_path / "sharded" / "config.json").read_text())
+  cfg_b, params_b = hf.load_pretrained(str(tmp_path / "bin"))
+  assert cfg_a == cfg_b
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def _saved_bert(tmp_path, cls_name="BertForMaskedLM"):
+  _hf_model(cls_name, "BertConfig", **BERT).save_pretrained(tmp_path)
+  return tmp_path
+
+
+def test_bad_checkpoints(tmp_path):
+  with pytest.raises(UserError, match="no such checkpoint directory"):
+    hf.load_pretrained(str(tmp_path / "missing"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="no config.json"):
+    hf.load_pretrained(str(tmp_path / "empty"))
+  (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+  with pytest.raises(UserError, match="no model.safetensors"):
+    hf.load_pretrained(str(tmp_path / "empty"))
+
+  d = _saved_bert(tmp_path / "t5")
+  cfg = json.loads((d / "config.json").read_text())
+  (d / "config.json").write_text(json.dumps(dict(cfg, model_type="t5")))
+  with pytest.raises(UserError, match=r"unsupported model_type 't5'; supported: \['bert', 'gpt2', 'llama', 'roberta'\]"):
+    hf.load_pretrained(str(d))
+
+  from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
+  d = _saved_bert(tmp_path / "shape")
+  tensors = load_file(d / "model.safetensors")
+  name = "bert.encoder.layer.1.intermediate.dense.weight"
+  tensors[name] = np.zeros((65, 32), np.float32)
+  save_file(tensors, d / "model.safetensors")
+  with pytest.raises(UserError, match=r"'encoder.layer.1.intermediate.dense.weight' has shape \(65, 32\).*expects \(32, 64\)"):
+    hf.load_pretrained(str(d))
+
+  d = _saved_bert(tmp_path / "keys")
+  tensors = load_file(d / "model.safetensors")
+  del tensors["bert.encoder.layer.0.output.dense.bias"]
+  tensors["bert.encoder.extra.weight"] = np.zeros(3, np.float32)
+  save_file(tensors, d / "model.safetensors")
+  with pytest.raises(UserError, match="lacks tensors: bert.encoder.layer.0.output.dense.bias"):
+    hf.load_pretrained(str(d))
+  tensors["bert.encoder.layer.0.output.dense.bias"] = np.zeros(32, np.float32)
+  save_file(tensors, d / "model.safetensors")
+  with pytest.raises(UserError, match="no rule reads: encoder.extra.weight"):
+    hf.load_pretrained(str(d))
+
+
+def test_hub_name_offline_is_one_line(monkeypatch):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  with pytest.raises(UserError, match="hub could not provide it"):
+    hf.load_pretrained("surely-not/a-model-42")
+
+
+TRICKY = ["Hello, World!", "naïve café résumé Ångström", "東京都 北京 서울", "emoji 🙂👍🏽 ok",
+          "antidisestablishmentarianism pneumonoultramicroscopic", "tabs\tand   runs  of   spaces",
+          "  leading and trailing  ", "UPPER lower MiXeD", "3.14159 $5,000 #hashtag @user",
+          "line\nbreaks\n\nhere", ""]
+
+
+def test_tokenizer_ids_match_transformers(tmp_path):
+  from research.data import sources, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  texts = [t for _, t in sources.read_bbc_news()[:300]] + TRICKY
+  # BERT: vocab.txt only (uncased and cased).
+  wp = tokenizer_lib.train_wordpiece(texts, 800)
+  for lower in (True, False):
+    d = tmp_path / f"bert_{lower}"
+    d.mkdir()
+    (d / "vocab.txt").write_text("\n".join(sorted(wp.get_vocab(), key=wp.get_vocab().get)) + "\n")
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": lower}))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(d))
+    ours = tokenizer_lib.load(str(d))
+    for s in TRICKY:
+      assert ours.encode(s).ids == theirs(s)["input_ids"], (lower, s)
+    assert ours.encode("first", "second").ids == theirs("first", "second")["input_ids"]
+  # GPT-2 and RoBERTa: vocab.json + merges.txt.
+  for name, specials in (("GPT2Tokenizer", ["<|endoftext|>"]),
+                         ("RobertaTokenizer", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])):
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(
+        vocab_size=700, special_tokens=specials, show_progress=False,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    d = tmp_path / name
+    d.mkdir()
+    bpe.model.save(str(d))
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": name}))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(d))
+    ours = tokenizer_lib.load(str(d))
+    for s in TRICKY:
+      assert ours.encode(s).ids == theirs(s)["input_ids"], (name, s)
+    # tokenizer.json as transformers writes it loads to the same ids.
+    theirs.save_pretrained(str(d / "saved"))
+    from_json = tokenizer_lib.load(str(d / "saved"))
+    for s in TRICKY:
+      assert from_json.encode(s).ids == theirs(s)["input_ids"], (name, s)
+
+
+tokenizers = pytest.importorskip("tokenizers")
+
+
+def _bert_with_vocab(directory):
+  """A random tiny BertForMaskedLM whose vocab.txt comes from a WordPiece trained on BBC News."""
+  from research.data import sources, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  wp = tokenizer_lib.train_wordpiece([t for _, t in sources.read_bbc_news()[:300]], 600)
+  vocab = sorted(wp.get_vocab(), key=wp.get_vocab().get)
+  model = _hf_model("BertForMaskedLM", "BertConfig", **dict(BERT, vocab_size=len(vocab)))
+  model.save_pretrained(directory)
+  (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  return model
+
+
+def test_finetune_run_starts_from_hf_checkpoint(tmp_path, tiny):
+  from research import checkpoint, train  # pylint: disable=g-import-not-at-top
+  _bert_with_vocab(tmp_path / "hf")
+  config = tiny("mlm", steps=2)
+  config.init["from"] = f"hf:{tmp_path / 'hf'}"
+  config.optim.update(learning_rate=0.0)
+  summary = train.run(config, str(tmp_path / "run"))
+  _, imported = hf.load_pretrained(str(tmp_path / "hf"))
+  import jax  # pylint: disable=g-import-not-at-top
+  n = len(jax.tree.leaves(imported))
+  assert summary["init"].endswith(f"({n} of {n} arrays)"), summary["init"]
+  with open(tmp_path / "run" / "config.json") as f:
+    assert json.load(f)["model"]["hidden_size"] == 32  # the checkpoint's shape, not tiny's 128
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), use_async=False)
+  trained = ckpt.restore_raw_state(2)["params"]
+  jax.tree.map(np.testing.assert_array_equal, trained, imported)
+
+
+def test_convert_command_line_round_trip(tmp_path):
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  original = _bert_with_vocab(tmp_path / "hf")
+  run = lambda *a: subprocess.run([sys.executable, "-m", "research.convert", *a], cwd=REPO,
+                                  capture_output=True, text=True, timeout=300)
+  first = run(f"--from_hf={tmp_path / 'hf'}", f"--to={tmp_path / 'ours'}")
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert (tmp_path / "ours" / "tokenizer.json").exists()
+  back = run(f"--from={tmp_path / 'ours'}", f"--to_hf={tmp_path / 'back'}")
+  assert back.returncode == 0, back.stderr[-2000:]
+  reloaded = transformers.BertForMaskedLM.from_pretrained(str(tmp_path / "back")).eval()
+  inputs = _inputs(vocab=original.config.vocab_size)
+  _close(_hf_outputs(reloaded, inputs).logits.numpy(), _hf_outputs(original, inputs).logits.numpy())
+  bad = run(f"--from={tmp_path / 'nowhere'}", f"--to_hf={tmp_path / 'x'}")
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: no config.json")
+
+
+def test_run_started_from_hf_resumes_with_the_same_command(tmp_path, tiny):
+  from research import train  # pylint: disable=g-import-not-at-top
+  _bert_with_vocab(tmp_path / "hf")
+  first = tiny("mlm", steps=2)
+  first.init["from"] = f"hf:{tmp_path / 'hf'}"
+  train.run(first, str(tmp_path / "run"))
+  longer = tiny("mlm", steps=4)
+  longer.init["from"] = f"hf:{tmp_path / 'hf'}"
+  summary = train.run(longer, str(tmp_path / "run"))
+  assert summary["init"] == "resumed from step 2" and summary["step"] == 4
