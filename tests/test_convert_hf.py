@@ -298,3 +298,12 @@ def test_run_started_from_hf_resumes_with_the_same_command(tmp_path, tiny):
   longer.init["from"] = f"hf:{tmp_path / 'hf'}"
   summary = train.run(longer, str(tmp_path / "run"))
   assert summary["init"] == "resumed from step 2" and summary["step"] == 4
+
+
+def test_pytorch_bin_without_torch_is_one_line(tmp_path, monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+  monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+  with pytest.raises(UserError, match="install torch to read it"):
+    hf.read_tensors(str(tmp_path))
