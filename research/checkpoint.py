@@ -69,3 +69,59 @@ def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):
 
 def _norm(v):
   return list(v) if isinstance(v, (list, tuple)) else v
+
+
+class BestCheckpoint:
+  """Keeps the parameters of the best evaluation so far (WORKDIR/best/<step>/).
+
+  `metric` is an eval key (e.g. 'eval/bbc_news/accuracy'), `mode` 'max' or 'min'. `patience`
+  > 0 asks for early stopping after that many evaluations without improvement. Its state is
+  recovered from disk and the metrics history, so a resumed run keeps counting where it was.
+  """
+
+  def __init__(self, directory: str, metric: str, mode: str = "max", patience: int = 0,
+               history=()):
+    if mode not in ("max", "min"):
+      raise UserError(f"evals.best_mode must be 'max' or 'min', got {mode!r}")
+    self.metric, self.mode, self.patience = metric, mode, patience
+    self.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=False))
+    self.step = self.manager.latest_step()
+    self.value = None
+    self.stale = 0  # evaluations since the best one
+    for record in history:
+      if metric in record and record[metric] is not None:
+        self._observe(record["step"], record[metric])
+
+  def _better(self, value) -> bool:
+    return self.value is None or (value > self.value if self.mode == "max" else value < self.value)
+
+  def _observe(self, step, value) -> bool:
+    if self._better(value):
+      self.step, self.value, self.stale = step, value, 0
+      return True
+    self.stale += 1
+    return False
+
+  def update(self, step: int, metrics: dict, params) -> bool:
+    """Records an evaluation; saves `params` if it is the best. Returns True if it was."""
+    if self.metric not in metrics:
+      raise UserError(f"evals.best_metric {self.metric!r} is not among the eval metrics: "
+                      f"{sorted(k for k in metrics if k.startswith('eval/'))}")
+    improved = self._observe(step, metrics[self.metric])
+    if improved:
+      self.manager.save(step, force=True, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params)))
+      self.manager.wait_until_finished()
+    return improved
+
+  @property
+  def should_stop(self) -> bool:
+    return self.patience > 0 and self.stale >= self.patience
+
+  def restore(self, abstract_params):
+    return self.manager.restore(self.step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))["params"]
+
+  def close(self):
+    self.manager.close()

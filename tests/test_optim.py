@@ -54,9 +54,10 @@ def test_gradient_accumulation_matches_full_batch():
   params = model.init(jax.random.key(1), ids)["params"]
   tx = optax.sgd(0.1)
   objs = objectives.build(_cfg(name="clm"))
+  task_loss = lambda outputs, b: objectives.combined_loss(objs, outputs, b)
   results = []
   for accum in (1, 2, 4):
-    step = jax.jit(make_train_step(model, objs, tx, optax.constant_schedule(0.1),
+    step = jax.jit(make_train_step(model, task_loss, tx, optax.constant_schedule(0.1),
                                    jax.random.key(2), grad_accum_steps=accum))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     new_state, metrics = step(state, batch)

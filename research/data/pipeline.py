@@ -42,19 +42,27 @@ def to_global(host_batch: dict, sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
 
 
-def device_batches(batches: StepIndexedBatches, start: int, stop: int, sharding, prefetch: int = 2):
-  """Yields (step, global batch) for steps [start, stop), building `prefetch` steps ahead."""
+def device_batches(host_batch, start: int, stop: int, sharding, prefetch: int = 2):
+  """Yields (step, batch on device) for steps [start, stop), building `prefetch` steps ahead.
+
+  `host_batch(step)` returns this host's rows as a dict of arrays, or (tag, dict): the tag (e.g.
+  which task a multi-task step belongs to) is passed through, as (step, (tag, batch)).
+  """
+  def build(step):
+    out = host_batch(step)
+    if isinstance(out, tuple):
+      return out[0], to_global(out[1], sharding)
+    return to_global(out, sharding)
+
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
     pending = collections.deque()
-    submit = lambda s: pending.append((s, pool.submit(
-        lambda: to_global(batches.host_batch(s), sharding))))
     next_step = start
     while next_step < stop and len(pending) < prefetch:
-      submit(next_step)
+      pending.append((next_step, pool.submit(build, next_step)))
       next_step += 1
     while pending:
       step, future = pending.popleft()
       if next_step < stop:
-        submit(next_step)
+        pending.append((next_step, pool.submit(build, next_step)))
         next_step += 1
       yield step, future.result()

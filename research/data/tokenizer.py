@@ -80,6 +80,18 @@ def byte_level_bpe(vocab_path: str, merges_path: str, roberta: bool):
   return tok
 
 
+def with_pair_template(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+  """A copy of `tok` whose encode(a, b) gives CLS a SEP b SEP with type ids 0/1 ([CLS]/<s>)."""
+  ids = SpecialIds.of(tok)
+  cls_token, sep_token = tok.id_to_token(ids.cls), tok.id_to_token(ids.sep)
+  out = tokenizers.Tokenizer.from_str(tok.to_str())
+  out.post_processor = processors.TemplateProcessing(
+      single=f"{cls_token}:0 $A:0 {sep_token}:0",
+      pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
+      special_tokens=[(cls_token, ids.cls), (sep_token, ids.sep)])
+  return out
+
+
 def train_wordpiece(texts, vocab_size: int) -> tokenizers.Tokenizer:
   """Trains BERT WordPiece; ids are made deterministic.
 

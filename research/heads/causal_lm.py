@@ -9,6 +9,7 @@ from research.models.config import ModelConfig
 class CausalLmHead(nn.Module):
   """Adds 'lm_logits' (batch, length, vocab) in float32; GPT-2 ties it to the token embedding."""
   cfg: ModelConfig
+  key: str  # output key prefix
   token_embed: nn.Embed
   uses_token_embedding = True
 
@@ -22,4 +23,4 @@ class CausalLmHead(nn.Module):
       logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                         param_dtype=cfg.param_dtype, kernel_init=layers.normal_init(("embed", "vocab")),
                         name="decoder")(x)
-    return {"lm_logits": logits.astype(jnp.float32)}
+    return {f"{self.key}_logits": logits.astype(jnp.float32)}

@@ -13,6 +13,8 @@ class ClassificationHead(nn.Module):
   'first_token_mlp' = dropout -> dense -> tanh -> dropout -> dense on the first token (RoBERTa).
   """
   cfg: ModelConfig
+  key: str  # output key prefix
+  num_labels: int = 2
   uses_token_embedding = False
 
   @nn.compact
@@ -29,4 +31,4 @@ class ClassificationHead(nn.Module):
       x = dropout(outputs["hidden"][:, 0], deterministic=deterministic)
       x = jnp.tanh(dense(cfg.hidden_size, "dense", "embed_out")(x))
       x = dropout(x, deterministic=deterministic)
-    return {"classification_logits": dense(cfg.num_labels, "out", None)(x).astype(jnp.float32)}
+    return {f"{self.key}_logits": dense(self.num_labels, "out", None)(x).astype(jnp.float32)}

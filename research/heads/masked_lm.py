@@ -14,6 +14,7 @@ class MaskedLmHead(nn.Module):
   Adds 'mlm_logits' (batch, max_predictions, vocab) in float32.
   """
   cfg: ModelConfig
+  key: str  # output key prefix
   token_embed: nn.Embed
   uses_token_embedding = True
 
@@ -35,4 +36,4 @@ class MaskedLmHead(nn.Module):
                         param_dtype=cfg.param_dtype, kernel_init=layers.normal_init(("embed", "vocab")),
                         name="decoder")(x)
     bias = self.param("bias", layers.zeros_init(("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
-    return {"mlm_logits": logits.astype(jnp.float32) + bias}
+    return {f"{self.key}_logits": logits.astype(jnp.float32) + bias}

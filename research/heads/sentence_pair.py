@@ -9,6 +9,8 @@ from research.models.config import ModelConfig
 class SentencePairHead(nn.Module):
   """Adds 'sentence_pair_logits' (batch, 2) in float32; label 0 = in order / is next."""
   cfg: ModelConfig
+  key: str  # output key prefix
+  num_labels: int = 2
   uses_token_embedding = False
 
   @nn.compact
@@ -17,4 +19,4 @@ class SentencePairHead(nn.Module):
     logits = nn.Dense(2, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
                       kernel_init=layers.normal_init(("embed_out", None)),
                       bias_init=layers.zeros_init((None,)), name="classifier")(outputs["pooled"])
-    return {"sentence_pair_logits": logits.astype(jnp.float32)}
+    return {f"{self.key}_logits": logits.astype(jnp.float32)}

@@ -21,7 +21,29 @@ SIZES = {
 }
 
 KINDS = ("encoder", "decoder")
-HEADS = ("mlm", "sentence_pair", "lm", "classification")
+HEADS = ("mlm", "sentence_pair", "lm", "classification", "token_classification", "span")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """One entry of `ModelConfig.heads`: 'kind', or 'name=kind' / 'name=kind:num_labels'.
+
+  The name keys the parameters (heads_<name>/) and outputs (<name>_logits, ...); several heads of
+  one kind (multi-task fine-tuning) need distinct names. num_labels defaults to the config's.
+  """
+  name: str
+  kind: str
+  num_labels: int
+
+  @classmethod
+  def parse(cls, spec: str, default_labels: int) -> "HeadSpec":
+    name, _, rest = spec.rpartition("=")
+    kind, _, labels = rest.partition(":")
+    try:
+      return cls(name or kind, kind, int(labels) if labels else default_labels)
+    except ValueError:
+      raise UserError(f"bad head spec {spec!r}: expected 'kind', 'name=kind' or "
+                      "'name=kind:num_labels'") from None
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
@@ -52,13 +74,17 @@ class ModelConfig:
   classifier: str = "pooled"  # classification head: 'pooled' (BERT) or 'first_token_mlp' (RoBERTa)
   dtype: str = "bfloat16"  # compute dtype
   param_dtype: str = "float32"
-  heads: tuple = ()  # any of HEADS
+  heads: tuple = ()  # HeadSpec strings: a kind from HEADS, or 'name=kind[:num_labels]'
   tie_embeddings: bool = True  # vocabulary projections reuse the token embedding matrix
   attention_impl: Optional[str] = None  # None picks per platform; 'xla' or 'cudnn' forces one
 
   @property
   def head_dim(self) -> int:
     return self.attention_head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def head_specs(self) -> tuple:
+    return tuple(HeadSpec.parse(h, self.num_labels) for h in self.heads)
 
   @property
   def kv_heads(self) -> int:
@@ -99,9 +125,13 @@ class ModelConfig:
         raise UserError(f"model.{field} must be one of {allowed}, got {getattr(self, field)!r}")
     if "classification" in self.heads and self.classifier == "pooled" and not self.pooler:
       raise UserError("the 'pooled' classification head needs model.pooler=True")
-    bad = [h for h in self.heads if h not in HEADS]
+    specs = self.head_specs
+    bad = [s.kind for s in specs if s.kind not in HEADS]
     if bad:
       raise UserError(f"unknown model heads {bad}; known: {list(HEADS)}")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+      raise UserError(f"model heads need distinct names, got {names}")
     for field in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, field))

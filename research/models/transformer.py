@@ -37,7 +37,8 @@ class Transformer(nn.Module):
         embedding_init=layers.normal_init(("vocab", "embed")))
     backbone = Encoder if cfg.kind == "encoder" else Decoder
     self.backbone = backbone(cfg)
-    self.heads = {name: heads_lib.build(name, cfg, self.token_embed) for name in cfg.heads}
+    self.heads = {spec.name: heads_lib.build(spec, cfg, self.token_embed)
+                  for spec in cfg.head_specs}
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, segment_ids=None,
                positions=None, masked_positions=None, deterministic: bool = True):

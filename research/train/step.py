@@ -2,7 +2,8 @@
 
 `train_step(state, batch) -> (state, metrics)`: dropout randomness is `fold_in(key, step)`, so a
 step's result depends only on (state, batch); gradients can be accumulated over microbatches
-with `lax.scan`. `eval_step(params, batch) -> sums`: (sum, count) pairs, added up by the caller.
+with `lax.scan`. The loss is a task's `loss(outputs, batch) -> (loss, {name: (sum, count)})`.
+`eval_step(params, batch)` returns the task's `eval_outputs(outputs, batch)`.
 Both stay on device: nothing here forces a host sync.
 """
 from typing import Any
@@ -11,8 +12,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-
-from research import objectives as objectives_lib
 
 
 @flax.struct.dataclass
@@ -28,11 +27,14 @@ def model_inputs(batch) -> dict:
   return {k: batch[k] for k in keys if k in batch}
 
 
-def make_loss_fn(model, objectives):
+def apply_model(model, params, batch, rng=None):
+  return model.apply({"params": params}, batch["input_ids"], **model_inputs(batch),
+                     deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
+
+
+def make_loss_fn(model, task_loss):
   def loss_fn(params, batch, rng):
-    outputs = model.apply({"params": params}, batch["input_ids"], **model_inputs(batch),
-                          deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
-    return objectives_lib.combined_loss(objectives, outputs, batch)
+    return task_loss(apply_model(model, params, batch, rng), batch)
   return loss_fn
 
 
@@ -41,8 +43,8 @@ def _microbatches(batch, n):
   return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_steps=1):
-  grad_fn = jax.value_and_grad(make_loss_fn(model, objectives), has_aux=True)
+def make_train_step(model, task_loss, tx, lr_schedule, dropout_key, grad_accum_steps=1):
+  grad_fn = jax.value_and_grad(make_loss_fn(model, task_loss), has_aux=True)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(dropout_key, state.step)
@@ -69,11 +71,7 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
   return train_step
 
 
-def make_eval_step(model, objectives):
-  loss_fn = make_loss_fn(model, objectives)
-
+def make_eval_step(model, eval_outputs):
   def eval_step(params, batch):
-    _, sums = loss_fn(params, batch, None)
-    return sums
-
+    return eval_outputs(apply_model(model, params, batch), batch)
   return eval_step

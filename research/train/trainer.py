@@ -19,8 +19,9 @@ import numpy as np
 
 from research import checkpoint as ckpt_lib
 from research import data as data_lib
-from research import models, objectives as objectives_lib, perf, sharding, tracking
+from research import models, perf, sharding, tasks as tasks_lib, tracking
 from research.data import tokenizer as tokenizer_lib
+from research.tasks import mixture
 from research.errors import UserError
 from research.train import optim
 from research.train.step import TrainState, make_eval_step, make_train_step
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 # Checks that need no device work and write nothing.
 # ---------------------------------------------------------------------------------------------
 def check_config(config):
-  kind, objective = config.model.kind, config.objective.name
+  kind = config.model.kind
+  objective = config.objective.name if config.get("objective") else None
   wanted = {"mlm": "encoder", "clm": "decoder"}.get(objective)
   if wanted and kind != wanted:
     raise UserError(f"objective {objective!r} trains a {wanted}, but model.kind is {kind!r}")
@@ -44,6 +46,8 @@ def check_config(config):
   if config.data.seq_len > config.model.max_len:
     raise UserError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_len "
                     f"({config.model.max_len})")
+  if config.get("tasks") and kind != "encoder":
+    raise UserError(f"fine-tuning tasks need an encoder, but model.kind is {kind!r}")
   for pattern in list(config.optim.no_decay) + list(config.init.exclude):
     try:
       re.compile(pattern)
@@ -83,12 +87,16 @@ def resolve_vocab(config, tokenizer):
 # ---------------------------------------------------------------------------------------------
 # State: created already sharded; then the one initialisation policy.
 # ---------------------------------------------------------------------------------------------
+def max_predictions(config) -> int:
+  return config.objective.max_predictions if config.get("objective") else 1
+
+
 def dummy_inputs(config, batch_size=1):
   seq, shape = config.data.seq_len, (batch_size, config.data.seq_len)
   inputs = {"input_ids": jnp.zeros(shape, jnp.int32), "attention_mask": jnp.ones(shape, jnp.int32)}
   if config.model.kind == "encoder":
     inputs["token_type_ids"] = jnp.zeros(shape, jnp.int32)
-    inputs["masked_positions"] = jnp.zeros((batch_size, config.objective.max_predictions), jnp.int32)
+    inputs["masked_positions"] = jnp.zeros((batch_size, max_predictions(config)), jnp.int32)
   else:
     inputs["segment_ids"] = jnp.ones(shape, jnp.int32)
   del seq
@@ -113,7 +121,7 @@ def create_sharded_state(model, tx, config, mesh, rules, rng):
 
 
 # Model fields a run keeps from its own config when it starts from a Hugging Face checkpoint.
-OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels", "classifier")
+OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels")
 
 
 def init_from(config, load: bool):
@@ -126,20 +134,35 @@ def init_from(config, load: bool):
   if source.startswith("hf:"):
     from research.convert import hf  # pylint: disable=g-import-not-at-top
     directory = hf.resolve(source[3:])
-    for field, value in dataclasses.asdict(hf.model_config_of(directory)).items():
+    hf_model = hf.model_config_of(directory)
+    for field, value in dataclasses.asdict(hf_model).items():
       if field not in OWN_MODEL_FIELDS:
         config.model[field] = value
+    # A classifier on the pooled output needs a pooler even if the checkpoint has none.
+    config.model.pooler = hf_model.pooler or (hf_model.kind == "encoder" and
+                                              hf_model.classifier == "pooled")
     if not config.data.tokenizer:
       config.data.tokenizer = directory
     if not load:
       return None
     _, params = hf.load_pretrained(directory)
-  elif not load or not source:
+  elif not source:
+    return None
+  elif not load:
+    _use_saved_tokenizer(config, source)
     return None
   else:
+    _use_saved_tokenizer(config, source)
     ckpt = ckpt_lib.Checkpointer(_checkpoint_dir(source, "init.from"), use_async=False)
     params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
   return {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def _use_saved_tokenizer(config, workdir):
+  """Weights from one of our runs come with its tokenizer (unless data.tokenizer is set)."""
+  saved = os.path.join(workdir, "tokenizer.json")
+  if not config.data.tokenizer and os.path.exists(saved):
+    config.data.tokenizer = saved
 
 
 def load_weights(state, source: dict, exclude, shardings):
@@ -160,6 +183,16 @@ def load_weights(state, source: dict, exclude, shardings):
   total = len(jax.tree.leaves(state.params))
   log.info("init.from: loaded %d of %d parameter arrays", len(loaded), total)
   return state.replace(params=params), len(loaded), total
+
+
+def to_host(tree):
+  """Device outputs -> numpy; batch-sharded arrays are gathered from every host."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  def one(x):
+    if jax.process_count() == 1 or x.is_fully_replicated:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)
 
 
 def _checkpoint_dir(path: str, key: str) -> str:
@@ -186,20 +219,25 @@ def run(config, workdir: str) -> dict:
                                keep=config.ckpt.keep, use_async=config.ckpt.use_async)
   latest = ckpt.latest_step()
   pretrained = init_from(config, load=latest is None and not config.init.resume)
-  data = data_lib.build(config, workdir)
-  resolve_vocab(config, data.tokenizer)
+  tasks, tokenizer = tasks_lib.build(config, workdir)
+  resolve_vocab(config, tokenizer)
+  head_specs = tuple(t.head_spec for t in tasks if hasattr(t, "head_spec"))
+  if head_specs:  # fine-tuning: the tasks decide the heads (and their label counts)
+    config.model.heads = head_specs
   model_cfg = models.ModelConfig.from_dict(config.model)
   if latest is not None:
     ckpt_lib.check_same_shapes(ckpt.saved_config(latest)["model"], config.model.to_dict(),
                                f"workdir {workdir!r}")
   # --- All inputs checked: from here on the workdir is written. ---
+  tasks_lib.registry.check_heads(tasks, model_cfg)
   if jax.process_index() == 0:
-    tokenizer_lib.save(data.tokenizer, workdir)
+    tokenizer_lib.save(tokenizer, workdir)
+    if head_specs:
+      tasks_lib.finetuning.save_labels(tasks, workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
   model = models.build(model_cfg)
-  objectives = objectives_lib.build(config.objective)
   tx, lr_schedule = optim.build(config)
   init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
   state, abstract_state, state_shardings = create_sharded_state(
@@ -229,26 +267,33 @@ def run(config, workdir: str) -> dict:
 
   batch_sharding = sharding.batch_sharding(mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    train_step = jax.jit(
-        make_train_step(model, objectives, tx, lr_schedule, dropout_key,
+    train_steps = [jax.jit(
+        make_train_step(model, task.loss, tx, lr_schedule, dropout_key,
                         config.train.grad_accum_steps),
         in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-        donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model, objectives),
-                        in_shardings=(state_shardings.params, batch_sharding))
+        donate_argnums=0) for task in tasks]
+    eval_steps = [jax.jit(make_eval_step(model, task.eval_outputs),
+                          in_shardings=(state_shardings.params, batch_sharding)) for task in tasks]
 
-  def evaluate(params) -> dict:
-    totals = None
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      for _, batch in data_lib.device_batches(data.eval, 0, data.eval_steps, batch_sharding):
-        sums = eval_step(params, batch)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    out = {f"eval/{k}": float(s) / max(float(c), 1.0) for k, (s, c) in totals.items()}
-    for prefix in ("mlm", "clm"):
-      if f"eval/{prefix}/loss" in out:
-        out[f"eval/{prefix}/perplexity"] = float(np.exp(min(out[f"eval/{prefix}/loss"], 50.0)))
+  def evaluate(params, split="eval", report_dir=None) -> dict:
+    out = {}
+    for task, eval_step in zip(tasks, eval_steps):
+      if split not in task.splits:
+        continue
+      def run(batches, num_steps):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+          for _, batch in data_lib.device_batches(batches.host_batch, 0, num_steps, batch_sharding):
+            yield to_host(eval_step(params, batch))
+      out.update(task.evaluate(split, run, report_dir))
     return out
+
+  schedule = mixture.Schedule([getattr(task, "train_size", 1) for task in tasks],
+                              config.get("mixture", {}).get("kind", "proportional"),
+                              config.get("mixture", {}).get("temperature", 1.0), config.train.seed)
+
+  def host_batch(step):
+    task_index, task_step = schedule(step) if len(tasks) > 1 else (0, step)
+    return task_index, tasks[task_index].train.host_batch(task_step)
 
   steps = config.train.steps
   tracker = tracking.Tracker(workdir, start_step=start_step, total_steps=steps,
@@ -257,15 +302,22 @@ def run(config, workdir: str) -> dict:
   tokens_per_step = config.train.batch_size * config.data.seq_len
   flops_per_step = perf.train_flops_per_step(model_cfg, config.data.seq_len,
                                              config.train.batch_size,
-                                             config.objective.max_predictions)
+                                             max_predictions(config))
   peak = perf.peak_flops_per_device(config.logging.peak_tflops)
   config_dict = json.loads(config.to_json_best_effort())
+
+  best = None
+  if config.evals.get("best_metric"):
+    best = ckpt_lib.BestCheckpoint(os.path.join(workdir, "best"), config.evals.best_metric,
+                                   config.evals.best_mode, config.evals.patience, tracker.history)
+  stopped = bool(data_state.get("stopped_early"))
 
   # --- The loop. ---
   compile_seconds, timer_step, timer = None, start_step, time.time()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    for step, batch in data_lib.device_batches(data.train, start_step, steps, batch_sharding):
-      state, metrics = train_step(state, batch)
+    for step, (task_index, batch) in data_lib.device_batches(
+        host_batch, start_step, start_step if stopped else steps, batch_sharding):
+      state, metrics = train_steps[task_index](state, batch)
       done = step + 1
       if compile_seconds is None:  # the only extra sync: time the first (compiling) step
         jax.block_until_ready(metrics)
@@ -283,17 +335,38 @@ def run(config, workdir: str) -> dict:
         timer_step, timer = done, now
       if done % config.evals.every_steps == 0 or done == steps:
         record.update(evaluate(state.params))
+        if best is not None:
+          best.update(done, record, state.params)
+          stopped = best.should_stop
       if record:
         tracker.write(done, record)
-      if done % config.ckpt.every_steps == 0 or done == steps:
-        ckpt.save(done, state, {"next_step": done}, config_dict)
+      if done % config.ckpt.every_steps == 0 or done == steps or stopped:
+        ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, config_dict)
       tracker.advance(1)
+      if stopped:
+        log.info("early stopping at step %d: %s has not improved for %d evaluations", done,
+                 best.metric, best.stale)
+        break
 
   final_eval = tracker.latest("eval/") or evaluate(state.params)
   ckpt.wait()
   ckpt.close()
   summary = {"step": int(state.step), "params/total": n_params, "params/trainable": n_params,
              "wall_seconds": time.time() - wall_start, "init": init_source,
-             "perf/compile_seconds": compile_seconds, **data.stats, **final_eval}
+             "perf/compile_seconds": compile_seconds, **final_eval}
+  # Held-out evaluation and reports, with the best parameters when a best metric is kept.
+  final_params = state.params
+  if best is not None and best.step is not None:
+    final_params = best.restore(abstract_state.params)
+    summary.update({"best/step": best.step, f"best/{best.metric}": best.value,
+                    "stopped_early": stopped})
+    best.close()
+  if any(hasattr(t, "head_spec") for t in tasks):
+    report_dir = os.path.join(workdir, "reports") if jax.process_index() == 0 else None
+    summary.update(evaluate(final_params, "test", report_dir))
+    evaluate(final_params, "eval", report_dir)  # writes the eval split's reports
+  for task in tasks:
+    summary.update(task.stats if len(tasks) == 1 else
+                   {f"{task.name}/{k}": v for k, v in task.stats.items()})
   tracker.finish(summary)
   return summary

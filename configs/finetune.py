@@ -1,0 +1,93 @@
+r"""Fine-tune an encoder on one task or several (multi-task), and evaluate it.
+
+Quick start, 2 CPU cores, embedded BBC News topic classification (5 classes; fixed stratified
+80/10/10 split), from scratch:
+  python -m research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir=/tmp/ft
+From the runlocal MLM checkpoint (weights only; the classification head is new):
+  python -m research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir=/tmp/ft2 \
+      --config.init.from=/tmp/mlm
+From a Hugging Face checkpoint directory (its tokenizer comes along):
+  python -m research.main --config=configs/finetune.py:task=mrpc --workdir=/tmp/mrpc \
+      --config.init.from=hf:ckpt/bert-base-uncased
+Your own files (JSONL or CSV with columns text[, text_pair], label; string labels are fine):
+  python -m research.main --config=configs/finetune.py:task=local,train=tr.csv,eval=dev.csv,runlocal \
+      --workdir=/tmp/mine
+Several tasks at once, one encoder and one head each, sampled by size ** (1 / T):
+  python -m research.main --config=configs/finetune.py:task=mrpc+rte+stsb --workdir=/tmp/glue3 \
+      --config.init.from=hf:ckpt/bert-base-uncased --config.mixture.kind=temperature
+
+Arguments (after ':'): task = bbc_news | cola | sst2 | mrpc | qqp | stsb | mnli | qnli | rte |
+wnli | conll2003 | squad | squad_v2 | local (several joined by '+'); size (as in mlm.py);
+runlocal; for task=local: train=, eval=, test= (paths) and kind=classification | multilabel |
+regression; data_dir= (a directory of <split>.jsonl files to read instead of the hub).
+
+Expected (2-core CPU, measured): task=bbc_news,runlocal reaches eval/test accuracy ~0.9 from
+scratch in ~2 minutes; see README "Fine-tuning" for the MLM-initialised and TF-IDF baselines.
+"""
+import ml_collections
+
+from research import config_lib
+from research.errors import UserError
+from research.tasks.datasets import GLUE
+
+# task -> (kind, source, metric that picks the best checkpoint, sequence length)
+TASKS = {"bbc_news": ("classification", "bbc_news", "accuracy", 256),
+         "conll2003": ("token_classification", "conll2003", "f1", 128),
+         "squad": ("qa", "squad", "f1", 384), "squad_v2": ("qa", "squad_v2", "f1", 384),
+         "local": ("classification", "local", "accuracy", 128)}
+TASKS.update({t: (kind, f"glue/{t}", "score", 128) for t, (_, _, kind) in GLUE.items()})
+
+
+def task_config(name, arg):
+  kind, source, metric, seq_len = TASKS[name]
+  cfg = dict(kind=kind, source=source, data_dir=arg.data_dir)
+  if name == "local":
+    kind = arg.kind
+    cfg.update(kind=kind, train=arg.train, eval=arg.eval, test=arg.test, text_field="text",
+               text_pair_field="text_pair", label_field="label")
+    metric = {"regression": "pearson", "multilabel": "f1_micro"}.get(kind, "accuracy")
+  if kind == "qa":
+    cfg.update(doc_stride=128, max_question_len=64, n_best=20, max_answer_len=30,
+               null_threshold=0.0)
+  return cfg, metric, seq_len
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, task="bbc_news", size="base", runlocal=False, train="", eval="",
+                             test="", kind="classification", data_dir="")
+  names = arg.task.split("+")
+  unknown = [n for n in names if n not in TASKS]
+  if unknown:
+    raise UserError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+  config = config_lib.common(ml_collections.ConfigDict())
+  config.model = config_lib.model("encoder", "tiny" if arg.runlocal else arg.size, (),
+                                  dtype="float32" if arg.runlocal else "bfloat16")
+  config.tasks = {}
+  metrics, seq_len = [], 0
+  for name in names:
+    cfg, metric, task_seq_len = task_config(name, arg)
+    config.tasks[name] = cfg
+    metrics.append(f"eval/{name}/{metric}")
+    seq_len = max(seq_len, task_seq_len)
+  config.mixture = dict(kind="proportional", temperature=2.0)
+  config.data = dict(seq_len=seq_len, tokenizer="", vocab_size=30522)
+  config.optim = config_lib.optim(learning_rate=3e-5)
+  config.optim.b2 = 0.999
+  config.schedule = dict(warmup_steps=300, decay="linear", end_factor=0.0)
+  config.train = dict(steps=3000, batch_size=32, grad_accum_steps=1, seed=0)
+  # best_metric: the eval metric whose best value's checkpoint is kept (WORKDIR/best) and
+  # evaluated on the test split; patience: evaluations without improvement before stopping
+  # early (0 = never).
+  config.evals = dict(every_steps=500, best_metric=metrics[0] if len(names) == 1 else "",
+                      best_mode="max", patience=0)
+  config.ckpt.every_steps = 1000
+
+  if arg.runlocal:
+    config.data.update(vocab_size=8192, seq_len=min(seq_len, 128))
+    config.optim.learning_rate = 1e-3
+    config.schedule.warmup_steps = 30
+    config.train.update(steps=300)
+    config.evals.every_steps = 100
+    config.ckpt.every_steps = 100
+    config.logging.every_steps = 20
+  return config

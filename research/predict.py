@@ -1,0 +1,150 @@
+r"""Predictions of a fine-tuned model on new inputs, as JSONL.
+
+  python -m research.predict --workdir=DIR --input=FILE|- [--output=FILE] [--task=NAME]
+
+Input: JSONL (one object a line) or plain text (one text a line). What a row holds, by task:
+  classification / multilabel / regression   {"text": ..., "text_pair": ...}  (plain lines: text)
+  token_classification                       {"text": raw text} or {"words": [...]}
+  qa                                         {"question": ..., "context": ..., "id": ...}
+Output, one line per input row, in order: classification {"label", "score", "scores"},
+multilabel {"labels", "scores"}, regression {"score"}, NER {"tags", "entities": [{"type",
+"start", "end", "text"}]} (character spans of the input text), QA {"answer", "start", "end",
+"score"}. Uses the run's best checkpoint (evals.best_metric) if it kept one, else its latest.
+"""
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from research.errors import UserError, exit_with
+
+flags.DEFINE_string("workdir", None, "A fine-tuning run's workdir.")
+flags.DEFINE_string("input", "-", "JSONL or text file of inputs; '-' reads stdin.")
+flags.DEFINE_string("output", "-", "Where to write the JSONL predictions; '-' is stdout.")
+flags.DEFINE_string("task", "", "Which task's head to use (multi-task runs); default: the only one.")
+flags.DEFINE_integer("batch_size", 64, "Rows per forward pass.")
+flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+FLAGS = flags.FLAGS
+CHUNK = 1024  # rows read, encoded and predicted at a time
+
+
+def read_rows(lines):
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    stripped = line.strip()
+    if stripped.startswith("{"):
+      try:
+        yield json.loads(stripped)
+      except json.JSONDecodeError as e:
+        raise UserError(f"input line {n}: not a JSON object ({e.msg})") from None
+    else:
+      yield {"text": line.rstrip("\n")}
+
+
+class Predictor:
+  """A run's model, parameters, tokenizer and task head, ready for `predict(rows)`."""
+
+  def __init__(self, workdir: str, task: str = "", batch_size: int = 64):
+    import jax  # pylint: disable=g-import-not-at-top
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    from research import checkpoint, models  # pylint: disable=g-import-not-at-top
+    from research.tasks import finetuning  # pylint: disable=g-import-not-at-top
+    from research.train import step as step_lib  # pylint: disable=g-import-not-at-top
+    for name in ("config.json", "tokenizer.json", finetuning.LABELS_FILE):
+      if not os.path.exists(os.path.join(workdir, name)):
+        raise UserError(f"{workdir!r} has no {name}: is it the workdir of a fine-tuning run?")
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    labels = finetuning.saved_labels(workdir)
+    if task and task not in labels:
+      raise UserError(f"no task {task!r} in {workdir!r}; tasks: {sorted(labels)}")
+    if not task and len(labels) > 1:
+      raise UserError(f"{workdir!r} holds several tasks {sorted(labels)}: pick one with --task")
+    name = task or next(iter(labels))
+    info = labels[name]
+    task_cls = finetuning.task_class(info["kind"])
+    self.task = task_cls.__new__(task_cls).setup(
+        name, config.tasks[name].to_dict(), info["head"], info["names"])
+    self.tokenizer = tokenizers.Tokenizer.from_file(os.path.join(workdir, "tokenizer.json"))
+    self.seq_len, self.batch_size = config.data.seq_len, batch_size
+    model_cfg = models.ModelConfig.from_dict(config.model)
+    model = models.build(model_cfg)
+    best_dir, ckpt_dir = os.path.join(workdir, "best"), os.path.join(workdir, "checkpoints")
+    if checkpoint.Checkpointer.exists(best_dir):
+      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+      manager = ocp.CheckpointManager(best_dir)
+      self.params = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+          params=ocp.args.StandardRestore()))["params"]
+    elif checkpoint.Checkpointer.exists(ckpt_dir):
+      ckpt = checkpoint.Checkpointer(ckpt_dir, use_async=False)
+      self.params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
+    else:
+      raise UserError(f"no checkpoint in {workdir!r}")
+    self.forward = jax.jit(lambda p, b: self.task.eval_outputs(step_lib.apply_model(model, p, b), b))
+
+  def predict(self, rows: list[dict], progress=None) -> list[dict]:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    features, meta = self.task.predict_features(rows, self.tokenizer, self.seq_len)
+    outputs = []
+    for start in range(0, len(features), self.batch_size):
+      part = features[start:start + self.batch_size]
+      part = part + [part[-1]] * (self.batch_size - len(part))  # one shape: one compilation
+      batch = {k: np.stack([f[k] for f in part]) for k in part[0]}
+      outputs.append({k: np.asarray(v) for k, v in self.forward(self.params, batch).items()})
+      if progress is not None:
+        progress.update(min(self.batch_size, len(features) - start))
+    merged = {k: np.concatenate([o[k] for o in outputs])[:len(features)] for k in outputs[0]} \
+        if outputs else {}
+    return self.task.predict_rows(merged, rows, meta) if rows else []
+
+
+def main(argv):
+  del argv
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not predictions
+  try:
+    if not FLAGS.workdir:
+      raise UserError("--workdir is required")
+    predictor = Predictor(FLAGS.workdir, FLAGS.task, FLAGS.batch_size)
+    source = sys.stdin if FLAGS.input == "-" else _open(FLAGS.input)
+    sink = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w")
+    import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(unit="row", desc="predict", disable=not FLAGS.progress, file=sys.stderr)
+    chunk = []
+    for row in read_rows(source):
+      chunk.append(row)
+      if len(chunk) == CHUNK:
+        _write(sink, predictor.predict(chunk, bar))
+        chunk = []
+    _write(sink, predictor.predict(chunk, bar))
+    bar.close()
+    if sink is not sys.stdout:
+      sink.close()
+  except UserError as e:
+    if FLAGS.verbose:
+      raise
+    exit_with(e)
+  except KeyError as e:
+    if FLAGS.verbose:
+      raise
+    exit_with(f"an input row lacks the field {e}")
+
+
+def _open(path):
+  if not os.path.exists(path):
+    raise UserError(f"no such input file {path!r}")
+  return open(path, encoding="utf-8")
+
+
+def _write(sink, predictions):
+  for p in predictions:
+    sink.write(json.dumps(p, ensure_ascii=False) + "\n")
+  sink.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,168 @@
+"""Sequence classification (single sentences or pairs; multi-class or multi-label) and regression.
+
+kind='classification': softmax cross-entropy; metrics accuracy, precision/recall/F1 (micro, macro,
+weighted), MCC, ROC-AUC for two classes, GLUE's metric for GLUE tasks; a per-class report and a
+confusion-matrix PNG at the final evaluation. kind='multilabel': a sigmoid per label (a row's
+label is a list, or a '|'-separated string in CSV). kind='regression': one output, squared error;
+Pearson and Spearman.
+"""
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research.errors import UserError
+from research.evaluate import classification as metrics_lib
+from research.tasks import encoding
+from research.tasks.base import EvalSplit, Task
+
+log = logging.getLogger(__name__)
+KINDS = ("classification", "multilabel", "regression")
+
+
+def label_names(kind: str, train_rows: list[dict]) -> list[str]:
+  if kind == "regression":
+    return ["score"]
+  if kind == "multilabel":
+    return sorted({str(l) for r in train_rows for l in _label_list(r["label"])})
+  values = {r["label"] for r in train_rows}
+  if all(isinstance(v, int) for v in values):
+    return [str(v) for v in range(max(values) + 1)]
+  return sorted(str(v) for v in values)
+
+
+def _label_list(value):
+  return value if isinstance(value, list) else [v for v in str(value).split("|") if v]
+
+
+def encode_labels(kind: str, names: list[str], rows: list[dict], split: str, task: str):
+  index = {n: i for i, n in enumerate(names)}
+  if kind == "regression":
+    try:
+      return np.asarray([float(r["label"]) for r in rows], np.float32)
+    except ValueError as e:
+      raise UserError(f"task {task!r}, {split} split: regression labels must be numbers ({e})") from None
+  if kind == "multilabel":
+    out = np.zeros((len(rows), len(names)), np.float32)
+    for i, r in enumerate(rows):
+      for label in _label_list(r["label"]):
+        if str(label) not in index:
+          raise UserError(f"task {task!r}, {split} split: label {label!r} never occurs in training")
+        out[i, index[str(label)]] = 1.0
+    return out
+  unseen = sorted({str(r["label"]) for r in rows} - set(index))
+  if unseen:
+    raise UserError(f"task {task!r}, {split} split: label(s) {unseen} never occur in training; "
+                    f"training labels: {names}")
+  return np.asarray([index[str(r["label"])] for r in rows], np.int32)
+
+
+class ClassificationTask(Task):
+  def setup(self, name, task_cfg, head, names):
+    self.name, self.kind, self.head, self.names = name, task_cfg["kind"], head, names
+    source = task_cfg["source"]
+    self.glue = source[5:] if source.startswith("glue/") else None
+    return self
+
+  def __init__(self, name, task_cfg, rows, tokenizer, config, head, names=None):
+    self.setup(name, task_cfg, head, names or label_names(task_cfg.kind, rows["train"]))
+    seq_len, batch = config.data.seq_len, config.train.batch_size
+    self.stats = {}
+    features = {}
+    for split, split_rows in rows.items():
+      encoded, truncated = encoding.encode_texts(tokenizer, split_rows, seq_len)
+      labels = encode_labels(self.kind, self.names, split_rows, split, name)
+      features[split] = [dict(f, label=l) for f, l in zip(encoded, labels)]
+      self.stats[f"data/{split}_rows"] = len(split_rows)
+      self.stats[f"data/{split}_truncated"] = truncated
+      if truncated:
+        log.warning("task %s, %s split: %d of %d texts longer than %d tokens were truncated",
+                    name, split, truncated, len(split_rows), seq_len)
+    self.train_size = len(rows["train"])
+    self.train = encoding.train_batches(features["train"], config)
+    self.splits = {s: EvalSplit(f, batch, **encoding.host_info()) for s, f in features.items()
+                   if s != "train"}
+    self.references = {s: np.stack([f["label"] for f in feats]) for s, feats in features.items()}
+
+  @property
+  def head_spec(self):
+    return f"{self.head}=classification:{len(self.names)}"
+
+  def loss(self, outputs, batch):
+    logits, labels = outputs[f"{self.head}_logits"], batch["label"]
+    if self.kind == "regression":
+      losses = jnp.square(logits[:, 0] - labels)
+      sums = {}
+    elif self.kind == "multilabel":
+      losses = optax.sigmoid_binary_cross_entropy(logits, labels).mean(-1)
+      sums = {}
+    else:
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      n = jnp.float32(labels.shape[0])
+      sums = {f"{self.name}/accuracy": ((logits.argmax(-1) == labels).sum().astype(jnp.float32), n)}
+    n = jnp.float32(labels.shape[0])
+    sums[f"{self.name}/loss"] = (losses.sum(), n)
+    return losses.mean(), sums
+
+  def eval_outputs(self, outputs, batch):
+    return {"logits": outputs[f"{self.head}_logits"]}
+
+  def scores(self, logits):
+    """Host-side: (predictions, probabilities) from logits."""
+    if self.kind == "regression":
+      return logits[:, 0], None
+    if self.kind == "multilabel":
+      probs = 1 / (1 + np.exp(-logits))
+      return (probs > 0.5).astype(np.int32), probs
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    return logits.argmax(-1), probs
+
+  def evaluate(self, split, run, report_dir=None) -> dict:
+    logits = self.splits[split].gather(run)["logits"]
+    labels = self.references[split]
+    predictions, probs = self.scores(logits)
+    if self.kind == "regression":
+      result = metrics_lib.regression_metrics(labels, predictions)
+    elif self.kind == "multilabel":
+      result = metrics_lib.multilabel_metrics(labels, predictions)
+    else:
+      result = metrics_lib.classification_metrics(
+          labels, predictions, probs if len(self.names) == 2 else None, self.names)
+    if self.glue:
+      result.update(metrics_lib.glue_metrics(self.glue, labels, predictions))
+    if report_dir and self.kind == "classification":
+      self._report(split, labels, predictions, report_dir)
+    return {f"{split}/{self.name}/{k}": v for k, v in result.items()}
+
+  def _report(self, split, labels, predictions, report_dir):
+    os.makedirs(report_dir, exist_ok=True)
+    report = metrics_lib.per_class_report(labels, predictions, self.names)
+    log.info("%s %s per-class report:\n%s", split, self.name, metrics_lib.format_report(report))
+    base = os.path.join(report_dir, f"{split}_{self.name}")
+    with open(base + "_report.json", "w") as f:
+      json.dump(report, f, indent=2)
+    metrics_lib.confusion_matrix_png(labels, predictions, self.names, base + "_confusion.png",
+                                     title=f"{self.name} ({split})")
+
+  # --- Inference on new rows (research.predict). ---
+  def predict_features(self, rows, tokenizer, seq_len):
+    features, _ = encoding.encode_texts(tokenizer, rows, seq_len)
+    return features, None
+
+  def predict_rows(self, outputs: dict, rows, meta) -> list[dict]:
+    predictions, probs = self.scores(outputs["logits"])
+    out = []
+    for i in range(len(rows)):
+      if self.kind == "regression":
+        out.append({"score": float(predictions[i])})
+      elif self.kind == "multilabel":
+        out.append({"labels": [n for j, n in enumerate(self.names) if predictions[i, j]],
+                    "scores": {n: float(probs[i, j]) for j, n in enumerate(self.names)}})
+      else:
+        out.append({"label": self.names[int(predictions[i])], "score": float(probs[i].max()),
+                    "scores": {n: float(probs[i, j]) for j, n in enumerate(self.names)}})
+    return out

@@ -1,0 +1,80 @@
+"""Fine-tuning tasks from `config.tasks`: one entry per task (several = multi-task learning).
+
+Each entry: kind ('classification', 'multilabel', 'regression', 'token_classification', 'qa'),
+source (see `research.tasks.datasets`) and the source's options. A single task uses the head named
+after its kind ('classification', 'token_classification', 'span'), so a single-task classifier
+exports to transformers' *ForSequenceClassification; in multi-task runs each task's head is named
+after the task. Label names are saved as WORKDIR/labels.json for `research.predict`.
+"""
+import json
+import os
+
+from research.data import tokenizer as tokenizer_lib
+from research.errors import UserError
+from research.tasks import datasets
+from research.tasks.classification import KINDS as CLASSIFICATION_KINDS, ClassificationTask
+from research.tasks.question_answering import QuestionAnsweringTask
+from research.tasks.token_classification import TokenClassificationTask
+
+HEAD_KIND = {"classification": "classification", "multilabel": "classification",
+             "regression": "classification", "token_classification": "token_classification",
+             "qa": "span"}
+LABELS_FILE = "labels.json"
+
+
+def task_class(kind: str):
+  if kind in CLASSIFICATION_KINDS:
+    return ClassificationTask
+  if kind == "token_classification":
+    return TokenClassificationTask
+  if kind == "qa":
+    return QuestionAnsweringTask
+  raise UserError(f"unknown task kind {kind!r}; known: {sorted(HEAD_KIND)}")
+
+
+def head_name(name: str, kind: str, multi: bool) -> str:
+  return name if multi else HEAD_KIND[kind]
+
+
+def training_texts(rows: dict):
+  for r in rows["train"]:
+    for key in ("text", "text_pair", "question", "context"):
+      if r.get(key):
+        yield r[key]
+    if "words" in r:
+      yield " ".join(r["words"])
+
+
+def saved_labels(workdir: str) -> dict:
+  path = os.path.join(workdir, LABELS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def build(config, workdir: str):
+  """Returns (tasks, tokenizer)."""
+  names = list(config.tasks.keys())
+  rows = {name: datasets.load_rows(config.tasks[name]) for name in names}
+  for name in names:
+    task_class(config.tasks[name].kind)  # unknown kinds fail before any tokenizer work
+  texts = [t for name in names for t in training_texts(rows[name])]
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", texts, workdir)
+  labels = saved_labels(workdir)  # a resumed run keeps its label order
+  tasks = []
+  for name in names:
+    cfg = config.tasks[name]
+    tasks.append(task_class(cfg.kind)(name, cfg, rows[name], tokenizer, config,
+                                      head_name(name, cfg.kind, len(names) > 1),
+                                      labels.get(name, {}).get("names")))
+  return tasks, tokenizer
+
+
+def save_labels(tasks, workdir: str):
+  with open(os.path.join(workdir, LABELS_FILE), "w") as f:
+    json.dump({t.name: {"kind": t.kind, "head": t.head, "names": t.names} for t in tasks}, f,
+              indent=2)
+
+
+__all__ = ["build", "save_labels", "saved_labels", "task_class"]
