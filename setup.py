@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.5,<3",
     "matplotlib>=3.11,<4",
     "safetensors>=0.8.0,<0.9",
+    "scikit-learn>=1.9.1,<2",
+    "scipy>=1.17.1,<2",
+    "seqeval>=1.2.2,<2",
 ]
 
 EXTRAS_REQUIRE = {

@@ -176,3 +176,25 @@ def test_early_stopping_and_resume_after_stop(tmp_path):
   assert summary["stopped_early"] and summary["step"] == 30 and summary["best/step"] == 10
   again = train.run(config, str(tmp_path))
   assert again["step"] == 30
+
+
+def test_finetuned_classifier_exports_to_transformers(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from research import checkpoint, models  # pylint: disable=g-import-not-at-top
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  train.run(config_for("task=bbc_news", steps=2, every=2), workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    model_section = json.load(f)["model"]
+  params = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False) \
+      .restore_raw_state(2)["params"]
+  hf.save_pretrained(model_section, params, str(tmp_path / "hf"))
+  theirs = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / "hf")).eval()
+  assert theirs.config.num_labels == 5
+  ids = np.random.RandomState(0).randint(5, 2000, (2, 16))
+  with torch.no_grad():
+    expected = theirs(input_ids=torch.tensor(ids)).logits.numpy()
+  cfg = models.ModelConfig.from_dict(dict(model_section, dtype="float32"))
+  ours = models.build(cfg).apply({"params": params}, ids)["classification_logits"]
+  np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)

@@ -7,6 +7,7 @@ checkpoints (as `AutoModel` saves them) and task-model checkpoints (with the 'be
 'roberta.', 'transformer.' or 'model.' prefix) load. No network: a hub name is looked up in the
 local HF cache only, and an unreachable hub is reported in one line.
 """
+import dataclasses
 import json
 import os
 
@@ -158,12 +159,25 @@ def load_pretrained(name_or_dir: str, **overrides):
   return model_cfg, _nest(flat)
 
 
+def _plain_heads(model_cfg: ModelConfig) -> ModelConfig:
+  """Heads as transformers classes name them ('classification=classification:5' ->
+  'classification', num_labels=5); heads named otherwise (multi-task) have no HF class."""
+  specs = model_cfg.head_specs
+  named = [s.name for s in specs if s.name != s.kind]
+  if named:
+    raise UserError(f"heads {named} are named after tasks (multi-task); a transformers model "
+                    "holds one head of each kind: export a single-task model")
+  labels = next((s.num_labels for s in specs if s.kind == "classification"), model_cfg.num_labels)
+  return dataclasses.replace(model_cfg, heads=tuple(s.kind for s in specs), num_labels=labels)
+
+
 def save_pretrained(model_cfg, params, directory: str):
   """Writes config.json + model.safetensors for transformers' matching class."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   from research.train.optim import path_str  # pylint: disable=g-import-not-at-top
   if not isinstance(model_cfg, ModelConfig):
     model_cfg = ModelConfig.from_dict(model_cfg)
+  model_cfg = _plain_heads(model_cfg)
   arch = architectures.for_model(model_cfg)
   flat = {path_str(p): np.asarray(v, np.float32)
           for p, v in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]}

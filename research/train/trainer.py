@@ -138,8 +138,9 @@ def init_from(config, load: bool):
     for field, value in dataclasses.asdict(hf_model).items():
       if field not in OWN_MODEL_FIELDS:
         config.model[field] = value
-    # A classifier on the pooled output needs a pooler even if the checkpoint has none.
-    config.model.pooler = hf_model.pooler or (hf_model.kind == "encoder" and
+    # Fine-tuning BERT's classifier reads the pooled output: add a (new) pooler if the checkpoint
+    # has none (BertForMaskedLM saves none).
+    config.model.pooler = hf_model.pooler or (bool(config.get("tasks")) and
                                               hf_model.classifier == "pooled")
     if not config.data.tokenizer:
       config.data.tokenizer = directory

@@ -1,0 +1,260 @@
+r"""Benchmark harness: our real train step against HF transformers (PyTorch) on the same shapes.
+
+  python -m research.bench [--workloads=bert-base-mlm-s128,...] [--peer=hf] [--smoke] [--pipeline]
+
+Prints one JSON line per workload: workload, batch, seq, tokens_per_sec, step_ms, mfu,
+peak_memory_gb, compile_s (ours), and with --peer=hf the same under 'hf_*' plus
+ratio = ours / hf tokens per second. --smoke runs tiny shapes in seconds on a CPU (CI runs it);
+the full workloads are meant for one GPU. --pipeline also times the real input pipeline
+(embedded corpus, tokenizer, MLM masking) building batches of the workload's shape, and reports
+pipeline_ratio = batches it builds per second / steps the model takes per second.
+
+Timing: `--warmup` steps first (the first one compiles: compile_s), then `--steps` steps without
+a host sync between them, timed to `block_until_ready` (CUDA synchronize for the peer).
+FLOPs per step: `research.perf.train_flops_per_step` (formula in its docstring; the MLM head
+counted on the masked positions for both sides, as that is the work the objective needs), so
+MFU = FLOPs per step / step time / (peak per device x devices).
+Ours: float32 parameters, bf16 compute (float32 on CPU), AdamW, the MLM head on masked positions
+only, attention through jax.nn.dot_product_attention. The peer: BertForMaskedLM / GPT2LMHeadModel
+with SDPA attention, bf16 autocast, torch.compile (on CUDA), fused AdamW, the same data.
+This path imports neither ml_collections, datasets nor grain, except for --pipeline.
+"""
+import dataclasses
+import json
+import sys
+import time
+import types
+
+import numpy as np
+
+WORKLOADS = {  # name: (kind, size, seq, batch)
+    "bert-base-mlm-s128": ("encoder", "base", 128, 256),
+    "bert-base-mlm-s512": ("encoder", "base", 512, 64),
+    "gpt2-medium-clm-s1024": ("decoder", "large", 1024, 16),
+    "bert-large-mlm-s512": ("encoder", "large", 512, 32),
+}
+SMOKE_SHAPE = ("tiny", 64, 8)  # size, seq, batch for --smoke
+VOCAB = {"encoder": 30522, "decoder": 50257}
+MASK_RATE = 0.15
+
+
+@dataclasses.dataclass
+class Workload:
+  name: str
+  kind: str
+  size: str
+  seq: int
+  batch: int
+
+  @property
+  def max_predictions(self) -> int:
+    return int(round(self.seq * MASK_RATE)) if self.kind == "encoder" else 0
+
+
+def workloads(names: str, smoke: bool) -> list:
+  out = []
+  for name in names.split(","):
+    if name not in WORKLOADS:
+      raise SystemExit(f"error: unknown workload {name!r}; known: {sorted(WORKLOADS)}")
+    kind, size, seq, batch = WORKLOADS[name]
+    if smoke:
+      size, seq, batch = SMOKE_SHAPE
+    out.append(Workload(name, kind, size, seq, batch))
+  return out
+
+
+def model_config(w: Workload, dtype: str):
+  from research.models.config import SIZES, ModelConfig  # pylint: disable=g-import-not-at-top
+  layers, hidden, heads = SIZES[w.size]
+  encoder = w.kind == "encoder"
+  return ModelConfig(
+      kind=w.kind, vocab_size=VOCAB[w.kind], hidden_size=hidden, num_layers=layers,
+      num_heads=heads, mlp_dim=4 * hidden, max_len=max(512 if encoder else 1024, w.seq),
+      type_vocab_size=2 if encoder else 0, dropout_rate=0.1,
+      layer_norm_eps=1e-12 if encoder else 1e-5, activation="gelu" if encoder else "gelu_tanh",
+      dtype=dtype, heads=("mlm",) if encoder else ("lm",), pooler=False)
+
+
+def synthetic_batch(w: Workload, seed: int = 0) -> dict:
+  """Token ids, and for MLM the 15% masked positions (the same ones the peer is given)."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1000, VOCAB[w.kind] - 1, (w.batch, w.seq), dtype=np.int32)
+  batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+           "unigram_top": np.zeros(w.batch, np.int32)}
+  if w.kind == "encoder":
+    positions = np.sort(np.stack([rng.choice(np.arange(1, w.seq - 1), w.max_predictions,
+                                             replace=False) for _ in range(w.batch)]), 1)
+    batch.update(token_type_ids=np.zeros_like(ids), masked_positions=positions.astype(np.int32),
+                 masked_ids=np.take_along_axis(ids, positions, 1),
+                 masked_weights=np.ones(positions.shape, np.float32))
+  else:
+    batch["segment_ids"] = np.ones_like(ids)
+  return batch
+
+
+def _optim_config(steps: int):
+  ns = types.SimpleNamespace
+  return ns(optim=ns(name="adamw", learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-6,
+                     weight_decay=0.01, clip_norm=1.0, no_decay=(r"bias$", r"/scale$")),
+            schedule=ns(warmup_steps=0, decay="constant", end_factor=0.0), train=ns(steps=steps))
+
+
+def run_ours(w: Workload, steps: int, warmup: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from research import models, objectives, perf  # pylint: disable=g-import-not-at-top
+  from research.train import optim  # pylint: disable=g-import-not-at-top
+  from research.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
+  on_cpu = jax.devices()[0].platform == "cpu"
+  cfg = model_config(w, "float32" if on_cpu else "bfloat16")
+  model = models.build(cfg)
+  objective = {"mlm": (1.0, objectives.masked_lm_loss)} if w.kind == "encoder" else \
+      {"clm": (1.0, objectives.causal_lm_loss)}
+  task_loss = lambda outputs, batch: objectives.combined_loss(objective, outputs, batch)
+  tx, lr = optim.build(_optim_config(steps + warmup))
+  batch = jax.device_put({k: jnp.asarray(v) for k, v in synthetic_batch(w).items()})
+
+  @jax.jit
+  def init(rng):
+    params = model.init(rng, batch["input_ids"][:1], masked_positions=batch.get(
+        "masked_positions", batch["input_ids"])[:1, :max(w.max_predictions, 1)])["params"]
+    params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                          is_leaf=lambda x: hasattr(x, "value"))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  state = init(jax.random.key(0))
+  step = jax.jit(make_train_step(model, task_loss, tx, lr, jax.random.key(1)), donate_argnums=0)
+  start = time.perf_counter()
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  for _ in range(warmup - 1):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - start) / steps
+  flops = perf.train_flops_per_step(cfg, w.seq, w.batch, w.max_predictions)
+  peak = perf.peak_flops_per_device()
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"tokens_per_sec": w.batch * w.seq / step_s, "step_ms": 1e3 * step_s,
+          "mfu": flops / step_s / (peak * jax.device_count()) if peak else None,
+          "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+          "compile_s": compile_s, "loss": float(metrics["train/loss"]), "_flops": flops}
+
+
+def run_hf(w: Workload, steps: int, warmup: int, flops: float) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from research import perf  # pylint: disable=g-import-not-at-top
+  from research.models.config import SIZES  # pylint: disable=g-import-not-at-top
+  cuda = torch.cuda.is_available()
+  device = "cuda" if cuda else "cpu"
+  layers, hidden, heads = SIZES[w.size]
+  if w.kind == "encoder":
+    config = transformers.BertConfig(vocab_size=VOCAB["encoder"], hidden_size=hidden,
+                                     num_hidden_layers=layers, num_attention_heads=heads,
+                                     intermediate_size=4 * hidden, max_position_embeddings=512)
+    config._attn_implementation = "sdpa"
+    model = transformers.BertForMaskedLM(config)
+  else:
+    config = transformers.GPT2Config(vocab_size=VOCAB["decoder"], n_embd=hidden, n_layer=layers,
+                                     n_head=heads, n_positions=max(1024, w.seq))
+    config._attn_implementation = "sdpa"
+    model = transformers.GPT2LMHeadModel(config)
+  model.to(device).train()
+  data = synthetic_batch(w)
+  ids = torch.tensor(data["input_ids"], device=device, dtype=torch.long)
+  if w.kind == "encoder":
+    labels = torch.full_like(ids, -100)
+    positions = torch.tensor(data["masked_positions"], device=device, dtype=torch.long)
+    labels.scatter_(1, positions, ids.gather(1, positions))
+  else:
+    labels = ids
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+  forward = torch.compile(model) if cuda else model
+  dtype = torch.bfloat16 if cuda else torch.float32
+
+  def step():
+    with torch.autocast(device, dtype=dtype, enabled=cuda):
+      loss = forward(input_ids=ids, labels=labels).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  start = time.perf_counter()
+  step()
+  sync()
+  compile_s = time.perf_counter() - start
+  for _ in range(warmup - 1):
+    step()
+  sync()
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
+  start = time.perf_counter()
+  for _ in range(steps):
+    loss = step()
+  sync()
+  step_s = (time.perf_counter() - start) / steps
+  peak = perf.peak_flops_per_device() if cuda else None
+  return {"hf_tokens_per_sec": w.batch * w.seq / step_s, "hf_step_ms": 1e3 * step_s,
+          "hf_mfu": flops / step_s / peak if peak else None,
+          "hf_peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+          "hf_compile_s": compile_s, "hf_loss": loss.item()}
+
+
+def run_pipeline(w: Workload, seconds: float = 5.0) -> float:
+  """Batches per second the real MLM/CLM input pipeline builds at this workload's shape."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from research import data  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(dict(
+      model=dict(kind=w.kind),
+      objective=dict(name="mlm" if w.kind == "encoder" else "clm", mask_rate=MASK_RATE,
+                     max_predictions=w.max_predictions, sentence_task="none",
+                     sentence_task_weight=1.0),
+      data=dict(source="bbc_news", text_field="text", eval_fraction=0.05, seq_len=w.seq,
+                tokenizer="", vocab_size=8192),
+      train=dict(batch_size=w.batch, seed=0), evals=dict(batches=1)))
+  with tempfile.TemporaryDirectory() as tmp:
+    batches = data.build(config, tmp).train
+    batches.host_batch(0)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+      batches.host_batch(n + 1)
+      n += 1
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workloads", default=",".join(WORKLOADS))
+  parser.add_argument("--peer", choices=["", "hf"], default="")
+  parser.add_argument("--smoke", action="store_true", help="tiny shapes, seconds on a CPU")
+  parser.add_argument("--pipeline", action="store_true", help="also time the input pipeline")
+  parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--warmup", type=int, default=3)
+  args = parser.parse_args(argv)
+  steps = args.steps or (3 if args.smoke else 20)
+  for w in workloads(args.workloads, args.smoke):
+    row = {"workload": w.name + ("-smoke" if args.smoke else ""), "batch": w.batch, "seq": w.seq}
+    ours = run_ours(w, steps, args.warmup)
+    flops = ours.pop("_flops")
+    row.update(ours)
+    if args.peer == "hf":
+      row.update(run_hf(w, steps, args.warmup, flops))
+      row["ratio"] = row["tokens_per_sec"] / row["hf_tokens_per_sec"]
+    if args.pipeline:
+      rate = run_pipeline(w)
+      row.update(pipeline_batches_per_sec=rate,
+                 pipeline_ratio=rate * row["step_ms"] / 1e3)
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
