@@ -43,6 +43,8 @@ def tfidf_baseline(seed=0) -> dict:
 
 def main(argv):
   del argv
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
   import finetune  # pylint: disable=g-import-not-at-top
   import mlm  # pylint: disable=g-import-not-at-top
   from research import train  # pylint: disable=g-import-not-at-top
