@@ -229,8 +229,8 @@ def run(config, workdir: str) -> dict:
   if latest is not None:
     ckpt_lib.check_same_shapes(ckpt.saved_config(latest)["model"], config.model.to_dict(),
                                f"workdir {workdir!r}")
-  # --- All inputs checked: from here on the workdir is written. ---
   tasks_lib.registry.check_heads(tasks, model_cfg)
+  # --- All inputs checked: from here on the workdir is written. ---
   if jax.process_index() == 0:
     tokenizer_lib.save(tokenizer, workdir)
     if head_specs:
@@ -281,11 +281,11 @@ def run(config, workdir: str) -> dict:
     for task, eval_step in zip(tasks, eval_steps):
       if split not in task.splits:
         continue
-      def run(batches, num_steps):
+      def run_batches(batches, num_steps, eval_step=eval_step):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
           for _, batch in data_lib.device_batches(batches.host_batch, 0, num_steps, batch_sharding):
             yield to_host(eval_step(params, batch))
-      out.update(task.evaluate(split, run, report_dir))
+      out.update(task.evaluate(split, run_batches, report_dir))
     return out
 
   schedule = mixture.Schedule([getattr(task, "train_size", 1) for task in tasks],
