@@ -20,15 +20,12 @@ class ClassificationHead(nn.Module):
   @nn.compact
   def __call__(self, outputs, masked_positions=None, deterministic=True):
     cfg = self.cfg
-    dense = lambda n, name, out_axis: nn.Dense(
-        n, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-        kernel_init=layers.normal_init(("embed_out", out_axis)),
-        bias_init=layers.zeros_init((out_axis,)), name=name)
     dropout = nn.Dropout(cfg.dropout_rate)
     if cfg.classifier == "pooled":
       x = dropout(outputs["pooled"], deterministic=deterministic)
     else:
       x = dropout(outputs["hidden"][:, 0], deterministic=deterministic)
-      x = jnp.tanh(dense(cfg.hidden_size, "dense", "embed_out")(x))
+      x = jnp.tanh(layers.output_dense(cfg, cfg.hidden_size, "dense", "embed_out")(x))
       x = dropout(x, deterministic=deterministic)
-    return {f"{self.key}_logits": dense(self.num_labels, "out", None)(x).astype(jnp.float32)}
+    logits = layers.output_dense(cfg, self.num_labels, "out")(x)
+    return {f"{self.key}_logits": logits.astype(jnp.float32)}

@@ -15,8 +15,5 @@ class SentencePairHead(nn.Module):
 
   @nn.compact
   def __call__(self, outputs, masked_positions=None, deterministic=True):
-    cfg = self.cfg
-    logits = nn.Dense(2, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-                      kernel_init=layers.normal_init(("embed_out", None)),
-                      bias_init=layers.zeros_init((None,)), name="classifier")(outputs["pooled"])
+    logits = layers.output_dense(self.cfg, 2, "classifier")(outputs["pooled"])
     return {f"{self.key}_logits": logits.astype(jnp.float32)}

@@ -15,9 +15,5 @@ class SpanHead(nn.Module):
 
   @nn.compact
   def __call__(self, outputs, masked_positions=None, deterministic=True):
-    cfg = self.cfg
-    logits = nn.Dense(2, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-                      kernel_init=layers.normal_init(("embed_out", None)),
-                      bias_init=layers.zeros_init((None,)), name="out")(outputs["hidden"])
-    logits = logits.astype(jnp.float32)
+    logits = layers.output_dense(self.cfg, 2, "out")(outputs["hidden"]).astype(jnp.float32)
     return {f"{self.key}_start_logits": logits[..., 0], f"{self.key}_end_logits": logits[..., 1]}

@@ -17,7 +17,5 @@ class TokenClassificationHead(nn.Module):
   def __call__(self, outputs, masked_positions=None, deterministic=True):
     cfg = self.cfg
     x = nn.Dropout(cfg.dropout_rate)(outputs["hidden"], deterministic=deterministic)
-    logits = nn.Dense(self.num_labels, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-                      kernel_init=layers.normal_init(("embed_out", None)),
-                      bias_init=layers.zeros_init((None,)), name="out")(x)
+    logits = layers.output_dense(cfg, self.num_labels, "out")(x)
     return {f"{self.key}_logits": logits.astype(jnp.float32)}

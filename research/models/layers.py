@@ -27,6 +27,13 @@ def zeros_init(axes):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
+def output_dense(cfg: ModelConfig, features: int, name: str, out_axis=None) -> nn.Dense:
+  """The dense layer heads end with: hidden -> `features` (labels, 2 for spans, ...)."""
+  return nn.Dense(features, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                  kernel_init=normal_init(("embed_out", out_axis)),
+                  bias_init=zeros_init((out_axis,)), name=name)
+
+
 def layer_norm(cfg: ModelConfig, name: str) -> nn.Module:
   """LayerNorm (scale and bias) or, with `cfg.norm == 'rmsnorm'`, RMSNorm (scale only)."""
   scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
