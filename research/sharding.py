@@ -72,10 +72,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
-
-
 def rules_of(config) -> tuple:
   return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                for name, axes in config.sharding_rules)

@@ -100,15 +100,17 @@ def _nest(flat: dict) -> dict:
   return tree
 
 
-def _describe(directory: str, names, overrides):
-  """(architecture, ModelConfig, is a task model) from config.json and the tensor names."""
+def _read_config(directory: str) -> dict:
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
     raise UserError(f"no config.json in {directory!r}")
   with open(config_path) as f:
-    hf_config = json.load(f)
+    return json.load(f)
+
+
+def _describe(hf_config: dict, names, overrides):
+  """(architecture, ModelConfig, is a task model) from config.json and the tensor names."""
   arch = architectures.get(hf_config.get("model_type"))
-  names = read_tensor_names(directory) if names is None else names
   task_model = any(k.startswith(arch.prefix) for k in names)
   stripped = {k[len(arch.prefix):] if task_model and k.startswith(arch.prefix) else k for k in names}
   fields = arch.to_model_config(hf_config, stripped, task_model)
@@ -118,7 +120,8 @@ def _describe(directory: str, names, overrides):
 
 def model_config_of(name_or_dir: str, **overrides) -> ModelConfig:
   """The ModelConfig a checkpoint loads as, reading only its config and tensor names."""
-  return _describe(resolve(name_or_dir), None, overrides)[1]
+  directory = resolve(name_or_dir)
+  return _describe(_read_config(directory), read_tensor_names(directory), overrides)[1]
 
 
 def load_pretrained(name_or_dir: str, **overrides):
@@ -127,8 +130,9 @@ def load_pretrained(name_or_dir: str, **overrides):
   `overrides` replace ModelConfig fields that do not change parameters (e.g. dtype='float32').
   """
   directory = resolve(name_or_dir)
-  arch, model_cfg, task_model = _describe(directory, None, overrides)
+  hf_config = _read_config(directory)
   tensors = read_tensors(directory)
+  arch, model_cfg, task_model = _describe(hf_config, list(tensors), overrides)
   strip = lambda k: k[len(arch.prefix):] if task_model and k.startswith(arch.prefix) else k
   stripped = {strip(k): v for k, v in tensors.items()}
 

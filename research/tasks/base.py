@@ -44,7 +44,7 @@ class EvalSplit:
                                       process_index=process_index, process_count=process_count,
                                       extra=extra)
 
-  def gather(self, run: Runner, key: str | None = None) -> dict:
+  def gather(self, run: Runner) -> dict:
     """Concatenates `run`'s per-batch outputs over the split, cut to its real rows."""
     parts = list(run(self.batches, self.steps))
     return {k: np.concatenate([p[k] for p in parts])[:self.size] for k in parts[0]}

@@ -56,9 +56,9 @@ def saved_labels(workdir: str) -> dict:
 def build(config, workdir: str):
   """Returns (tasks, tokenizer)."""
   names = list(config.tasks.keys())
-  rows = {name: datasets.load_rows(config.tasks[name]) for name in names}
   for name in names:
-    task_class(config.tasks[name].kind)  # unknown kinds fail before any tokenizer work
+    task_class(config.tasks[name].kind)  # an unknown kind fails before any data is read
+  rows = {name: datasets.load_rows(config.tasks[name]) for name in names}
   texts = [t for name in names for t in training_texts(rows[name])]
   tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", texts, workdir)
   labels = saved_labels(workdir)  # a resumed run keeps its label order
