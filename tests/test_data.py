@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from research import data as data_lib
-from research.data import masking, packing, sources, tokenizer as tokenizer_lib
+from research.data import keyed_random, masking, packing, sources, tokenizer as tokenizer_lib
 from research.data.pipeline import StepIndexedBatches
 from research.errors import UserError
 
@@ -85,28 +85,58 @@ def test_trained_tokenizers_round_trip(tmp_path):
 
 
 def test_masking_follows_the_bert_recipe():
-  rng = np.random.default_rng(0)
-  length, mask_id, first, vocab = 128, 4, 5, 1000
-  ids = np.arange(length, dtype=np.int32) + 100
-  maskable = np.ones(length, bool)
-  maskable[[0, 127]] = False
-  kinds = np.zeros(3)
-  for _ in range(400):
-    out = masking.mask_tokens(ids, maskable, rng, rate=0.15, max_predictions=20, mask_id=mask_id,
-                              regular_ids=np.arange(first, vocab))
-    n = int(out["masked_weights"].sum())
-    assert n == 19  # round(126 * 0.15)
-    pos = out["masked_positions"][:n]
-    assert not set(pos) & {0, 127}
-    np.testing.assert_array_equal(out["masked_ids"][:n], ids[pos])
+  batch, length, mask_id, first, vocab = 400, 128, 4, 5, 1000
+  ids = np.tile(np.arange(length, dtype=np.int32) + 100, (batch, 1))
+  maskable = np.ones((batch, length), bool)
+  maskable[:, [0, 127]] = False
+  maskable[1, 50:] = False  # 48 candidates: round(7.2) = 7 predictions
+  maskable[2] = False  # nothing to mask
+  out = masking.mask_tokens(ids, maskable, 0, np.arange(batch), rate=0.15, max_predictions=20,
+                            mask_id=mask_id, regular_ids=np.arange(first, vocab))
+  n = out["masked_weights"].sum(1).astype(int)
+  assert n[1] == 7 and n[2] == 0 and (n[3:] == 19).all()  # round(126 * 0.15)
+  assert not out["masked_positions"][2].any() and (out["input_ids"][2] == ids[2]).all()
+  kinds, hits = np.zeros(3), np.zeros(length)
+  for row in [0] + list(range(3, batch)):
+    pos = out["masked_positions"][row, :n[row]]
+    assert (np.diff(pos) > 0).all() and not set(pos) & {0, 127}
+    assert not out["masked_positions"][row, n[row]:].any()
+    np.testing.assert_array_equal(out["masked_ids"][row, :n[row]], ids[row, pos])
     unchanged = np.ones(length, bool)
     unchanged[pos] = False
-    np.testing.assert_array_equal(out["input_ids"][unchanged], ids[unchanged])
-    new = out["input_ids"][pos]
-    kinds += [(new == mask_id).sum(), ((new != mask_id) & (new != ids[pos])).sum(),
-              (new == ids[pos]).sum()]
-  fractions = kinds / kinds.sum()
-  np.testing.assert_allclose(fractions, [0.8, 0.1, 0.1], atol=0.02)
+    np.testing.assert_array_equal(out["input_ids"][row, unchanged], ids[row, unchanged])
+    new = out["input_ids"][row, pos]
+    assert ((new >= first) & (new < vocab) | (new == mask_id)).all()
+    kinds += [(new == mask_id).sum(), ((new != mask_id) & (new != ids[row, pos])).sum(),
+              (new == ids[row, pos]).sum()]
+    hits[pos] += 1
+  np.testing.assert_allclose(kinds / kinds.sum(), [0.8, 0.1, 0.1], atol=0.02)
+  # Every maskable position is chosen about equally often (19/126 of ~397 rows = ~60 each).
+  assert hits[1:127].min() > 30 and hits[1:127].max() < 95
+
+
+def test_a_rows_corruption_depends_on_its_example_index_only():
+  ids = np.tile(np.arange(64, dtype=np.int32) + 100, (6, 1))
+  kw = dict(rate=0.15, max_predictions=10, mask_id=4, regular_ids=np.arange(5, 1000))
+  whole = masking.mask_tokens(ids, ids > 0, 7, np.arange(10, 16), **kw)
+  part = masking.mask_tokens(ids[:2], ids[:2] > 0, 7, np.array([14, 15]), **kw)
+  other_seed = masking.mask_tokens(ids, ids > 0, 8, np.arange(10, 16), **kw)
+  for k in whole:
+    np.testing.assert_array_equal(whole[k][4:], part[k])
+  assert not np.array_equal(whole["masked_positions"], other_seed["masked_positions"])
+  assert len({tuple(r) for r in whole["masked_positions"]}) == 6  # rows differ from each other
+
+
+def test_keyed_uniforms_are_uniform_and_independent():
+  u = keyed_random.uniform(3, np.arange(2000), 0, 50)
+  assert u.min() >= 0 and u.max() < 1
+  counts = np.histogram(u, bins=10, range=(0, 1))[0]
+  assert np.abs(counts / u.size - 0.1).max() < 0.005
+  v = keyed_random.uniform(3, np.arange(2000), 1, 50)
+  assert abs(np.corrcoef(u.ravel(), v.ravel())[0, 1]) < 0.01  # streams
+  assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.01  # neighbouring rows
+  k = keyed_random.integers(3, np.arange(2000), 2, 1, np.arange(2000) % 7 + 1)[:, 0]
+  assert (k >= 0).all() and (k < np.arange(2000) % 7 + 1).all() and k.max() == 6
 
 
 def test_pack_documents_keeps_boundaries():
@@ -132,15 +162,45 @@ def test_batches_are_a_function_of_step_and_split_across_hosts(tiny, tmp_path):
     np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), full[k])
 
 
-def test_sentence_tasks_build_pairs(tiny, tmp_path):
-  for task in ("nsp", "sop"):
-    config = tiny("mlm")
-    config.objective.sentence_task = task
-    batch = data_lib.build(config, str(tmp_path)).train.host_batch(0)
-    assert set(np.unique(batch["sentence_label"])) == {0, 1}
-    sep = data_lib.build(config, str(tmp_path)).tokenizer.token_to_id("[SEP]")
-    assert ((batch["input_ids"] == sep).sum(1) == 2).all()
-    assert (batch["token_type_ids"].max(1) == 1).all()
+@pytest.mark.parametrize("task", ["none", "nsp", "sop"])
+def test_encoder_rows_rebuild_their_chunks(tiny, tmp_path, task):
+  config = tiny("mlm")
+  config.objective.sentence_task = task
+  data = data_lib.build(config, str(tmp_path))
+  examples, tok = data.train.examples, data.tokenizer
+  cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+  indices = np.arange(3 * len(examples))  # three epochs
+  rows, pieces = examples.rows(indices), examples.pieces(indices)
+  chunk_of = lambda c: examples.tokens[c, :examples.lengths[c]]
+  labels = rows.get("sentence_label", np.zeros(len(indices), np.int32))
+  for i in range(len(indices)):
+    ids, mask = rows["input_ids"][i].copy(), rows["attention_mask"][i].astype(bool)
+    used = rows["masked_weights"][i] > 0
+    ids[rows["masked_positions"][i][used]] = rows["masked_ids"][i][used]  # undo the corruption
+    chunk = chunk_of(pieces["a_chunk"][i])
+    real = ids[mask]
+    assert real[0] == cls and real[-1] == sep and not mask[len(real):].any()
+    if task == "none":
+      np.testing.assert_array_equal(real[1:-1], chunk)
+      continue
+    (first_sep,) = np.flatnonzero(real == sep)[:1]
+    a, b = real[1:first_sep], real[first_sep + 1:-1]
+    types = rows["token_type_ids"][i][mask]
+    assert (types[:first_sep + 1] == 0).all() and (types[first_sep + 1:] == 1).all()
+    if labels[i] == 0:  # A B: the chunk, in order
+      np.testing.assert_array_equal(np.concatenate([a, b]), chunk)
+    elif task == "sop":  # B A: swapped
+      np.testing.assert_array_equal(np.concatenate([b, a]), chunk)
+      assert (len(a) and len(b)) or len(chunk) == 1
+    else:  # nsp: A, then the start of another chunk
+      np.testing.assert_array_equal(a, chunk[:len(a)])
+      np.testing.assert_array_equal(b, chunk_of(pieces["b_chunk"][i])[:len(b)])
+  if task != "none":
+    assert 0.4 < labels.mean() < 0.6
+  # Each epoch visits every chunk once, in a different order.
+  epochs = pieces["a_chunk"].reshape(3, -1)
+  assert all(sorted(e) == list(range(len(examples))) for e in epochs)
+  assert not np.array_equal(epochs[0], epochs[1])
 
 
 def _data_cfg(**kw):

@@ -41,17 +41,18 @@ def build(config, workdir: str, tok: tokenizers.Tokenizer | None = None) -> Data
 
   def make(split, seed):
     if kind == "encoder":
-      return examples_lib.encoder_examples(
+      return examples_lib.EncoderExamples(
           token_docs[split], seq_len=data_cfg.seq_len, specials=specials,
           vocab_size=tok.get_vocab_size(), objective_cfg=config.objective, seed=seed)
-    return examples_lib.decoder_examples(token_docs[split], seq_len=data_cfg.seq_len,
-                                         specials=specials, seed=seed)
+    return examples_lib.DecoderExamples(token_docs[split], seq_len=data_cfg.seq_len,
+                                        specials=specials, seed=seed)
 
   batch = config.train.batch_size
   host = dict(process_index=jax.process_index(), process_count=jax.process_count(),
               extra={"unigram_top": most_frequent})
-  train_examples, train_rows = make("train", config.train.seed)
-  eval_examples, eval_rows = make("eval", config.train.seed + 1000)
+  train_examples = make("train", config.train.seed)
+  eval_examples = make("eval", config.train.seed + 1000)
+  train_rows, eval_rows = len(train_examples), len(eval_examples)
   train = StepIndexedBatches(train_examples, batch, **host)
   eval_ = StepIndexedBatches(eval_examples, batch, **host)
   eval_steps = config.evals.batches or max(1, math.ceil(eval_rows / batch))  # one pass

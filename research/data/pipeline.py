@@ -1,8 +1,10 @@
 """The one input pipeline: step-indexed, deterministic, per-host sharded, prefetched to device.
 
-Examples form an infinite grain `MapDataset`: records shuffled with a fresh order each epoch,
-then corrupted by a per-example random map (seeded by (seed, example index)). The global batch of
-step `s` is examples [s * B, (s + 1) * B); host `p` of `P` builds only its rows
+Examples are an infinite, randomly addressable sequence: pretraining rows built a batch at a time
+(`examples.EncoderExamples` / `DecoderExamples`: `rows(indices)`, every random draw keyed by
+(seed, example index)), or a grain `MapDataset` of fine-tuning features, shuffled with a fresh
+order each epoch. The global batch of step `s` is examples [s * B, (s + 1) * B); host `p` of `P`
+builds only its rows
 [s * B + p * B / P, s * B + (p + 1) * B / P). So a batch is a pure function of (seed, step): a
 resumed run asks for step `s` and gets exactly the batch the uninterrupted run saw, and the only
 iterator state a checkpoint needs is the next step.
@@ -10,7 +12,6 @@ iterator state a checkpoint needs is the next step.
 import collections
 import concurrent.futures
 
-import grain
 import jax
 import numpy as np
 
@@ -18,7 +19,7 @@ import numpy as np
 class StepIndexedBatches:
   """Random access to this host's share of any step's global batch."""
 
-  def __init__(self, examples: grain.MapDataset, global_batch: int, *, process_index: int = 0,
+  def __init__(self, examples, global_batch: int, *, process_index: int = 0,
                process_count: int = 1, extra: dict | None = None):
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} not divisible by {process_count} hosts")
@@ -30,8 +31,11 @@ class StepIndexedBatches:
 
   def host_batch(self, step: int) -> dict:
     start = step * self.global_batch + self.offset
-    rows = [self.examples[i] for i in range(start, start + self.host_batch_size)]
-    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    if hasattr(self.examples, "rows"):  # builds the batch in one vectorised call
+      batch = self.examples.rows(np.arange(start, start + self.host_batch_size))
+    else:
+      rows = [self.examples[i] for i in range(start, start + self.host_batch_size)]
+      batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     for k, v in self.extra.items():
       batch[k] = np.full((self.host_batch_size,), v, np.int32)
     return batch
