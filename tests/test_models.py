@@ -6,6 +6,7 @@ import pytest
 
 from research import models
 from research.errors import UserError
+from research.models import layers
 from research.models.layers import positions_from_segments
 
 ENCODER = dict(kind="encoder", vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
@@ -100,3 +101,55 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_bad_model_config(bad, message):
   with pytest.raises(UserError, match=message):
     models.build(dict(ENCODER, **bad))
+
+
+@pytest.mark.parametrize("causal,packed", [(False, False), (True, False), (True, True)])
+def test_cudnn_mask_form_matches_the_dense_mask(causal, packed):
+  """What cuDNN is given (lengths + causal flag, or mask + flag) means what XLA's mask means.
+
+  Both forms run through XLA here (no GPU); only the `implementation` argument differs on a GPU.
+  """
+  keys = jax.random.split(jax.random.key(3), 3)
+  q, k, v = (jax.random.normal(key, (3, 10, 2, 8)) for key in keys)
+  padding = jnp.array([[1] * 10, [1] * 7 + [0] * 3, [1] * 4 + [0] * 6])
+  segments = jnp.array([[1] * 6 + [2] * 4, [1] * 3 + [2] * 4 + [0] * 3, [1] * 4 + [0] * 6])
+  mask = layers.AttentionMask(padding, segments if packed else None, causal=causal)
+  cudnn_kwargs = mask.kwargs("cudnn")
+  assert ("mask" in cudnn_kwargs) == packed and cudnn_kwargs["is_causal"] == causal
+  dense = jax.nn.dot_product_attention(q, k, v, implementation="xla", **mask.kwargs("xla"))
+  fused_form = jax.nn.dot_product_attention(q, k, v, implementation="xla", **cudnn_kwargs)
+  real = padding.astype(bool)  # padded query rows are never used
+  np.testing.assert_allclose(fused_form[real], dense[real], atol=1e-6)
+
+
+def test_attention_impl_defaults_to_cudnn_only_where_it_applies(monkeypatch):
+  cfg = lambda **kw: models.ModelConfig(**{**ENCODER, **kw})
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.attention_impl(cfg(dtype="bfloat16")) == "cudnn"
+  assert layers.attention_impl(cfg(dtype="float32")) == "xla"
+  assert layers.attention_impl(cfg(dtype="bfloat16", attention_head_dim=12)) == "xla"
+  assert layers.attention_impl(cfg(dtype="bfloat16", attention_impl="xla")) == "xla"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert layers.attention_impl(cfg(dtype="bfloat16")) == "xla"
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_changes_memory_not_results(policy):
+  ids = jax.random.randint(jax.random.key(4), (2, 16), 5, 300)
+  model, params = init(DECODER, ids)
+  remat_model = models.build(models.ModelConfig(**{**DECODER, "remat": policy}))
+  assert jax.tree.structure(remat_model.init(jax.random.key(0), ids)["params"]) == \
+      jax.tree.structure(params)
+
+  def loss(m, p):
+    return jnp.mean(m.apply({"params": p}, ids, deterministic=False,
+                            rngs={"dropout": jax.random.key(5)})["lm_logits"] ** 2)
+  value, grads = jax.value_and_grad(lambda p: loss(model, p))(params)
+  remat_value, remat_grads = jax.value_and_grad(lambda p: loss(remat_model, p))(params)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               remat_grads, grads)
+  def primitives(m):
+    return {e.primitive.name for e in jax.make_jaxpr(lambda p: loss(m, p))(params).jaxpr.eqns}
+  assert {"remat2", "checkpoint"} & primitives(remat_model)  # the rematerialisation is there
+  assert not {"remat2", "checkpoint"} & primitives(model)

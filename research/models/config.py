@@ -76,7 +76,8 @@ class ModelConfig:
   param_dtype: str = "float32"
   heads: tuple = ()  # HeadSpec strings: a kind from HEADS, or 'name=kind[:num_labels]'
   tie_embeddings: bool = True  # vocabulary projections reuse the token embedding matrix
-  attention_impl: Optional[str] = None  # None picks per platform; 'xla' or 'cudnn' forces one
+  attention_impl: Optional[str] = None  # None: cuDNN on GPU with 16-bit compute, else XLA
+  remat: str = "none"  # recompute block activations in the backward pass: 'none', 'full', 'dots'
 
   @property
   def head_dim(self) -> int:
@@ -119,7 +120,8 @@ class ModelConfig:
                       f"model.num_kv_heads ({self.kv_heads})")
     choices = {"norm": ("layernorm", "rmsnorm"), "activation": ACTIVATIONS,
                "position_embedding": ("learned", "rotary"),
-               "classifier": ("pooled", "first_token_mlp")}
+               "classifier": ("pooled", "first_token_mlp"), "remat": ("none", "full", "dots"),
+               "attention_impl": (None, "", "xla", "cudnn")}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise UserError(f"model.{field} must be one of {allowed}, got {getattr(self, field)!r}")

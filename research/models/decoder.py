@@ -26,8 +26,8 @@ class Decoder(nn.Module):
           embedding_init=layers.normal_init((None, "embed")), name="position_embed")(positions)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain_hidden(x)
-    mask = layers.attention_mask(attention_mask, segment_ids, causal=True)
+    mask = layers.AttentionMask(attention_mask, segment_ids, causal=True)
     for i in range(cfg.num_layers):
-      block = layers.TransformerBlock(cfg, pre_norm=True, name=f"layer_{i}")
+      block = layers.transformer_block(cfg)(cfg, pre_norm=True, name=f"layer_{i}")
       x = block(x, mask, positions, deterministic)
     return {"hidden": layers.layer_norm(cfg, "ln_final")(x)}

@@ -27,9 +27,9 @@ class Encoder(nn.Module):
     x = layers.layer_norm(cfg, "ln_embed")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain_hidden(x)
-    mask = layers.attention_mask(attention_mask, segment_ids, causal=False)
+    mask = layers.AttentionMask(attention_mask, segment_ids, causal=False)
     for i in range(cfg.num_layers):
-      block = layers.TransformerBlock(cfg, pre_norm=False, name=f"layer_{i}")
+      block = layers.transformer_block(cfg)(cfg, pre_norm=False, name=f"layer_{i}")
       x = block(x, mask, positions, deterministic)
     outputs = {"hidden": x}
     if cfg.pooler:

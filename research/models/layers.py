@@ -5,6 +5,7 @@ is decided by `research.sharding`'s rules, not here. Logical names used:
   vocab, embed, heads, kv_heads, kv, mlp (parameters); act_batch, act_length, act_embed, act_mlp
   (activations).
 """
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,44 @@ def attention_mask(attention_mask, segment_ids, causal: bool):
   return mask
 
 
+def attention_impl(cfg: ModelConfig) -> str:
+  """`cfg.attention_impl`, or by default cuDNN's fused kernel where it applies, else XLA.
+
+  cuDNN needs a GPU, 16-bit compute and a head size that is a multiple of 8 up to 128.
+  """
+  if cfg.attention_impl:
+    return cfg.attention_impl
+  fused_ok = (jax.default_backend() == "gpu" and
+              cfg.compute_dtype in (jnp.bfloat16, jnp.float16) and
+              cfg.head_dim % 8 == 0 and cfg.head_dim <= 128)
+  return "cudnn" if fused_ok else "xla"
+
+
+@flax.struct.dataclass
+class AttentionMask:
+  """Who attends to whom, kept in the form each attention implementation runs fastest with.
+
+  XLA gets the dense boolean mask of `attention_mask` above. cuDNN gets sequence lengths and a
+  causal flag (its kernel skips padded and future blocks instead of reading a mask), or, with
+  packed documents (`segment_ids`), the dense mask without the causal part. Sequence lengths
+  assume right padding (1s then 0s in `attention_mask`), which is what every pipeline here makes.
+  """
+  padding: jax.Array  # (batch, length), 1 on real tokens
+  segment_ids: jax.Array | None
+  causal: bool = flax.struct.field(pytree_node=False)
+
+  def kwargs(self, impl: str) -> dict:
+    """Keyword arguments of `jax.nn.dot_product_attention` for implementation `impl`."""
+    if impl != "cudnn":
+      return {"mask": attention_mask(self.padding, self.segment_ids, self.causal)}
+    if self.segment_ids is not None:
+      return {"mask": attention_mask(self.padding, self.segment_ids, causal=False),
+              "is_causal": self.causal}
+    lengths = self.padding.astype(jnp.int32).sum(-1)
+    return {"is_causal": self.causal, "query_seq_lengths": lengths,
+            "key_value_seq_lengths": lengths}
+
+
 def positions_from_segments(segment_ids):
   """Position of each token inside its own segment: 0, 1, 2, ... restarting at each boundary."""
   length = segment_ids.shape[-1]
@@ -116,8 +155,9 @@ class Einsum(nn.Module):
 class SelfAttention(nn.Module):
   """Multi-head (or grouped-query) self-attention through `jax.nn.dot_product_attention`.
 
-  On GPUs that call can use cuDNN's fused kernel. Attention-probability dropout is not applied
-  (fused kernels do not support it); dropout acts on the attention output instead.
+  On GPUs with 16-bit compute that call runs cuDNN's fused kernel (see `attention_impl`).
+  Attention-probability dropout is not applied (the fused kernel does not support it); dropout
+  acts on the attention output instead.
   """
   cfg: ModelConfig
 
@@ -134,7 +174,8 @@ class SelfAttention(nn.Module):
     v = project("value", cfg.kv_heads, "kv_heads")
     if cfg.position_embedding == "rotary":
       q, k = (apply_rotary(t, positions, cfg.rope_theta) for t in (q, k))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention_impl)
+    impl = attention_impl(cfg)
+    out = jax.nn.dot_product_attention(q, k, v, implementation=impl, **mask.kwargs(impl))
     out = Einsum("bthk,hkd->btd", (cfg.num_heads, hd, d), ("heads", "kv", "embed"), ("embed",),
                  cfg, use_bias=cfg.use_bias, name="out")(out)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
@@ -160,6 +201,20 @@ class Mlp(nn.Module):
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
     out = dense("down", (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), h)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+
+
+REMAT_POLICIES = {
+    "none": None,  # keep every activation for the backward pass
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+def transformer_block(cfg: ModelConfig) -> type:
+  """`TransformerBlock`, wrapped in `nn.remat` with `cfg.remat`'s policy unless it is 'none'."""
+  if cfg.remat == "none":
+    return TransformerBlock
+  return nn.remat(TransformerBlock, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
 
 
 class TransformerBlock(nn.Module):
