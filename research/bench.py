@@ -1,6 +1,7 @@
 r"""Benchmark harness: our real train step against HF transformers (PyTorch) on the same shapes.
 
   python -m research.bench [--workloads=bert-base-mlm-s128,...] [--peer=hf] [--smoke] [--pipeline]
+                          [--set=KEY=VALUE ...] [--batch=N] [--profile=DIR]
 
 Prints one JSON line per workload: workload, batch, seq, tokens_per_sec, step_ms, mfu,
 peak_memory_gb, compile_s (ours), and with --peer=hf the same under 'hf_*' plus
@@ -18,9 +19,21 @@ Ours: float32 parameters, bf16 compute (float32 on CPU), AdamW, the MLM head on 
 only, attention through jax.nn.dot_product_attention. The peer: BertForMaskedLM / GPT2LMHeadModel
 with SDPA attention, bf16 autocast, torch.compile (on CUDA), fused AdamW, the same data.
 This path imports neither ml_collections, datasets nor grain, except for --pipeline.
+
+Levers: `--set KEY=VALUE` overrides our `ModelConfig` (e.g. attention_impl=xla to turn cuDNN
+attention off, remat=full, dtype=float32), `--batch` every workload's batch (both sides), so each
+lever's effect is one command. `matmul_tflops` is a measured ceiling: the FLOP/s of one large
+matrix multiply in the compute dtype on this device (8192^3 bf16 on a GPU); `ceiling_fraction` =
+the step's achieved model FLOP/s / that ceiling, i.e. how close the step is to pure matmul speed.
+`--profile DIR` writes a `jax.profiler` trace of the timed steps (open with TensorBoard's or
+Perfetto's trace viewer) to see where the step's time goes.
 """
+import collections
 import dataclasses
+import glob
+import gzip
 import json
+import re
 import sys
 import time
 import types
@@ -51,19 +64,40 @@ class Workload:
     return int(round(self.seq * MASK_RATE)) if self.kind == "encoder" else 0
 
 
-def workloads(names: str, smoke: bool) -> list:
+def workloads(names: str, smoke: bool, batch: int = 0) -> list:
   out = []
   for name in names.split(","):
     if name not in WORKLOADS:
       raise SystemExit(f"error: unknown workload {name!r}; known: {sorted(WORKLOADS)}")
-    kind, size, seq, batch = WORKLOADS[name]
+    kind, size, seq, default_batch = WORKLOADS[name]
     if smoke:
-      size, seq, batch = SMOKE_SHAPE
-    out.append(Workload(name, kind, size, seq, batch))
+      size, seq, default_batch = SMOKE_SHAPE
+    out.append(Workload(name, kind, size, seq, batch or default_batch))
   return out
 
 
-def model_config(w: Workload, dtype: str):
+def parse_overrides(pairs) -> dict:
+  """['remat=full', 'num_layers=6'] -> {'remat': 'full', 'num_layers': 6}, checked against
+  `ModelConfig`'s fields and typed like their defaults."""
+  from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  out = {}
+  for pair in pairs or ():
+    key, sep, value = pair.partition("=")
+    if not sep or key not in fields:
+      raise SystemExit(f"error: --set wants KEY=VALUE with KEY a model field, got {pair!r}; "
+                       f"fields: {sorted(fields)}")
+    default = fields[key].default
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, (int, float)):
+      out[key] = type(default)(value)
+    else:
+      out[key] = None if value.lower() == "none" else value
+  return out
+
+
+def model_config(w: Workload, dtype: str, overrides: dict | None = None):
   from research.models.config import SIZES, ModelConfig  # pylint: disable=g-import-not-at-top
   layers, hidden, heads = SIZES[w.size]
   encoder = w.kind == "encoder"
@@ -72,7 +106,7 @@ def model_config(w: Workload, dtype: str):
       num_heads=heads, mlp_dim=4 * hidden, max_len=max(512 if encoder else 1024, w.seq),
       type_vocab_size=2 if encoder else 0, dropout_rate=0.1,
       layer_norm_eps=1e-12 if encoder else 1e-5, activation="gelu" if encoder else "gelu_tanh",
-      dtype=dtype, heads=("mlm",) if encoder else ("lm",), pooler=False)
+      dtype=dtype, heads=("mlm",) if encoder else ("lm",), pooler=False, **(overrides or {}))
 
 
 def synthetic_batch(w: Workload, seed: int = 0) -> dict:
@@ -99,14 +133,65 @@ def _optim_config(steps: int):
             schedule=ns(warmup_steps=0, decay="constant", end_factor=0.0), train=ns(steps=steps))
 
 
-def run_ours(w: Workload, steps: int, warmup: int) -> dict:
+def matmul_tflops(dtype: str, size: int, repeats: int = 10) -> float:
+  """Measured FLOP/s (in TFLOP/s) of a (size x size) @ (size x size) matmul: the ceiling."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  f = jax.jit(lambda x: x @ a)
+  jax.block_until_ready(f(a))
+  start = time.perf_counter()
+  x = a
+  for _ in range(repeats):
+    x = f(x)  # chained, so nothing is overlapped or elided
+  jax.block_until_ready(x)
+  return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+KERNEL_CLASSES = (  # kernel-name patterns, first match wins (XLA, cuBLAS, cuDNN names)
+    ("attention", re.compile(r"sdpa|fmha|flash|attention|cudnn", re.I)),
+    ("matmul", re.compile(r"gemm|matmul|xmma|cutlass|cublas|dot|convolution", re.I)),
+)
+
+
+def profile_summary(trace_dir: str, steps: int) -> dict:
+  """Device time per step by kernel class, and the 5 costliest kernels, from a profiler trace.
+
+  `busy_ms` is the summed kernel time: next to `step_ms` it shows how much of the step the device
+  sits idle (launch gaps, host syncs). On a CPU the 'kernels' are XLA's thunks on the host.
+  """
+  (path,) = glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz")[-1:]
+  with gzip.open(path) as f:
+    events = json.load(f)["traceEvents"]
+  names = {e["pid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  devices = {pid for pid, name in names.items() if name.startswith("/device:")}
+  by_kernel = collections.Counter()
+  for e in events:
+    if e.get("ph") != "X" or (devices and e["pid"] not in devices):
+      continue
+    if not devices and (e["name"].startswith("$") or "Execute" in e["name"]):
+      continue  # host-side Python and executor spans, not work
+    by_kernel[e["name"]] += e["dur"] / 1e3 / steps  # microseconds -> ms per step
+  classes = collections.Counter()
+  for name, ms in by_kernel.items():
+    cls = next((c for c, pattern in KERNEL_CLASSES if pattern.search(name)), "other")
+    classes[cls] += ms
+  return {"busy_ms": sum(by_kernel.values()),
+          **{f"{c}_ms": classes[c] for c in ("matmul", "attention", "other")},
+          "top": [[name[:80], ms] for name, ms in by_kernel.most_common(5)]}
+
+
+def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None,
+             profile_dir: str = "") -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from research import models, objectives, perf  # pylint: disable=g-import-not-at-top
+  from research.models import layers  # pylint: disable=g-import-not-at-top
   from research.train import optim  # pylint: disable=g-import-not-at-top
   from research.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
   on_cpu = jax.devices()[0].platform == "cpu"
-  cfg = model_config(w, "float32" if on_cpu else "bfloat16")
+  cfg = model_config(w, "float32" if on_cpu else "bfloat16", overrides)
   model = models.build(cfg)
   objective = {"mlm": (1.0, objectives.masked_lm_loss)} if w.kind == "encoder" else \
       {"clm": (1.0, objectives.causal_lm_loss)}
@@ -131,18 +216,25 @@ def run_ours(w: Workload, steps: int, warmup: int) -> dict:
   for _ in range(warmup - 1):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
+  if profile_dir:
+    jax.profiler.start_trace(f"{profile_dir}/{w.name}")
   start = time.perf_counter()
   for _ in range(steps):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / steps
+  profile = {}
+  if profile_dir:
+    jax.profiler.stop_trace()
+    profile = {"profile": profile_summary(f"{profile_dir}/{w.name}", steps)}
   flops = perf.train_flops_per_step(cfg, w.seq, w.batch, w.max_predictions)
   peak = perf.peak_flops_per_device()
   stats = jax.devices()[0].memory_stats() or {}
   return {"tokens_per_sec": w.batch * w.seq / step_s, "step_ms": 1e3 * step_s,
           "mfu": flops / step_s / (peak * jax.device_count()) if peak else None,
           "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
-          "compile_s": compile_s, "loss": float(metrics["train/loss"]), "_flops": flops}
+          "compile_s": compile_s, "loss": float(metrics["train/loss"]), "_flops": flops,
+          **profile, "_dtype": cfg.dtype, "_devices": jax.device_count(), "attention_impl": layers.attention_impl(cfg), "remat": cfg.remat}
 
 
 def run_hf(w: Workload, steps: int, warmup: int, flops: float) -> dict:
@@ -237,15 +329,29 @@ def main(argv=None):
   parser.add_argument("--peer", choices=["", "hf"], default="")
   parser.add_argument("--smoke", action="store_true", help="tiny shapes, seconds on a CPU")
   parser.add_argument("--pipeline", action="store_true", help="also time the input pipeline")
+  parser.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
+                      help="override one of our ModelConfig fields (a lever), repeatable")
+  parser.add_argument("--batch", type=int, default=0, help="every workload's batch (both sides)")
+  parser.add_argument("--profile", default="", metavar="DIR",
+                      help="write a jax.profiler trace of our timed steps under DIR")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--warmup", type=int, default=3)
   args = parser.parse_args(argv)
   steps = args.steps or (3 if args.smoke else 20)
-  for w in workloads(args.workloads, args.smoke):
+  overrides = parse_overrides(args.overrides)
+  ceilings = {}
+  for w in workloads(args.workloads, args.smoke, args.batch):
     row = {"workload": w.name + ("-smoke" if args.smoke else ""), "batch": w.batch, "seq": w.seq}
-    ours = run_ours(w, steps, args.warmup)
-    flops = ours.pop("_flops")
+    if overrides:
+      row["overrides"] = overrides
+    ours = run_ours(w, steps, args.warmup, overrides, args.profile)
+    flops, dtype = ours.pop("_flops"), ours.pop("_dtype")
     row.update(ours)
+    if dtype not in ceilings:
+      ceilings[dtype] = matmul_tflops(dtype, 1024 if args.smoke else 8192)
+    row["matmul_tflops"] = ceilings[dtype]
+    row["ceiling_fraction"] = flops / (row["step_ms"] / 1e3) / (
+        ceilings[dtype] * 1e12 * row.pop("_devices"))
     if args.peer == "hf":
       row.update(run_hf(w, steps, args.warmup, flops))
       row["ratio"] = row["tokens_per_sec"] / row["hf_tokens_per_sec"]

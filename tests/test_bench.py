@@ -35,3 +35,31 @@ def test_flops_formula_matches_a_hand_count():
   d, f, L, T, V, P = 768, 3072, 12, 128, 30522, 19
   per_seq = L * (2 * T * 4 * d * d + 2 * T * 2 * d * f + 4 * T * T * d) + 2 * P * (d * d + d * V)
   assert perf.train_flops_per_step(cfg, T, 256, P) == 3 * 256 * per_seq
+
+
+def test_levers_batch_and_profile(capsys, tmp_path):
+  bench.main(["--smoke", "--steps=2", "--warmup=1", "--workloads=gpt2-medium-clm-s1024",
+              "--set=remat=full", "--set=attention_impl=xla", "--batch=4",
+              f"--profile={tmp_path}"])
+  row = json.loads(capsys.readouterr().out)
+  assert row["batch"] == 4 and row["remat"] == "full" and row["attention_impl"] == "xla"
+  assert row["overrides"] == {"remat": "full", "attention_impl": "xla"}
+  assert row["matmul_tflops"] > 0 and 0 < row["ceiling_fraction"] < 2
+  profile = row["profile"]  # the device was busy for part of each timed step
+  assert 0 < profile["busy_ms"] < 2 * row["step_ms"]
+  assert profile["busy_ms"] == pytest.approx(
+      profile["matmul_ms"] + profile["attention_ms"] + profile["other_ms"])
+  assert len(profile["top"]) == 5 and profile["top"][0][1] >= profile["top"][-1][1]
+
+
+@pytest.mark.parametrize("pair", ["remat", "no_such_field=1"])
+def test_bad_lever_is_one_line(pair):
+  with pytest.raises(SystemExit, match="--set wants KEY=VALUE"):
+    bench.parse_overrides([pair])
+
+
+def test_lever_values_are_typed_like_the_field():
+  assert bench.parse_overrides(["num_layers=3", "use_bias=false", "attention_impl=none",
+                                "dropout_rate=0"]) == {
+                                    "num_layers": 3, "use_bias": False, "attention_impl": None,
+                                    "dropout_rate": 0.0}
