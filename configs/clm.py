@@ -28,7 +28,7 @@ def get_config(arg=None):
   config.optim = config_lib.optim(learning_rate=6e-4, weight_decay=0.1)
   config.optim.update(b2=0.95, eps=1e-8)
   config.schedule = dict(warmup_steps=2000, decay="cosine", end_factor=0.1)
-  config.train = dict(steps=100_000, batch_size=512, grad_accum_steps=1, seed=0)
+  config.train = config_lib.train(steps=100_000, batch_size=512)
   config.evals = dict(every_steps=5000, batches=0)
 
   if arg.runlocal:

@@ -74,7 +74,7 @@ def get_config(arg=None):
   config.optim = config_lib.optim(learning_rate=3e-5)
   config.optim.b2 = 0.999
   config.schedule = dict(warmup_steps=300, decay="linear", end_factor=0.0)
-  config.train = dict(steps=3000, batch_size=32, grad_accum_steps=1, seed=0)
+  config.train = config_lib.train(steps=3000, batch_size=32)
   # best_metric: the eval metric whose best value's checkpoint is kept (WORKDIR/best) and
   # evaluated on the test split; patience: evaluations without improvement before stopping
   # early (0 = never).

@@ -30,7 +30,7 @@ def get_config(arg=None):
                      tokenizer="", vocab_size=30522)
   config.optim = config_lib.optim(learning_rate=1e-4)
   config.schedule = dict(warmup_steps=10_000, decay="linear", end_factor=0.0)
-  config.train = dict(steps=1_000_000, batch_size=256, grad_accum_steps=1, seed=0)
+  config.train = config_lib.train(steps=1_000_000, batch_size=256)
   config.evals = dict(every_steps=10_000, batches=0)  # batches=0: one pass over the eval split
 
   if arg.runlocal:

@@ -10,8 +10,11 @@ the full workloads are meant for one GPU. --pipeline also times the real input p
 (embedded corpus, tokenizer, MLM masking) building batches of the workload's shape, and reports
 pipeline_ratio = batches it builds per second / steps the model takes per second.
 
-Timing: `--warmup` steps first (the first one compiles: compile_s), then `--steps` steps without
-a host sync between them, timed to `block_until_ready` (CUDA synchronize for the peer).
+Timing: our step is compiled ahead of time (compile_s; the peer's first step, which compiles),
+then `--warmup` steps, then `--steps` steps without a host sync between them, timed to
+`block_until_ready` (CUDA synchronize for the peer). peak_memory_gb is the device allocator's
+peak so far in this process; step_memory_gb is what XLA's buffer assignment gives our step
+(arguments + outputs + temporaries - donated), so it compares levers within one process.
 FLOPs per step: `research.perf.train_flops_per_step` (formula in its docstring; the MLM head
 counted on the masked positions for both sides, as that is the work the objective needs), so
 MFU = FLOPs per step / step time / (peak per device x devices).
@@ -78,9 +81,11 @@ def workloads(names: str, smoke: bool, batch: int = 0) -> list:
 
 def parse_overrides(pairs) -> dict:
   """['remat=full', 'num_layers=6'] -> {'remat': 'full', 'num_layers': 6}, checked against
-  `ModelConfig`'s fields and typed like their defaults."""
+  `ModelConfig`'s fields (and `dropout_prng`, see config.train) and typed like their defaults."""
   from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
   fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  # Not a model field: the train step's dropout bits (config.train.dropout_prng).
+  fields["dropout_prng"] = types.SimpleNamespace(default="threefry")
   out = {}
   for pair in pairs or ():
     key, sep, value = pair.partition("=")
@@ -101,12 +106,13 @@ def model_config(w: Workload, dtype: str, overrides: dict | None = None):
   from research.models.config import SIZES, ModelConfig  # pylint: disable=g-import-not-at-top
   layers, hidden, heads = SIZES[w.size]
   encoder = w.kind == "encoder"
-  return ModelConfig(
+  fields = dict(
       kind=w.kind, vocab_size=VOCAB[w.kind], hidden_size=hidden, num_layers=layers,
       num_heads=heads, mlp_dim=4 * hidden, max_len=max(512 if encoder else 1024, w.seq),
       type_vocab_size=2 if encoder else 0, dropout_rate=0.1,
       layer_norm_eps=1e-12 if encoder else 1e-5, activation="gelu" if encoder else "gelu_tanh",
-      dtype=dtype, heads=("mlm",) if encoder else ("lm",), pooler=False, **(overrides or {}))
+      dtype=dtype, heads=("mlm",) if encoder else ("lm",), pooler=False)
+  return ModelConfig(**{**fields, **(overrides or {})})
 
 
 def synthetic_batch(w: Workload, seed: int = 0) -> dict:
@@ -189,8 +195,10 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   from research import models, objectives, perf  # pylint: disable=g-import-not-at-top
   from research.models import layers  # pylint: disable=g-import-not-at-top
   from research.train import optim  # pylint: disable=g-import-not-at-top
-  from research.train.step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
+  from research.train.step import TrainState, derive_dropout_key, make_train_step  # pylint: disable=g-import-not-at-top
   on_cpu = jax.devices()[0].platform == "cpu"
+  overrides = dict(overrides or {})
+  prng = overrides.pop("dropout_prng", "threefry")
   cfg = model_config(w, "float32" if on_cpu else "bfloat16", overrides)
   model = models.build(cfg)
   objective = {"mlm": (1.0, objectives.masked_lm_loss)} if w.kind == "encoder" else \
@@ -208,12 +216,15 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   state = init(jax.random.key(0))
-  step = jax.jit(make_train_step(model, task_loss, tx, lr, jax.random.key(1)), donate_argnums=0)
+  dropout_key = derive_dropout_key(jax.random.key(1), prng)
   start = time.perf_counter()
-  state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
+  step = jax.jit(make_train_step(model, task_loss, tx, lr, dropout_key),
+                 donate_argnums=0).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  for _ in range(warmup - 1):
+  memory = step.memory_analysis()  # this program's own buffers, unlike the process-wide peak
+  step_memory = memory and (memory.argument_size_in_bytes + memory.output_size_in_bytes +
+                            memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  for _ in range(warmup):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   if profile_dir:
@@ -233,8 +244,10 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   return {"tokens_per_sec": w.batch * w.seq / step_s, "step_ms": 1e3 * step_s,
           "mfu": flops / step_s / (peak * jax.device_count()) if peak else None,
           "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+          "step_memory_gb": step_memory / 2**30 if step_memory else None,
           "compile_s": compile_s, "loss": float(metrics["train/loss"]), "_flops": flops,
-          **profile, "_dtype": cfg.dtype, "_devices": jax.device_count(), "attention_impl": layers.attention_impl(cfg), "remat": cfg.remat}
+          **profile, "_dtype": cfg.dtype, "_devices": jax.device_count(),
+          "attention_impl": layers.attention_impl(cfg), "remat": cfg.remat, "dropout_prng": prng}
 
 
 def run_hf(w: Workload, steps: int, warmup: int, flops: float) -> dict:
@@ -322,6 +335,52 @@ def run_pipeline(w: Workload, seconds: float = 5.0) -> float:
     return n / (time.perf_counter() - start)
 
 
+SWEEP = ("attention_impl=xla", "remat=dots", "remat=full", "dropout_prng=rbg", "dtype=float32")
+
+
+def is_out_of_memory(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def measure(w: Workload, args, steps: int, overrides: dict, ceilings: dict) -> dict:
+  """One JSON row: ours, the measured ceiling, and (per the flags) the peer and the pipeline."""
+  row = {"workload": w.name + ("-smoke" if args.smoke else ""), "batch": w.batch, "seq": w.seq}
+  if overrides:
+    row["overrides"] = overrides
+  ours = run_ours(w, steps, args.warmup, overrides, args.profile)
+  flops, dtype = ours.pop("_flops"), ours.pop("_dtype")
+  row.update(ours)
+  if dtype not in ceilings:
+    ceilings[dtype] = matmul_tflops(dtype, 1024 if args.smoke else 8192)
+  row["matmul_tflops"] = ceilings[dtype]
+  row["ceiling_fraction"] = flops / (row["step_ms"] / 1e3) / (
+      ceilings[dtype] * 1e12 * row.pop("_devices"))
+  if args.peer == "hf":
+    row.update(run_hf(w, steps, args.warmup, flops))
+    row["ratio"] = row["tokens_per_sec"] / row["hf_tokens_per_sec"]
+  if args.pipeline:
+    rate = run_pipeline(w)
+    row.update(pipeline_batches_per_sec=rate, pipeline_ratio=rate * row["step_ms"] / 1e3)
+  return row
+
+
+def largest_batch(w: Workload, steps: int, warmup: int, overrides: dict) -> dict:
+  """Doubles the batch from the workload's until our step runs out of device memory."""
+  best, batch = None, w.batch
+  while True:
+    try:
+      ours = run_ours(dataclasses.replace(w, batch=batch), steps, warmup, overrides)
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_out_of_memory(e):
+        raise
+      break
+    best = {"max_batch": batch, "max_batch_tokens_per_sec": ours["tokens_per_sec"],
+            "max_batch_peak_memory_gb": ours["peak_memory_gb"]}
+    batch *= 2
+  return best or {"max_batch": None}
+
+
 def main(argv=None):
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -330,7 +389,11 @@ def main(argv=None):
   parser.add_argument("--smoke", action="store_true", help="tiny shapes, seconds on a CPU")
   parser.add_argument("--pipeline", action="store_true", help="also time the input pipeline")
   parser.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
-                      help="override one of our ModelConfig fields (a lever), repeatable")
+                      help="a lever: one of our ModelConfig fields, or dropout_prng; repeatable")
+  parser.add_argument("--sweep", action="store_true",
+                      help=f"after each workload's row, one row per lever of {SWEEP}")
+  parser.add_argument("--max-batch", action="store_true",
+                      help="also find the largest batch (doubling) our step fits in memory")
   parser.add_argument("--batch", type=int, default=0, help="every workload's batch (both sides)")
   parser.add_argument("--profile", default="", metavar="DIR",
                       help="write a jax.profiler trace of our timed steps under DIR")
@@ -341,25 +404,18 @@ def main(argv=None):
   overrides = parse_overrides(args.overrides)
   ceilings = {}
   for w in workloads(args.workloads, args.smoke, args.batch):
-    row = {"workload": w.name + ("-smoke" if args.smoke else ""), "batch": w.batch, "seq": w.seq}
-    if overrides:
-      row["overrides"] = overrides
-    ours = run_ours(w, steps, args.warmup, overrides, args.profile)
-    flops, dtype = ours.pop("_flops"), ours.pop("_dtype")
-    row.update(ours)
-    if dtype not in ceilings:
-      ceilings[dtype] = matmul_tflops(dtype, 1024 if args.smoke else 8192)
-    row["matmul_tflops"] = ceilings[dtype]
-    row["ceiling_fraction"] = flops / (row["step_ms"] / 1e3) / (
-        ceilings[dtype] * 1e12 * row.pop("_devices"))
-    if args.peer == "hf":
-      row.update(run_hf(w, steps, args.warmup, flops))
-      row["ratio"] = row["tokens_per_sec"] / row["hf_tokens_per_sec"]
-    if args.pipeline:
-      rate = run_pipeline(w)
-      row.update(pipeline_batches_per_sec=rate,
-                 pipeline_ratio=rate * row["step_ms"] / 1e3)
+    row = measure(w, args, steps, overrides, ceilings)
+    if args.max_batch:
+      row.update(largest_batch(w, max(2, steps // 4), 1, overrides))
     print(json.dumps(row), flush=True)
+    if args.sweep:
+      lever_args = argparse.Namespace(**{**vars(args), "peer": "", "pipeline": False})
+      for lever in SWEEP:
+        lever_row = measure(w, lever_args, steps, {**overrides, **parse_overrides([lever])},
+                            ceilings)
+        lever_row.update(lever=lever,
+                         vs_baseline=lever_row["tokens_per_sec"] / row["tokens_per_sec"])
+        print(json.dumps(lever_row), flush=True)
 
 
 if __name__ == "__main__":

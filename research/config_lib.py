@@ -57,6 +57,14 @@ def optim(learning_rate: float, weight_decay: float = 0.01):
       no_decay=(r"bias$", r"(^|/)ln[^/]*/scale$", r"embed/embedding$")))
 
 
+def train(steps: int, batch_size: int):
+  return ml_collections.ConfigDict(dict(
+      steps=steps, batch_size=batch_size, grad_accum_steps=1, seed=0,
+      # Dropout's random bits: 'threefry' (the same bits on any mesh) or 'rbg' (XLA's
+      # RngBitGenerator: cheaper on GPUs and TPUs, but the bits depend on the sharding).
+      dropout_prng="threefry"))
+
+
 def common(config):
   """Adds the sections every recipe shares (mesh, sharding rules, checkpoints, init, logging)."""
   config.mesh = dict(data=-1, fsdp=1, tensor=1)

@@ -63,3 +63,37 @@ def test_lever_values_are_typed_like_the_field():
                                 "dropout_rate=0"]) == {
                                     "num_layers": 3, "use_bias": False, "attention_impl": None,
                                     "dropout_rate": 0.0}
+
+
+def test_sweep_prints_one_row_per_lever(capsys):
+  bench.main(["--smoke", "--steps=1", "--warmup=1", "--workloads=bert-base-mlm-s128", "--sweep",
+              "--batch=2"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r.get("lever") for r in rows] == [None, *bench.SWEEP]
+  by_lever = {r.get("lever"): r for r in rows}
+  assert by_lever["remat=full"]["remat"] == "full"
+  assert by_lever["dropout_prng=rbg"]["dropout_prng"] == "rbg"
+  assert by_lever["attention_impl=xla"]["attention_impl"] == "xla"
+  for r in rows[1:]:
+    assert r["vs_baseline"] == pytest.approx(r["tokens_per_sec"] / rows[0]["tokens_per_sec"])
+
+
+def test_largest_batch_stops_at_the_first_out_of_memory(monkeypatch):
+  w = bench.workloads("bert-base-mlm-s128", smoke=True)[0]
+  tried = []
+
+  def fake_run(w, steps, warmup, overrides):
+    tried.append(w.batch)
+    if w.batch > 40:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB")
+    return {"tokens_per_sec": 100.0 * w.batch, "peak_memory_gb": w.batch / 10}
+  monkeypatch.setattr(bench, "run_ours", fake_run)
+  assert bench.largest_batch(w, 2, 1, {}) == {
+      "max_batch": 32, "max_batch_tokens_per_sec": 3200.0, "max_batch_peak_memory_gb": 3.2}
+  assert tried == [8, 16, 32, 64]
+
+  def broken(*_):
+    raise ValueError("a real bug")
+  monkeypatch.setattr(bench, "run_ours", broken)
+  with pytest.raises(ValueError, match="a real bug"):
+    bench.largest_batch(w, 2, 1, {})

@@ -39,6 +39,7 @@ def _tree_digest(root):
     ("--config.mesh.tensor=3", ("mesh", "'tensor': 3", "1 device")),
     ("--config.data.source=/no/such/corpus.txt", ("no file matches", "/no/such/corpus.txt")),
     ("--config.model.kind=decoder", ("trains a encoder",)),
+    ("--config.train.dropout_prng=philox", ("train.dropout_prng", "'philox'", "rbg")),
 ])
 def test_bad_flags(tmp_path, flag, fragments):
   _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", flag),

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research.errors import UserError
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -41,6 +43,18 @@ def make_loss_fn(model, task_loss):
 def _microbatches(batch, n):
   """(B, ...) -> (n, B / n, ...), microbatch i holding rows i, i + n, ... (balanced shards)."""
   return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+PRNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg"}
+
+
+def derive_dropout_key(key, prng: str):
+  """`key` for threefry; for 'rbg' an RngBitGenerator key derived from it (see config.train)."""
+  if prng not in PRNG_IMPLS:
+    raise UserError(f"train.dropout_prng must be one of {sorted(PRNG_IMPLS)}, got {prng!r}")
+  if prng == "threefry":
+    return key
+  return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl=PRNG_IMPLS[prng])
 
 
 def make_train_step(model, task_loss, tx, lr_schedule, dropout_key, grad_accum_steps=1):

@@ -24,7 +24,7 @@ from research.data import tokenizer as tokenizer_lib
 from research.tasks import mixture
 from research.errors import UserError
 from research.train import optim
-from research.train.step import TrainState, make_eval_step, make_train_step
+from research.train.step import TrainState, derive_dropout_key, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,7 @@ def run(config, workdir: str) -> dict:
   model = models.build(model_cfg)
   tx, lr_schedule = optim.build(config)
   init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
+  dropout_key = derive_dropout_key(dropout_key, config.train.dropout_prng)
   state, abstract_state, state_shardings = create_sharded_state(
       model, tx, config, mesh, rules, init_key)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
