@@ -127,12 +127,10 @@ def synthetic_batch(w: Workload, seed: int = 0) -> dict:
     batch.update(token_type_ids=np.zeros_like(ids), masked_positions=positions.astype(np.int32),
                  masked_ids=np.take_along_axis(ids, positions, 1),
                  masked_weights=np.ones(positions.shape, np.float32))
-  else:
-    batch["segment_ids"] = np.ones_like(ids)
-  return batch
+  return batch  # decoder rows: one document each, as for the peer (no segment_ids)
 
 
-def _optim_config(steps: int):
+def optim_config(steps: int):
   ns = types.SimpleNamespace
   return ns(optim=ns(name="adamw", learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-6,
                      weight_decay=0.01, clip_norm=1.0, no_decay=(r"bias$", r"/scale$")),
@@ -204,7 +202,7 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   objective = {"mlm": (1.0, objectives.masked_lm_loss)} if w.kind == "encoder" else \
       {"clm": (1.0, objectives.causal_lm_loss)}
   task_loss = lambda outputs, batch: objectives.combined_loss(objective, outputs, batch)
-  tx, lr = optim.build(_optim_config(steps + warmup))
+  tx, lr = optim.build(optim_config(steps + warmup))
   batch = jax.device_put({k: jnp.asarray(v) for k, v in synthetic_batch(w).items()})
 
   @jax.jit

@@ -1,0 +1,84 @@
+"""Our bf16 train step lowers for CUDA with cuDNN's fused attention in every layer.
+
+No GPU here: `jax.jit(...).trace(...).lower(lowering_platforms=('cuda',))` builds the CUDA
+program on the CPU. cuDNN's version check (which needs the library) is stubbed; everything else
+(our attention's shapes, layouts, mask form, the backward pass) goes through JAX's real checks.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import bench, models, objectives
+from research.train import optim
+from research.train.step import TrainState, make_train_step
+
+
+def lower_for_cuda(model_cfg, batch, monkeypatch):
+  from jax._src.cudnn import fused_attention_stablehlo  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the default implementation choice
+  model = models.build(model_cfg)
+  name = "mlm" if model_cfg.kind == "encoder" else "clm"
+  loss = {"mlm": objectives.masked_lm_loss, "clm": objectives.causal_lm_loss}[name]
+  task_loss = lambda outputs, b: objectives.combined_loss({name: (1.0, loss)}, outputs, b)
+  tx, lr = optim.build(bench.optim_config(10))
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), batch["input_ids"], masked_positions=batch.get("masked_positions"))
+                          )["params"]
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                     opt_state=jax.eval_shape(tx.init, params))
+  step = jax.jit(make_train_step(model, task_loss, tx, lr, jax.random.key(1)))
+  return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def cudnn_calls(text):
+  return re.findall(r"custom_call @__cudnn\$(\w+)", text)
+
+
+CFG = dict(vocab_size=512, hidden_size=128, num_layers=3, num_heads=2, mlp_dim=256, max_len=128,
+           dtype="bfloat16")
+
+
+def test_encoder_with_padding_uses_sequence_lengths(monkeypatch):
+  b, t = 4, 128
+  batch = {"input_ids": np.ones((b, t), np.int32), "token_type_ids": np.zeros((b, t), np.int32),
+           "attention_mask": (np.arange(t) < 100).astype(np.int32)[None].repeat(b, 0),
+           "masked_positions": np.ones((b, 16), np.int32),
+           "masked_ids": np.ones((b, 16), np.int32), "masked_weights": np.ones((b, 16), np.float32),
+           "unigram_top": np.zeros(b, np.int32)}
+  text = lower_for_cuda(models.ModelConfig(kind="encoder", heads=("mlm",), **CFG), batch,
+                        monkeypatch)
+  calls = cudnn_calls(text)
+  assert calls.count("fmhaSoftmax") == 3 and calls.count("fmhaSoftmaxBackward") == 3, calls
+  mask_types = re.findall(r"mask_type\\22: \\22(\w+)\\22", text)
+  assert mask_types == ["PADDING"] * 6, mask_types  # sequence lengths, not a mask tensor
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_decoder_is_causal_and_packed_rows_pass_a_mask(monkeypatch, packed):
+  b, t = 2, 128
+  batch = {"input_ids": np.ones((b, t), np.int32), "attention_mask": np.ones((b, t), np.int32),
+           "unigram_top": np.zeros(b, np.int32)}
+  if packed:  # documents packed into rows; without segment_ids a row is one document (bench)
+    batch["segment_ids"] = np.repeat([[1, 2]], t // 2, axis=1).repeat(b, 0).astype(np.int32)
+  cfg = models.ModelConfig(kind="decoder", heads=("lm",), type_vocab_size=0, pooler=False, **CFG)
+  text = lower_for_cuda(cfg, batch, monkeypatch)
+  calls = cudnn_calls(text)
+  forward = "fmhaScaleBiasSoftmax" if packed else "fmhaSoftmax"
+  assert calls.count(forward) == 3 and calls.count(forward + "Backward") == 3, calls
+  mask_types = re.findall(r"mask_type\\22: \\22(\w+)\\22", text)
+  assert mask_types == ["CAUSAL" if packed else "PADDING_CAUSAL"] * 6, mask_types
+
+
+def test_float32_compute_stays_on_xla(monkeypatch):
+  b, t = 2, 64
+  batch = {"input_ids": np.ones((b, t), np.int32), "attention_mask": np.ones((b, t), np.int32),
+           "segment_ids": np.ones((b, t), np.int32), "unigram_top": np.zeros(b, np.int32)}
+  cfg = models.ModelConfig(kind="decoder", heads=("lm",), type_vocab_size=0, pooler=False,
+                           **{**CFG, "dtype": "float32"})
+  assert not cudnn_calls(lower_for_cuda(cfg, batch, monkeypatch))
