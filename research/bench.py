@@ -119,8 +119,7 @@ def synthetic_batch(w: Workload, seed: int = 0) -> dict:
   """Token ids, and for MLM the 15% masked positions (the same ones the peer is given)."""
   rng = np.random.default_rng(seed)
   ids = rng.integers(1000, VOCAB[w.kind] - 1, (w.batch, w.seq), dtype=np.int32)
-  batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-           "unigram_top": np.zeros(w.batch, np.int32)}
+  batch = {"input_ids": ids, "unigram_top": np.zeros(w.batch, np.int32)}  # no padding: no mask
   if w.kind == "encoder":
     positions = np.sort(np.stack([rng.choice(np.arange(1, w.seq - 1), w.max_predictions,
                                              replace=False) for _ in range(w.batch)]), 1)

@@ -44,35 +44,42 @@ CFG = dict(vocab_size=512, hidden_size=128, num_layers=3, num_heads=2, mlp_dim=2
            dtype="bfloat16")
 
 
-def test_encoder_with_padding_uses_sequence_lengths(monkeypatch):
+@pytest.mark.parametrize("padded", [True, False])
+def test_encoder_attention_is_fused_with_sequence_lengths(monkeypatch, padded):
   b, t = 4, 128
   batch = {"input_ids": np.ones((b, t), np.int32), "token_type_ids": np.zeros((b, t), np.int32),
-           "attention_mask": (np.arange(t) < 100).astype(np.int32)[None].repeat(b, 0),
            "masked_positions": np.ones((b, 16), np.int32),
            "masked_ids": np.ones((b, 16), np.int32), "masked_weights": np.ones((b, 16), np.float32),
            "unigram_top": np.zeros(b, np.int32)}
+  if padded:
+    batch["attention_mask"] = (np.arange(t) < 100).astype(np.int32)[None].repeat(b, 0)
   text = lower_for_cuda(models.ModelConfig(kind="encoder", heads=("mlm",), **CFG), batch,
                         monkeypatch)
   calls = cudnn_calls(text)
   assert calls.count("fmhaSoftmax") == 3 and calls.count("fmhaSoftmaxBackward") == 3, calls
   mask_types = re.findall(r"mask_type\\22: \\22(\w+)\\22", text)
-  assert mask_types == ["PADDING"] * 6, mask_types  # sequence lengths, not a mask tensor
+  # Sequence lengths, not a mask tensor; nothing at all without padding (the benchmark's rows).
+  assert mask_types == ["PADDING" if padded else "NO_MASK"] * 6, mask_types
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_decoder_is_causal_and_packed_rows_pass_a_mask(monkeypatch, packed):
+@pytest.mark.parametrize("rows, forward, mask_type", [
+    ("one_document", "fmhaSoftmax", "CAUSAL"),  # no attention_mask: as in the benchmark
+    ("padded", "fmhaSoftmax", "PADDING_CAUSAL"),  # sequence lengths
+    ("packed", "fmhaScaleBiasSoftmax", "CAUSAL"),  # the document mask goes in as a bias
+])
+def test_decoder_attention_is_fused_and_causal(monkeypatch, rows, forward, mask_type):
   b, t = 2, 128
-  batch = {"input_ids": np.ones((b, t), np.int32), "attention_mask": np.ones((b, t), np.int32),
-           "unigram_top": np.zeros(b, np.int32)}
-  if packed:  # documents packed into rows; without segment_ids a row is one document (bench)
+  batch = {"input_ids": np.ones((b, t), np.int32), "unigram_top": np.zeros(b, np.int32)}
+  if rows == "padded":
+    batch["attention_mask"] = (np.arange(t) < 100).astype(np.int32)[None].repeat(b, 0)
+  if rows == "packed":
     batch["segment_ids"] = np.repeat([[1, 2]], t // 2, axis=1).repeat(b, 0).astype(np.int32)
   cfg = models.ModelConfig(kind="decoder", heads=("lm",), type_vocab_size=0, pooler=False, **CFG)
   text = lower_for_cuda(cfg, batch, monkeypatch)
   calls = cudnn_calls(text)
-  forward = "fmhaScaleBiasSoftmax" if packed else "fmhaSoftmax"
   assert calls.count(forward) == 3 and calls.count(forward + "Backward") == 3, calls
   mask_types = re.findall(r"mask_type\\22: \\22(\w+)\\22", text)
-  assert mask_types == ["CAUSAL" if packed else "PADDING_CAUSAL"] * 6, mask_types
+  assert mask_types == [mask_type] * 6, mask_types
 
 
 def test_float32_compute_stays_on_xla(monkeypatch):

@@ -103,8 +103,10 @@ def test_bad_model_config(bad, message):
     models.build(dict(ENCODER, **bad))
 
 
-@pytest.mark.parametrize("causal,packed", [(False, False), (True, False), (True, True)])
-def test_cudnn_mask_form_matches_the_dense_mask(causal, packed):
+@pytest.mark.parametrize("causal,packed,padded", [
+    (False, False, True), (True, False, True), (True, True, True), (True, True, False),
+    (False, False, False), (True, False, False)])
+def test_cudnn_mask_form_matches_the_dense_mask(causal, packed, padded):
   """What cuDNN is given (lengths + causal flag, or mask + flag) means what XLA's mask means.
 
   Both forms run through XLA here (no GPU); only the `implementation` argument differs on a GPU.
@@ -113,12 +115,20 @@ def test_cudnn_mask_form_matches_the_dense_mask(causal, packed):
   q, k, v = (jax.random.normal(key, (3, 10, 2, 8)) for key in keys)
   padding = jnp.array([[1] * 10, [1] * 7 + [0] * 3, [1] * 4 + [0] * 6])
   segments = jnp.array([[1] * 6 + [2] * 4, [1] * 3 + [2] * 4 + [0] * 3, [1] * 4 + [0] * 6])
-  mask = layers.AttentionMask(padding, segments if packed else None, causal=causal)
+  if not padded:
+    segments = jnp.array([[1] * 6 + [2] * 4] * 3)
+  mask = layers.AttentionMask(padding if padded else None, segments if packed else None,
+                              causal=causal)
   cudnn_kwargs = mask.kwargs("cudnn")
   assert ("mask" in cudnn_kwargs) == packed and cudnn_kwargs["is_causal"] == causal
-  dense = jax.nn.dot_product_attention(q, k, v, implementation="xla", **mask.kwargs("xla"))
+  assert ("query_seq_lengths" in cudnn_kwargs) == (padded and not packed)
+  reference = layers.attention_mask(padding if padded else jnp.ones_like(padding),
+                                    segments if packed else None, causal)
+  dense = jax.nn.dot_product_attention(q, k, v, implementation="xla", mask=reference)
   fused_form = jax.nn.dot_product_attention(q, k, v, implementation="xla", **cudnn_kwargs)
-  real = padding.astype(bool)  # padded query rows are never used
+  xla_form = jax.nn.dot_product_attention(q, k, v, implementation="xla", **mask.kwargs("xla"))
+  real = padding.astype(bool) if padded else jnp.ones(padding.shape, bool)
+  np.testing.assert_allclose(xla_form[real], dense[real], atol=1e-6)
   np.testing.assert_allclose(fused_form[real], dense[real], atol=1e-6)
 
 

@@ -89,18 +89,23 @@ class AttentionMask:
   packed documents (`segment_ids`), the dense mask without the causal part. Sequence lengths
   assume right padding (1s then 0s in `attention_mask`), which is what every pipeline here makes.
   """
-  padding: jax.Array  # (batch, length), 1 on real tokens
+  padding: jax.Array | None  # (batch, length), 1 on real tokens; None: no padding
   segment_ids: jax.Array | None
   causal: bool = flax.struct.field(pytree_node=False)
 
   def kwargs(self, impl: str) -> dict:
     """Keyword arguments of `jax.nn.dot_product_attention` for implementation `impl`."""
+    if self.padding is None and self.segment_ids is None:
+      return {"is_causal": self.causal}  # nothing to mask but the future, if causal
+    padding = self.padding
+    if padding is None:
+      padding = jnp.ones(self.segment_ids.shape, jnp.int32)
     if impl != "cudnn":
-      return {"mask": attention_mask(self.padding, self.segment_ids, self.causal)}
+      return {"mask": attention_mask(padding, self.segment_ids, self.causal)}
     if self.segment_ids is not None:
-      return {"mask": attention_mask(self.padding, self.segment_ids, causal=False),
+      return {"mask": attention_mask(padding, self.segment_ids, causal=False),
               "is_causal": self.causal}
-    lengths = self.padding.astype(jnp.int32).sum(-1)
+    lengths = padding.astype(jnp.int32).sum(-1)
     return {"is_causal": self.causal, "query_seq_lengths": lengths,
             "key_value_seq_lengths": lengths}
 

@@ -23,7 +23,7 @@ class Transformer(nn.Module):
   """The one model class; `cfg.kind` picks the backbone and `cfg.heads` the heads.
 
   apply({'params': p}, input_ids, attention_mask=None, token_type_ids=None, deterministic=True)
-  returns a dict with 'hidden' (batch, length, hidden) plus each head's keys ('pooled',
+  (attention_mask None: no padding, which attention then need not check) returns a dict with 'hidden' (batch, length, hidden) plus each head's keys ('pooled',
   'mlm_logits', 'sentence_pair_logits', 'lm_logits', 'classification_logits'). The token
   embedding lives here so heads can tie their vocabulary projection to it. Parameters:
   token_embed/, backbone/, heads_<name>/.
@@ -42,12 +42,12 @@ class Transformer(nn.Module):
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, segment_ids=None,
                positions=None, masked_positions=None, deterministic: bool = True):
-    if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if positions is None:
-      positions = default_positions(self.cfg, input_ids, attention_mask, segment_ids)
+      positions = default_positions(
+          self.cfg, input_ids,
+          jnp.ones_like(input_ids) if attention_mask is None else attention_mask, segment_ids)
     outputs = self.backbone(self.token_embed(input_ids), attention_mask, token_type_ids,
                             segment_ids, positions, deterministic)
     for head in self.heads.values():
