@@ -84,7 +84,8 @@ def attention_impl(cfg: ModelConfig) -> str:
 class AttentionMask:
   """Who attends to whom, kept in the form each attention implementation runs fastest with.
 
-  XLA gets the dense boolean mask of `attention_mask` above. cuDNN gets sequence lengths and a
+  With neither padding nor segments, both get only the causal flag (if causal). Otherwise XLA
+  gets the dense boolean mask of `attention_mask` above; cuDNN gets sequence lengths and the
   causal flag (its kernel skips padded and future blocks instead of reading a mask), or, with
   packed documents (`segment_ids`), the dense mask without the causal part. Sequence lengths
   assume right padding (1s then 0s in `attention_mask`), which is what every pipeline here makes.
