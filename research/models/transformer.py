@@ -23,8 +23,9 @@ class Transformer(nn.Module):
   """The one model class; `cfg.kind` picks the backbone and `cfg.heads` the heads.
 
   apply({'params': p}, input_ids, attention_mask=None, token_type_ids=None, deterministic=True)
-  (attention_mask None: no padding, which attention then need not check) returns a dict with 'hidden' (batch, length, hidden) plus each head's keys ('pooled',
-  'mlm_logits', 'sentence_pair_logits', 'lm_logits', 'classification_logits'). The token
+  returns a dict with 'hidden' (batch, length, hidden) plus each head's keys ('pooled',
+  'mlm_logits', 'sentence_pair_logits', 'lm_logits', 'classification_logits'). attention_mask
+  None means no padding, so attention gets no mask to read. The token
   embedding lives here so heads can tie their vocabulary projection to it. Parameters:
   token_embed/, backbone/, heads_<name>/.
   """
