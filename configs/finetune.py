@@ -5,16 +5,16 @@ Quick start, 2 CPU cores, embedded BBC News topic classification (5 classes; fix
   python -m research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir=/tmp/ft
 From the runlocal MLM checkpoint (weights only; the classification head is new):
   python -m research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir=/tmp/ft2 \
-      --config.init.from=/tmp/mlm
+      --config.init.weights=/tmp/mlm
 From a Hugging Face checkpoint directory (its tokenizer comes along):
   python -m research.main --config=configs/finetune.py:task=mrpc --workdir=/tmp/mrpc \
-      --config.init.from=hf:ckpt/bert-base-uncased
+      --config.init.weights=hf:ckpt/bert-base-uncased
 Your own files (JSONL or CSV with columns text[, text_pair], label; string labels are fine):
   python -m research.main --config=configs/finetune.py:task=local,train=tr.csv,eval=dev.csv,runlocal \
       --workdir=/tmp/mine
 Several tasks at once, one encoder and one head each, sampled by size ** (1 / T):
   python -m research.main --config=configs/finetune.py:task=mrpc+rte+stsb --workdir=/tmp/glue3 \
-      --config.init.from=hf:ckpt/bert-base-uncased --config.mixture.kind=temperature
+      --config.init.weights=hf:ckpt/bert-base-uncased --config.mixture.kind=temperature
 
 Arguments (after ':'): task = bbc_news | cola | sst2 | mrpc | qqp | stsb | mnli | qnli | rte |
 wnli | conll2003 | squad | squad_v2 | local (several joined by '+'); size (as in mlm.py);

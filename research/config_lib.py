@@ -70,6 +70,6 @@ def common(config):
   config.mesh = dict(data=-1, fsdp=1, tensor=1)
   config.sharding_rules = DEFAULT_RULES
   config.ckpt = dict(every_steps=1000, keep=3, use_async=True)
-  config.init = {"resume": "", "from": "", "exclude": ()}
+  config.init = {"resume": "", "weights": "", "exclude": ()}
   config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True)
   return config

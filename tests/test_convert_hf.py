@@ -255,7 +255,7 @@ def test_finetune_run_starts_from_hf_checkpoint(tmp_path, tiny):
   from research import checkpoint, train  # pylint: disable=g-import-not-at-top
   _bert_with_vocab(tmp_path / "hf")
   config = tiny("mlm", steps=2)
-  config.init["from"] = f"hf:{tmp_path / 'hf'}"
+  config.init.weights = f"hf:{tmp_path / 'hf'}"
   config.optim.update(learning_rate=0.0)
   summary = train.run(config, str(tmp_path / "run"))
   _, imported = hf.load_pretrained(str(tmp_path / "hf"))
@@ -292,10 +292,10 @@ def test_run_started_from_hf_resumes_with_the_same_command(tmp_path, tiny):
   from research import train  # pylint: disable=g-import-not-at-top
   _bert_with_vocab(tmp_path / "hf")
   first = tiny("mlm", steps=2)
-  first.init["from"] = f"hf:{tmp_path / 'hf'}"
+  first.init.weights = f"hf:{tmp_path / 'hf'}"
   train.run(first, str(tmp_path / "run"))
   longer = tiny("mlm", steps=4)
-  longer.init["from"] = f"hf:{tmp_path / 'hf'}"
+  longer.init.weights = f"hf:{tmp_path / 'hf'}"
   summary = train.run(longer, str(tmp_path / "run"))
   assert summary["init"] == "resumed from step 2" and summary["step"] == 4
 

@@ -60,16 +60,16 @@ def test_sentence_order_prediction_is_reported_separately(tiny, tmp_path):
                              record["train/mlm/loss"] + record["train/sop/loss"], rtol=1e-5)
 
 
-def test_init_from_copies_weights_but_not_excluded_ones(tiny, tmp_path):
+def test_init_weights_copies_weights_but_not_excluded_ones(tiny, tmp_path):
   source = str(tmp_path / "source")
   train.run(tiny("mlm", steps=10), source)
   config = tiny("mlm", steps=1)
-  config.init["from"] = source
+  config.init.weights = source
   config.init.exclude = (r"^backbone/layer_1/",)
   config.optim.learning_rate = 0.0
   config.data.tokenizer = os.path.join(source, "tokenizer.json")
   summary = train.run(config, str(tmp_path / "target"))
-  assert summary["init"].startswith(f"init.from {source} (")
+  assert summary["init"].startswith(f"init.weights {source} (")
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   def params(workdir, step):
     c = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False)

@@ -54,7 +54,7 @@ def main(argv):
     train.run(mlm.get_config("runlocal"), mlm_dir)
   for name, init in (("scratch", ""), ("mlm-init", mlm_dir)):
     config = finetune.get_config("task=bbc_news,runlocal")
-    config.init["from"] = init
+    config.init.weights = init
     summary = train.run(config, os.path.join(FLAGS.workdir, name))
     results[name] = {f"{split}/{m}": summary[f"{split}/bbc_news/{m}"]
                      for split in ("eval", "test") for m in ("accuracy", "f1_macro")}

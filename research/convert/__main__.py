@@ -2,7 +2,7 @@ r"""Convert checkpoints between Hugging Face transformers and this library.
 
   python -m research.convert --from_hf=DIR --to=OUT
       A transformers checkpoint directory (config.json + model.safetensors) -> OUT, a directory
-      that `--config.init.from=OUT` (weights only) reads, with OUT/config.json (the model
+      that `--config.init.weights=OUT` (weights only) reads, with OUT/config.json (the model
       section) and OUT/tokenizer.json when DIR holds a tokenizer.
   python -m research.convert --from=WORKDIR --to_hf=OUT
       The latest checkpoint of one of our runs -> OUT/config.json + OUT/model.safetensors (and

@@ -124,13 +124,13 @@ def create_sharded_state(model, tx, config, mesh, rules, rng):
 OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels")
 
 
-def init_from(config, load: bool):
-  """Applies `config.init.from`; returns its parameters (flat {path: array}) if `load`.
+def init_weights(config, load: bool):
+  """Applies `config.init.weights`; returns its parameters (flat {path: array}) if `load`.
 
   'hf:DIR' sets config.model from the checkpoint (except OWN_MODEL_FIELDS) and, unless
   data.tokenizer is set, the tokenizer: a resumed run needs that as much as a new one.
   """
-  source = config.init["from"]
+  source = config.init.weights
   if source.startswith("hf:"):
     from research.convert import hf  # pylint: disable=g-import-not-at-top
     directory = hf.resolve(source[3:])
@@ -154,7 +154,7 @@ def init_from(config, load: bool):
     return None
   else:
     _use_saved_tokenizer(config, source)
-    ckpt = ckpt_lib.Checkpointer(_checkpoint_dir(source, "init.from"), use_async=False)
+    ckpt = ckpt_lib.Checkpointer(_checkpoint_dir(source, "init.weights"), use_async=False)
     params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
   return {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
@@ -182,7 +182,7 @@ def load_weights(state, source: dict, exclude, shardings):
 
   params = jax.tree_util.tree_map_with_path(pick, state.params, shardings.params)
   total = len(jax.tree.leaves(state.params))
-  log.info("init.from: loaded %d of %d parameter arrays", len(loaded), total)
+  log.info("init.weights: loaded %d of %d parameter arrays", len(loaded), total)
   return state.replace(params=params), len(loaded), total
 
 
@@ -219,7 +219,7 @@ def run(config, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=config.ckpt.keep, use_async=config.ckpt.use_async)
   latest = ckpt.latest_step()
-  pretrained = init_from(config, load=latest is None and not config.init.resume)
+  pretrained = init_weights(config, load=latest is None and not config.init.resume)
   tasks, tokenizer = tasks_lib.build(config, workdir)
   resolve_vocab(config, tokenizer)
   head_specs = tuple(t.head_spec for t in tasks if hasattr(t, "head_spec"))
@@ -246,7 +246,7 @@ def run(config, workdir: str) -> dict:
       model, tx, config, mesh, rules, init_key)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
-  # One initialisation policy: own checkpoint > init.resume > init.from > scratch.
+  # One initialisation policy: own checkpoint > init.resume > init.weights > scratch.
   init_source, data_state = "scratch", {"next_step": 0}
   if latest is not None:
     state, data_state = ckpt.restore(latest, abstract_state)
@@ -260,7 +260,7 @@ def run(config, workdir: str) -> dict:
     init_source = f"init.resume {config.init.resume}"
   elif pretrained is not None:
     state, loaded, total = load_weights(state, pretrained, config.init.exclude, state_shardings)
-    init_source = f"init.from {config.init['from']} ({loaded} of {total} arrays)"
+    init_source = f"init.weights {config.init.weights} ({loaded} of {total} arrays)"
   start_step = int(data_state["next_step"])  # where the data iterator resumes
   if start_step != int(state.step):
     raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
