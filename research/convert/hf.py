@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from research import models
+from research import params as params_lib
 from research.convert import architectures
 from research.errors import UserError
 from research.models.config import ModelConfig
@@ -79,14 +80,11 @@ def resolve(name_or_dir: str) -> str:
 
 def expected_shapes(model_cfg: ModelConfig) -> dict:
   """{our parameter path: shape} of the model `model_cfg` describes."""
-  from research.train.optim import path_str  # pylint: disable=g-import-not-at-top
   model = models.build(model_cfg)
   abstract = jax.eval_shape(
       lambda: model.init(jax.random.key(0), np.zeros((1, 8), np.int32),
                          masked_positions=np.zeros((1, 1), np.int32)))["params"]
-  leaves = jax.tree_util.tree_flatten_with_path(
-      abstract, is_leaf=lambda x: hasattr(x, "unbox"))[0]
-  return {path_str(p): tuple(getattr(v, "value", v).shape) for p, v in leaves}
+  return {path: tuple(v.shape) for path, v in params_lib.flatten(abstract).items()}
 
 
 def _nest(flat: dict) -> dict:
@@ -178,13 +176,12 @@ def _plain_heads(model_cfg: ModelConfig) -> ModelConfig:
 def save_pretrained(model_cfg, params, directory: str):
   """Writes config.json + model.safetensors for transformers' matching class."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  from research.train.optim import path_str  # pylint: disable=g-import-not-at-top
   if not isinstance(model_cfg, ModelConfig):
     model_cfg = ModelConfig.from_dict(model_cfg)
   model_cfg = _plain_heads(model_cfg)
   arch = architectures.for_model(model_cfg)
-  flat = {path_str(p): np.asarray(v, np.float32)
-          for p, v in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]}
+  flat = {path: np.asarray(v, np.float32)
+          for path, v in params_lib.flatten(jax.device_get(params)).items()}
   task_model = bool(model_cfg.heads)
   tensors, used = {}, set()
   for rule in arch.rules(model_cfg):

@@ -2,7 +2,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research import heads as heads_lib
+from research.models import heads as heads_lib
 from research.models import layers
 from research.models.config import ModelConfig
 from research.models.decoder import Decoder

@@ -4,12 +4,12 @@
 describes; its outputs are keyed by the spec's name ('<name>_logits', ...). Fine-tuning adds
 heads here; the backbone code never changes.
 """
-from research.heads.causal_lm import CausalLmHead
-from research.heads.classification import ClassificationHead
-from research.heads.masked_lm import MaskedLmHead
-from research.heads.sentence_pair import SentencePairHead
-from research.heads.span import SpanHead
-from research.heads.token_classification import TokenClassificationHead
+from research.models.heads.causal_lm import CausalLmHead
+from research.models.heads.classification import ClassificationHead
+from research.models.heads.masked_lm import MaskedLmHead
+from research.models.heads.sentence_pair import SentencePairHead
+from research.models.heads.span import SpanHead
+from research.models.heads.token_classification import TokenClassificationHead
 
 _HEADS = {"mlm": MaskedLmHead, "lm": CausalLmHead, "sentence_pair": SentencePairHead,
           "classification": ClassificationHead, "token_classification": TokenClassificationHead,
