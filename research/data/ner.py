@@ -13,8 +13,7 @@ import numpy as np
 import tokenizers
 
 from research.data.tokenizer import SpecialIds
-
-IGNORE = -100  # the label the loss skips
+from research.objectives.token_classification import IGNORE  # the label the loss skips
 
 
 def encode_words(tokenizer: tokenizers.Tokenizer, words: list[str], max_len: int,

@@ -1,39 +1,41 @@
-"""Objectives: pure functions `(outputs, batch) -> (loss, metrics)`.
+"""Objectives: every loss the library trains, in one home, as `Objective`s (see `base`).
 
-`metrics` maps a name to a (sum, count) pair of scalars, so means stay exact when summed over
-microbatches, devices and eval batches: mean = sum(sums) / sum(counts). `loss` is the mean loss
-of the batch. `build(objective_cfg)` returns the objectives a config asks for, keyed by the
-prefix their metrics are reported under ('mlm', 'nsp', 'sop', 'clm').
+An objective is `count(batch)` and `sums(outputs, batch)`; the train step divides once by the
+global count (`loss_and_sums`), so accumulation and sharding give the full-batch result.
+`pretraining(config.objective)` gives the objectives a pretraining config asks for and the model
+heads they read; fine-tuning tasks build theirs from `classification`, `token_classification`
+and `span`.
 """
 from research.errors import UserError
-from research.objectives.causal_lm import causal_lm_loss
-from research.objectives.masked_lm import masked_lm_loss
-from research.objectives.sentence_pair import sentence_pair_loss
+from research.objectives.base import (Objective, Regularizer, counts, cross_entropy_sums,
+                                      loss_and_sums, row_weights)
+from research.objectives.causal_lm import causal_lm
+from research.objectives.classification import classification, multilabel, regression
+from research.objectives.masked_lm import masked_lm, max_predictions
+from research.objectives.sentence_pair import sentence_pair
+from research.objectives.span import span
+from research.objectives.token_classification import token_classification
 
+NAMES = ("mlm", "clm")
 SENTENCE_TASKS = ("none", "nsp", "sop")
 
 
-def build(objective_cfg) -> dict:
-  """Returns {metric prefix: (weight, fn)} for `config.objective`."""
+def pretraining(objective_cfg) -> tuple[tuple, tuple]:
+  """(objectives, head specs) for `config.objective`: the heads follow from the objectives."""
   name = objective_cfg.name
+  if name not in NAMES:
+    raise UserError(f"objective.name must be one of {list(NAMES)}, got {name!r}")
   if name == "clm":
-    return {"clm": (1.0, causal_lm_loss)}
-  if name != "mlm":
-    raise UserError(f"objective.name must be 'mlm' or 'clm', got {name!r}")
-  objectives = {"mlm": (1.0, masked_lm_loss)}
+    return (causal_lm(),), ("lm",)
   task = objective_cfg.sentence_task
   if task not in SENTENCE_TASKS:
-    raise UserError(f"objective.sentence_task must be one of {SENTENCE_TASKS}, got {task!r}")
-  if task != "none":
-    objectives[task] = (objective_cfg.sentence_task_weight, sentence_pair_loss)
-  return objectives
+    raise UserError(f"objective.sentence_task must be one of {list(SENTENCE_TASKS)}, got {task!r}")
+  if task == "none":
+    return (masked_lm(),), ("mlm",)
+  return (masked_lm(), sentence_pair(task, objective_cfg.sentence_task_weight)), \
+      ("mlm", "sentence_pair")
 
 
-def combined_loss(objectives: dict, outputs, batch):
-  """Weighted sum of the objectives' losses, and all their metrics under 'prefix/name'."""
-  total, metrics = 0.0, {}
-  for prefix, (weight, fn) in objectives.items():
-    loss, m = fn(outputs, batch)
-    total = total + weight * loss
-    metrics.update({f"{prefix}/{k}": v for k, v in m.items()})
-  return total, metrics
+__all__ = ["Objective", "Regularizer", "counts", "cross_entropy_sums", "loss_and_sums", "row_weights",
+           "causal_lm", "classification", "multilabel", "regression", "masked_lm",
+           "max_predictions", "sentence_pair", "span", "token_classification", "pretraining"]

@@ -1,29 +1,26 @@
-"""Next-token loss for packed sequences; never predicts across a document boundary."""
+"""Next-token prediction for packed sequences; never predicts across a document boundary."""
 import jax.numpy as jnp
-import optax
 
-from research.objectives.baseline import unigram_hits
+from research.objectives.base import Objective, cross_entropy_sums, row_weights, unigram_hits
 
 
-def causal_lm_loss(outputs, batch):
+def _weights(batch):
   """Position t predicts token t+1 when both belong to the same (non-padding) segment.
 
   Without `segment_ids` a row is one document: its real tokens (`attention_mask`, else all).
-
-  Metrics, as (sum, count) over predicted tokens: loss, accuracy, and unigram_accuracy: the
-  accuracy of always predicting batch['unigram_top'] (the most frequent training token), the
-  baseline a model has to beat.
   """
-  logits = outputs["lm_logits"][:, :-1]
-  labels = batch["input_ids"][:, 1:]
   seg = batch.get("segment_ids")
   if seg is None:
     seg = batch.get("attention_mask", jnp.ones_like(batch["input_ids"]))
-  weights = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  count = weights.sum()
-  loss_sum = (losses * weights).sum()
-  correct = ((logits.argmax(-1) == labels) * weights).sum()
-  return loss_sum / jnp.maximum(count, 1.0), {
-      "loss": (loss_sum, count), "accuracy": (correct, count),
-      "unigram_accuracy": (unigram_hits(batch, labels, weights), count)}
+  return row_weights(batch, ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32))
+
+
+def _sums(outputs, batch):
+  labels, weights = batch["input_ids"][:, 1:], _weights(batch)
+  sums = cross_entropy_sums(outputs["lm_logits"][:, :-1], labels, weights)
+  sums["unigram_accuracy"] = unigram_hits(batch, labels, weights)
+  return sums
+
+
+def causal_lm(name: str = "clm", weight: float = 1.0) -> Objective:
+  return Objective(name, lambda batch: _weights(batch).sum(), _sums, weight)

@@ -1,15 +1,15 @@
-"""Sentence-pair classification loss (NSP or SOP): two classes on the pooled output."""
-import jax.numpy as jnp
-import optax
+"""Sentence-pair classification (NSP or SOP): two classes on the pooled output."""
+from research.objectives.base import Objective, cross_entropy_sums, row_weights
 
 
-def sentence_pair_loss(outputs, batch):
+def _weights(batch):
+  return row_weights(batch, batch["attention_mask"][:, 0].astype("float32"))  # rows with an example
+
+
+def sentence_pair(name: str, weight: float = 1.0) -> Objective:
   """Cross-entropy of 'sentence_pair_logits' against batch['sentence_label'] (0 or 1)."""
-  logits, labels = outputs["sentence_pair_logits"], batch["sentence_label"]
-  weights = batch["attention_mask"][:, 0].astype(jnp.float32)  # rows that hold an example
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  count = weights.sum()
-  loss_sum = (losses * weights).sum()
-  correct = ((logits.argmax(-1) == labels) * weights).sum()
-  return loss_sum / jnp.maximum(count, 1.0), {
-      "loss": (loss_sum, count), "accuracy": (correct, count)}
+  return Objective(
+      name, lambda batch: _weights(batch).sum(),
+      lambda outputs, batch: cross_entropy_sums(outputs["sentence_pair_logits"],
+                                                batch["sentence_label"], _weights(batch)),
+      weight)

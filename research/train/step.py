@@ -2,7 +2,8 @@
 
 `train_step(state, batch) -> (state, metrics)`: dropout randomness is `fold_in(key, step)`, so a
 step's result depends only on (state, batch); gradients can be accumulated over microbatches
-with `lax.scan`. The loss is a task's `loss(outputs, batch) -> (loss, {name: (sum, count)})`.
+with `lax.scan`. The loss is a task's objectives (`research.objectives`), divided once by the
+global batch's counts, so accumulation gives exactly the full-batch loss and gradients.
 `eval_step(params, batch)` returns the task's `eval_outputs(outputs, batch)`.
 Both stay on device: nothing here forces a host sync.
 """
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research import objectives as objectives_lib
 from research.errors import UserError
 
 
@@ -34,9 +36,10 @@ def apply_model(model, params, batch, rng=None):
                      deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
 
 
-def make_loss_fn(model, task_loss):
-  def loss_fn(params, batch, rng):
-    return task_loss(apply_model(model, params, batch, rng), batch)
+def make_loss_fn(model, objectives):
+  def loss_fn(params, batch, rng, global_counts):
+    outputs = apply_model(model, params, batch, rng)
+    return objectives_lib.loss_and_sums(objectives, outputs, batch, global_counts)
   return loss_fn
 
 
@@ -57,27 +60,41 @@ def derive_dropout_key(key, prng: str):
   return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
 
 
-def make_train_step(model, task_loss, tx, lr_schedule, dropout_key, grad_accum_steps=1):
-  grad_fn = jax.value_and_grad(make_loss_fn(model, task_loss), has_aux=True)
+def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_steps=1,
+                    regularizers=()):
+  """The train step of `objectives` (a task's loss terms, see research.objectives.base).
+
+  Every objective's count is taken over the whole batch first; each microbatch's loss is its sum
+  divided by those global counts, so the accumulated loss and gradients are the full batch's.
+  `regularizers` are `Regularizer`s: loss terms of the parameters alone (e.g. a continual-
+  learning penalty), added once per step.
+  """
+  grad_fn = jax.value_and_grad(make_loss_fn(model, objectives), has_aux=True)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(dropout_key, state.step)
+    global_counts = objectives_lib.counts(objectives, batch)
     if grad_accum_steps == 1:
-      (loss, sums), grads = grad_fn(state.params, batch, rng)
+      (loss, sums), grads = grad_fn(state.params, batch, rng, global_counts)
     else:
-      def accumulate(carry, micro):
-        i, micro_batch = micro
-        (loss, sums), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))
+      micro = _microbatches(batch, grad_accum_steps)
+      def accumulate(carry, step_input):
+        i, micro_batch = step_input
+        (loss, sums), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i),
+                                      global_counts)
         return jax.tree.map(jnp.add, carry, (loss, sums, grads)), None
-      zero = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], _microbatches(
-          batch, grad_accum_steps)), rng)
-      zero = jax.tree.map(jnp.zeros_like, (zero[0][0], zero[0][1], zero[1]))
+      shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng,
+                              global_counts)
+      zero = jax.tree.map(jnp.zeros_like, (shapes[0][0], shapes[0][1], shapes[1]))
       (loss, sums, grads), _ = jax.lax.scan(
-          accumulate, zero, (jnp.arange(grad_accum_steps), _microbatches(batch, grad_accum_steps)))
-      loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+          accumulate, zero, (jnp.arange(grad_accum_steps), micro))
+    metrics = {f"train/{k}": s / jnp.maximum(c, 1.0) for k, (s, c) in sums.items()}
+    for r in regularizers:
+      value, reg_grads = jax.value_and_grad(r.fn)(state.params)
+      loss, grads = loss + value, jax.tree.map(jnp.add, grads, reg_grads)
+      metrics[f"train/{r.name}"] = value
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {f"train/{k}": s / jnp.maximum(c, 1.0) for k, (s, c) in sums.items()}
     metrics.update({"train/loss": loss, "train/lr": lr_schedule(state.step),
                     "train/grad_norm": optax.global_norm(grads)})
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
