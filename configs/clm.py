@@ -20,7 +20,7 @@ from research import config_lib
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, size="base", runlocal=False)
   config = config_lib.common(ml_collections.ConfigDict())
-  config.model = config_lib.model("decoder", "tiny" if arg.runlocal else arg.size, ("lm",),
+  config.model = config_lib.model("decoder", "tiny" if arg.runlocal else arg.size,
                                   dtype="float32" if arg.runlocal else "bfloat16")
   config.objective = dict(name="clm", max_predictions=0)
   config.data = dict(source="bbc_news", text_field="text", eval_fraction=0.05, seq_len=1024,

@@ -28,7 +28,7 @@ import ml_collections
 
 from research import config_lib
 from research.errors import UserError
-from research.tasks.datasets import GLUE
+from research.data.labelled import GLUE
 
 # task -> (kind, source, metric that picks the best checkpoint, sequence length)
 TASKS = {"bbc_news": ("classification", "bbc_news", "accuracy", 256),
@@ -60,7 +60,7 @@ def get_config(arg=None):
   if unknown:
     raise UserError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
   config = config_lib.common(ml_collections.ConfigDict())
-  config.model = config_lib.model("encoder", "tiny" if arg.runlocal else arg.size, (),
+  config.model = config_lib.model("encoder", "tiny" if arg.runlocal else arg.size,
                                   dtype="float32" if arg.runlocal else "bfloat16")
   config.tasks = {}
   metrics, seq_len = [], 0

@@ -21,10 +21,9 @@ from research import config_lib
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, size="base", runlocal=False, sentence_task="none")
   config = config_lib.common(ml_collections.ConfigDict())
-  heads = ("mlm",) if arg.sentence_task == "none" else ("mlm", "sentence_pair")
-  config.model = config_lib.model("encoder", "tiny" if arg.runlocal else arg.size, heads,
+  config.model = config_lib.model("encoder", "tiny" if arg.runlocal else arg.size,
                                   dtype="float32" if arg.runlocal else "bfloat16")
-  config.objective = dict(name="mlm", mask_rate=0.15, max_predictions=20,
+  config.objective = dict(name="mlm", mask_rate=0.15, max_predictions=-1,
                           sentence_task=arg.sentence_task, sentence_task_weight=1.0)
   config.data = dict(source="bbc_news", text_field="text", eval_fraction=0.05, seq_len=128,
                      tokenizer="", vocab_size=30522)

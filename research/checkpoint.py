@@ -28,6 +28,11 @@ class Checkpointer:
   def exists(directory: str) -> bool:
     return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
 
+  @classmethod
+  def latest_in(cls, directory: str):
+    """The latest step saved in `directory`, or None; creates nothing."""
+    return cls(directory, use_async=False).latest_step() if cls.exists(directory) else None
+
   def latest_step(self):
     return self.manager.latest_step()
 
@@ -55,6 +60,28 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def checkpoints_of(path: str, key: str) -> str:
+  """The checkpoint directory of `path`: a workdir of ours (its checkpoints/) or the directory
+  itself; `key` names the config field in the error when there is none."""
+  for candidate in (os.path.join(path, "checkpoints"), path):
+    if Checkpointer.exists(candidate):
+      return candidate
+  raise UserError(f"{key}: no checkpoint found in {path!r}")
+
+
+def workdir_params(workdir: str, *, best: bool = False, key: str = "workdir"):
+  """The parameters a workdir holds, as host arrays: its best (`evals.best_metric`) ones if
+  `best` and it kept any, else those of its latest checkpoint. The trainer (`init.weights`),
+  `research.predict` and `research.convert` all read a workdir's weights through here."""
+  best_dir = os.path.join(workdir, "best")
+  if best and Checkpointer.exists(best_dir):
+    manager = ocp.CheckpointManager(best_dir)
+    return manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        params=ocp.args.StandardRestore()))["params"]
+  ckpt = Checkpointer(checkpoints_of(workdir, key), use_async=False)
+  return ckpt.restore_raw_state(ckpt.latest_step())["params"]
 
 
 def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):

@@ -4,6 +4,8 @@ A config file's `get_config(arg)` receives the text after ':' in `--config=confi
 e.g. 'size=tiny,runlocal'; `parse_arg` turns it into typed fields (bare names are booleans).
 """
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
@@ -30,10 +32,22 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-def model(kind: str, size: str, heads: tuple, *, dtype: str = "bfloat16"):
+def load_config_file(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the repository's configs/<name>.py (what `--config=configs/<name>.py:arg`
+  loads), for code that builds a run's config without the command line (the benchmark)."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def model(kind: str, size: str, *, dtype: str = "bfloat16"):
   """The `model` section: a named size of the BERT encoder or GPT-2 decoder.
 
-  Holds every `ModelConfig` field, so each can be overridden from the command line.
+  Holds every `ModelConfig` field, so each can be overridden from the command line. `heads` is
+  left empty: the run derives it from the objective or the tasks.
   """
   if size not in SIZES:
     raise UserError(f"unknown size {size!r}; known: {list(SIZES)}")
@@ -45,7 +59,7 @@ def model(kind: str, size: str, heads: tuple, *, dtype: str = "bfloat16"):
       mlp_dim=4 * hidden, max_len=512 if encoder else 1024, type_vocab_size=2 if encoder else 0,
       dropout_rate=0.1, layer_norm_eps=1e-12 if encoder else 1e-5,
       activation="gelu" if encoder else "gelu_tanh", dtype=dtype, param_dtype="float32",
-      heads=heads, pooler=encoder, attention_impl=ml_collections.FieldReference(None, str))
+      heads=(), pooler=encoder, attention_impl=ml_collections.FieldReference(None, str))
   return ml_collections.ConfigDict(fields)
 
 
@@ -54,7 +68,10 @@ def optim(learning_rate: float, weight_decay: float = 0.01):
       name="adamw", learning_rate=learning_rate, b1=0.9, b2=0.98, eps=1e-6,
       weight_decay=weight_decay, clip_norm=1.0,
       # Parameters matching any of these path regexes get no weight decay.
-      no_decay=(r"bias$", r"(^|/)ln[^/]*/scale$", r"embed/embedding$")))
+      no_decay=(r"bias$", r"(^|/)ln[^/]*/scale$", r"embed/embedding$"),
+      # Only parameters matching one of these path regexes are trained (empty: all); the rest
+      # get no updates and no optimizer state.
+      trainable=()))
 
 
 def train(steps: int, batch_size: int):

@@ -52,14 +52,15 @@ class Predictor:
     import ml_collections  # pylint: disable=g-import-not-at-top
     import tokenizers  # pylint: disable=g-import-not-at-top
     from research import checkpoint, models  # pylint: disable=g-import-not-at-top
+    from research import tasks  # pylint: disable=g-import-not-at-top
     from research.tasks import finetuning  # pylint: disable=g-import-not-at-top
     from research.train import step as step_lib  # pylint: disable=g-import-not-at-top
-    for name in ("config.json", "tokenizer.json", finetuning.LABELS_FILE):
+    for name in ("config.json", "tokenizer.json", tasks.LABELS_FILE):
       if not os.path.exists(os.path.join(workdir, name)):
         raise UserError(f"{workdir!r} has no {name}: is it the workdir of a fine-tuning run?")
     with open(os.path.join(workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
-    labels = finetuning.saved_labels(workdir)
+    labels = tasks.saved_labels(workdir)
     if task and task not in labels:
       raise UserError(f"no task {task!r} in {workdir!r}; tasks: {sorted(labels)}")
     if not task and len(labels) > 1:
@@ -73,17 +74,7 @@ class Predictor:
     self.seq_len, self.batch_size = config.data.seq_len, batch_size
     model_cfg = models.ModelConfig.from_dict(config.model)
     model = models.build(model_cfg)
-    best_dir, ckpt_dir = os.path.join(workdir, "best"), os.path.join(workdir, "checkpoints")
-    if checkpoint.Checkpointer.exists(best_dir):
-      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-      manager = ocp.CheckpointManager(best_dir)
-      self.params = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-          params=ocp.args.StandardRestore()))["params"]
-    elif checkpoint.Checkpointer.exists(ckpt_dir):
-      ckpt = checkpoint.Checkpointer(ckpt_dir, use_async=False)
-      self.params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
-    else:
-      raise UserError(f"no checkpoint in {workdir!r}")
+    self.params = checkpoint.workdir_params(workdir, best=True)
     self.forward = jax.jit(lambda p, b: self.task.eval_outputs(step_lib.apply_model(model, p, b), b))
 
   def predict(self, rows: list[dict], progress=None) -> list[dict]:

@@ -1,12 +1,12 @@
-"""Optimizer: weight-decay mask by path pattern, schedules, gradient accumulation."""
+"""Optimizer: weight-decay mask by path pattern, schedules, trainable-parameter mask.
+
+Gradient accumulation is tested in test_accumulation.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research import models, objectives
 from research.train import optim
-from research.train.step import TrainState, make_train_step
 
 
 def test_decay_mask_by_path_pattern(tiny):
@@ -44,29 +44,18 @@ def test_schedule_warmup_then_decay(tiny):
   np.testing.assert_allclose([lr(10), lr(100)], [1.0, 0.1], atol=1e-6)
 
 
-def test_gradient_accumulation_matches_full_batch():
-  cfg = dict(kind="decoder", vocab_size=64, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
-             max_len=16, type_vocab_size=0, heads=("lm",), dtype="float32", dropout_rate=0.0)
-  model = models.build(cfg)
-  ids = jax.random.randint(jax.random.key(0), (8, 12), 0, 64)
-  batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "segment_ids": jnp.ones_like(ids),
-           "unigram_top": jnp.zeros(8, jnp.int32)}
-  params = model.init(jax.random.key(1), ids)["params"]
-  tx = optax.sgd(0.1)
-  objs = objectives.build(_cfg(name="clm"))
-  task_loss = lambda outputs, b: objectives.combined_loss(objs, outputs, b)
-  results = []
-  for accum in (1, 2, 4):
-    step = jax.jit(make_train_step(model, task_loss, tx, optax.constant_schedule(0.1),
-                                   jax.random.key(2), grad_accum_steps=accum))
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    new_state, metrics = step(state, batch)
-    results.append((new_state.params, metrics["train/clm/loss"]))
-  for p, loss in results[1:]:
-    np.testing.assert_allclose(loss, results[0][1], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p, results[0][0])
-
-
-def _cfg(**kw):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict(kw)
+def test_frozen_parameters_get_no_update_and_no_optimizer_state(tiny):
+  config = tiny("mlm")
+  config.optim.update(weight_decay=0.5, trainable=(r"^heads_",))
+  config.schedule.update(warmup_steps=0, decay="constant")
+  tx, _ = optim.build(config)
+  params = {"backbone": {"dense": {"kernel": jnp.ones((4, 4))}},
+            "heads_mlm": {"dense": {"kernel": jnp.ones((4, 4))}}}
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, state, params)
+  assert float(jnp.abs(updates["backbone"]["dense"]["kernel"]).sum()) == 0
+  assert float(jnp.abs(updates["heads_mlm"]["dense"]["kernel"]).sum()) > 0
+  # Adam's two moments exist for the 16 trainable numbers only (plus scalar counts).
+  sizes = [x.size for x in jax.tree.leaves(state) if hasattr(x, "size") and x.ndim]
+  assert sum(sizes) == 2 * 16

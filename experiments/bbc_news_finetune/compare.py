@@ -26,8 +26,8 @@ def tfidf_baseline(seed=0) -> dict:
   from sklearn.feature_extraction.text import TfidfVectorizer  # pylint: disable=g-import-not-at-top
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from research.evaluate.classification import classification_metrics  # pylint: disable=g-import-not-at-top
-  from research.tasks import datasets  # pylint: disable=g-import-not-at-top
-  rows = datasets.load_rows(ml_collections.ConfigDict({"source": "bbc_news", "seed": seed}))
+  from research.data import labelled  # pylint: disable=g-import-not-at-top
+  rows = labelled.load_rows(ml_collections.ConfigDict({"source": "bbc_news", "seed": seed}))
   names = sorted({r["label"] for r in rows["train"]})
   vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
   x_train = vectorizer.fit_transform([r["text"] for r in rows["train"]])

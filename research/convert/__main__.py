@@ -54,16 +54,13 @@ def export_hf(workdir: str, out: str) -> str:
     raise UserError(f"no config.json in {workdir!r}: is it a workdir of ours?")
   with open(config_path) as f:
     model_section = json.load(f)["model"]
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not checkpoint.Checkpointer.exists(ckpt_dir):
-    raise UserError(f"no checkpoint in {workdir!r}")
-  ckpt = checkpoint.Checkpointer(ckpt_dir, use_async=False)
-  params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
+  params = checkpoint.workdir_params(workdir, best=True)
   hf.save_pretrained(model_section, params, out)
   tokenizer = os.path.join(workdir, "tokenizer.json")
   if os.path.exists(tokenizer):
     shutil.copy(tokenizer, os.path.join(out, "tokenizer.json"))
-  return f"{workdir} (step {ckpt.latest_step()}) -> {out}"
+  kept = "best" if checkpoint.Checkpointer.exists(os.path.join(workdir, "best")) else "latest"
+  return f"{workdir} ({kept} parameters) -> {out}"
 
 
 def main(argv):

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import tokenizers
 
+from research import objectives
 from research.data import examples as examples_lib
 from research.data import sources, tokenizer as tokenizer_lib
 from research.data.pipeline import StepIndexedBatches, device_batches
@@ -28,11 +29,15 @@ def tokenize(tok: tokenizers.Tokenizer, texts) -> list[np.ndarray]:
   return [np.asarray(e.ids, np.int32) for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
 
 
-def build(config, workdir: str, tok: tokenizers.Tokenizer | None = None) -> Data:
-  """Loads, tokenizes and wraps the configured source into train and eval batches."""
+def build(config, workdir: str) -> Data:
+  """Loads, tokenizes and wraps the configured source into train and eval batches.
+
+  Evaluation with `evals.batches = 0` is one pass over the eval rows: the last batch is filled
+  up with rows whose `row_mask` is 0, which every objective leaves out of its sums and counts.
+  """
   data_cfg, kind = config.data, config.model.kind
   docs = sources.load_documents(data_cfg)
-  tok = tok or tokenizer_lib.get_tokenizer(data_cfg, kind, docs["train"], workdir)
+  tok = tokenizer_lib.get_tokenizer(data_cfg, kind, docs["train"], workdir)
   specials = SpecialIds.of(tok)
   token_docs = {split: tokenize(tok, texts) for split, texts in docs.items()}
   counts = np.bincount(np.concatenate(token_docs["train"]), minlength=tok.get_vocab_size())
@@ -43,7 +48,8 @@ def build(config, workdir: str, tok: tokenizers.Tokenizer | None = None) -> Data
     if kind == "encoder":
       return examples_lib.EncoderExamples(
           token_docs[split], seq_len=data_cfg.seq_len, specials=specials,
-          vocab_size=tok.get_vocab_size(), objective_cfg=config.objective, seed=seed)
+          vocab_size=tok.get_vocab_size(), objective_cfg=config.objective, seed=seed,
+          max_predictions=objectives.max_predictions(config.objective, data_cfg.seq_len))
     return examples_lib.DecoderExamples(token_docs[split], seq_len=data_cfg.seq_len,
                                         specials=specials, seed=seed)
 
@@ -54,8 +60,9 @@ def build(config, workdir: str, tok: tokenizers.Tokenizer | None = None) -> Data
   eval_examples = make("eval", config.train.seed + 1000)
   train_rows, eval_rows = len(train_examples), len(eval_examples)
   train = StepIndexedBatches(train_examples, batch, **host)
-  eval_ = StepIndexedBatches(eval_examples, batch, **host)
-  eval_steps = config.evals.batches or max(1, math.ceil(eval_rows / batch))  # one pass
+  one_pass = not config.evals.batches
+  eval_ = StepIndexedBatches(eval_examples, batch, limit=eval_rows if one_pass else None, **host)
+  eval_steps = math.ceil(eval_rows / batch) if one_pass else config.evals.batches
   stats = {f"data/{split}_documents": len(d) for split, d in docs.items()}
   stats.update({f"data/{split}_tokens": int(sum(map(len, d))) for split, d in token_docs.items()})
   stats.update({"data/train_rows": train_rows, "data/eval_rows": eval_rows})

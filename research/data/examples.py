@@ -50,7 +50,7 @@ class EncoderExamples(ShuffledRows):
   """MLM (and NSP/SOP) rows of `seq_len`; `rows(indices)` builds a batch."""
 
   def __init__(self, token_docs, *, seq_len: int, specials: SpecialIds, vocab_size: int,
-               objective_cfg, seed: int):
+               objective_cfg, max_predictions: int, seed: int):
     self.pair = objective_cfg.sentence_task != "none"
     chunks = packing.chunk_documents(token_docs, seq_len - (3 if self.pair else 2))
     super().__init__(len(chunks), seed)
@@ -61,7 +61,7 @@ class EncoderExamples(ShuffledRows):
     self.seq_len, self.specials = seq_len, specials
     self.sentence_task = objective_cfg.sentence_task
     self.mask_kwargs = dict(
-        rate=objective_cfg.mask_rate, max_predictions=objective_cfg.max_predictions,
+        rate=objective_cfg.mask_rate, max_predictions=max_predictions,
         mask_id=specials.mask, regular_ids=specials.regular_ids(vocab_size))
 
   def pieces(self, indices: np.ndarray) -> dict:

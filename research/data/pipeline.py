@@ -20,7 +20,7 @@ class StepIndexedBatches:
   """Random access to this host's share of any step's global batch."""
 
   def __init__(self, examples, global_batch: int, *, process_index: int = 0,
-               process_count: int = 1, extra: dict | None = None):
+               process_count: int = 1, extra: dict | None = None, limit: int | None = None):
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} not divisible by {process_count} hosts")
     self.examples = examples
@@ -28,6 +28,7 @@ class StepIndexedBatches:
     self.host_batch_size = global_batch // process_count
     self.offset = process_index * self.host_batch_size
     self.extra = extra or {}  # constant per-row fields, e.g. {'unigram_top': id}
+    self.limit = limit  # rows from this global index on are padding: row_mask 0
 
   def host_batch(self, step: int) -> dict:
     start = step * self.global_batch + self.offset
@@ -38,6 +39,9 @@ class StepIndexedBatches:
       batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     for k, v in self.extra.items():
       batch[k] = np.full((self.host_batch_size,), v, np.int32)
+    if self.limit is not None:
+      batch["row_mask"] = (np.arange(start, start + self.host_batch_size) < self.limit).astype(
+          np.int32)
     return batch
 
 

@@ -1,14 +1,24 @@
-"""Tasks: what a run trains on and how it is evaluated, behind one interface the loop drives.
+"""Tasks: what a run trains on and how it is evaluated, as one `TaskSet` the loop drives.
 
-A task owns its data (infinite, step-indexed training batches; fixed evaluation splits), its loss
-(`loss(outputs, batch) -> (loss, {name: (sum, count)})`, pure and jitted by the trainer), what
-evaluation keeps of the model's outputs (`eval_outputs(outputs, batch)`, also jitted) and how
-those outputs become metrics on the host (`evaluate(split, run, report_dir)`). Pretraining (MLM,
-CLM) is one task; fine-tuning configs list one or more under `config.tasks` (several = multi-task,
-sampled by `research.tasks.mixture`).
+`build(config, workdir)` reads the data and returns the task set: pretraining (`config.objective`
+on `config.data`) is a set of one; fine-tuning configs list tasks under `config.tasks` (several =
+multi-task, sampled by `research.tasks.mixture`). Nothing is written to the workdir here.
 """
-from research.tasks import finetuning, registry
-from research.tasks.base import Task
-from research.tasks.registry import build
+from research.errors import UserError
+from research.tasks import finetuning
+from research.tasks.base import EvalContext, EvalSplit, Task
+from research.tasks.pretraining import PretrainingTask
+from research.tasks.taskset import LABELS_FILE, TaskSet, saved_labels
 
-__all__ = ["Task", "build", "finetuning", "registry"]
+
+def build(config, workdir: str) -> TaskSet:
+  if config.get("tasks"):
+    if config.model.kind != "encoder":
+      raise UserError(f"fine-tuning tasks need an encoder, but model.kind is {config.model.kind!r}")
+    return finetuning.build(config, workdir)
+  task = PretrainingTask(config, workdir)
+  return TaskSet([task], task.tokenizer)
+
+
+__all__ = ["build", "EvalContext", "EvalSplit", "LABELS_FILE", "PretrainingTask", "Task",
+           "TaskSet", "finetuning", "saved_labels"]

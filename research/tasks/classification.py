@@ -11,17 +11,18 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from research import objectives as objectives_lib
 from research.errors import UserError
 from research.evaluate import classification as metrics_lib
-from research.tasks import encoding
+from research.data import encoding
 from research.tasks.base import EvalSplit, Task
 
 log = logging.getLogger(__name__)
-KINDS = ("classification", "multilabel", "regression")
+OBJECTIVES = {"classification": objectives_lib.classification,
+              "multilabel": objectives_lib.multilabel, "regression": objectives_lib.regression}
+KINDS = tuple(OBJECTIVES)
 
 
 def label_names(kind: str, train_rows: list[dict]) -> list[str]:
@@ -62,10 +63,15 @@ def encode_labels(kind: str, names: list[str], rows: list[dict], split: str, tas
 
 
 class ClassificationTask(Task):
+  final_splits = ("test", "eval")
+
   def setup(self, name, task_cfg, head, names):
     self.name, self.kind, self.head, self.names = name, task_cfg["kind"], head, names
     source = task_cfg["source"]
     self.glue = source[5:] if source.startswith("glue/") else None
+    self.heads = (f"{head}=classification:{len(names)}",)
+    self.objectives = (OBJECTIVES[self.kind](name, head),)
+    self.labels = {"kind": self.kind, "head": head, "names": list(names)}
     return self
 
   def __init__(self, name, task_cfg, rows, tokenizer, config, head, names=None):
@@ -88,26 +94,6 @@ class ClassificationTask(Task):
                    if s != "train"}
     self.references = {s: np.stack([f["label"] for f in feats]) for s, feats in features.items()}
 
-  @property
-  def head_spec(self):
-    return f"{self.head}=classification:{len(self.names)}"
-
-  def loss(self, outputs, batch):
-    logits, labels = outputs[f"{self.head}_logits"], batch["label"]
-    if self.kind == "regression":
-      losses = jnp.square(logits[:, 0] - labels)
-      sums = {}
-    elif self.kind == "multilabel":
-      losses = optax.sigmoid_binary_cross_entropy(logits, labels).mean(-1)
-      sums = {}
-    else:
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      n = jnp.float32(labels.shape[0])
-      sums = {f"{self.name}/accuracy": ((logits.argmax(-1) == labels).sum().astype(jnp.float32), n)}
-    n = jnp.float32(labels.shape[0])
-    sums[f"{self.name}/loss"] = (losses.sum(), n)
-    return losses.mean(), sums
-
   def eval_outputs(self, outputs, batch):
     return {"logits": outputs[f"{self.head}_logits"]}
 
@@ -121,8 +107,9 @@ class ClassificationTask(Task):
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     return logits.argmax(-1), probs
 
-  def evaluate(self, split, run, report_dir=None) -> dict:
-    logits = self.splits[split].gather(run)["logits"]
+  def evaluate(self, split, context) -> dict:
+    report_dir = context.report_dir
+    logits = self.splits[split].gather(context)["logits"]
     labels = self.references[split]
     predictions, probs = self.scores(logits)
     if self.kind == "regression":

@@ -1,25 +1,23 @@
 """Fine-tuning tasks from `config.tasks`: one entry per task (several = multi-task learning).
 
 Each entry: kind ('classification', 'multilabel', 'regression', 'token_classification', 'qa'),
-source (see `research.tasks.datasets`) and the source's options. A single task uses the head named
+source (see `research.data.labelled`) and the source's options. A single task uses the head named
 after its kind ('classification', 'token_classification', 'span'), so a single-task classifier
 exports to transformers' *ForSequenceClassification; in multi-task runs each task's head is named
 after the task. Label names are saved as WORKDIR/labels.json for `research.predict`.
 """
-import json
-import os
-
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
-from research.tasks import datasets
+from research.data import labelled
+from research.tasks import mixture
 from research.tasks.classification import KINDS as CLASSIFICATION_KINDS, ClassificationTask
 from research.tasks.question_answering import QuestionAnsweringTask
+from research.tasks.taskset import TaskSet, saved_labels
 from research.tasks.token_classification import TokenClassificationTask
 
 HEAD_KIND = {"classification": "classification", "multilabel": "classification",
              "regression": "classification", "token_classification": "token_classification",
              "qa": "span"}
-LABELS_FILE = "labels.json"
 
 
 def task_class(kind: str):
@@ -45,20 +43,11 @@ def training_texts(rows: dict):
       yield " ".join(r["words"])
 
 
-def saved_labels(workdir: str) -> dict:
-  path = os.path.join(workdir, LABELS_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def build(config, workdir: str):
-  """Returns (tasks, tokenizer)."""
+def build(config, workdir: str) -> TaskSet:
   names = list(config.tasks.keys())
   for name in names:
     task_class(config.tasks[name].kind)  # an unknown kind fails before any data is read
-  rows = {name: datasets.load_rows(config.tasks[name]) for name in names}
+  rows = {name: labelled.load_rows(config.tasks[name]) for name in names}
   texts = [t for name in names for t in training_texts(rows[name])]
   tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", texts, workdir)
   labels = saved_labels(workdir)  # a resumed run keeps its label order
@@ -68,13 +57,11 @@ def build(config, workdir: str):
     tasks.append(task_class(cfg.kind)(name, cfg, rows[name], tokenizer, config,
                                       head_name(name, cfg.kind, len(names) > 1),
                                       labels.get(name, {}).get("names")))
-  return tasks, tokenizer
+  schedule = None
+  if len(tasks) > 1:
+    schedule = mixture.Schedule([t.train_size for t in tasks], config.mixture.kind,
+                                config.mixture.temperature, config.train.seed)
+  return TaskSet(tasks, tokenizer, schedule)
 
 
-def save_labels(tasks, workdir: str):
-  with open(os.path.join(workdir, LABELS_FILE), "w") as f:
-    json.dump({t.name: {"kind": t.kind, "head": t.head, "names": t.names} for t in tasks}, f,
-              indent=2)
-
-
-__all__ = ["build", "save_labels", "saved_labels", "task_class"]
+__all__ = ["build", "task_class"]

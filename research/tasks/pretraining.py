@@ -1,36 +1,39 @@
-"""Pretraining as a task: masked LM (+ NSP/SOP) or causal LM on a text corpus."""
+"""Pretraining as a task: masked LM (+ NSP/SOP) or causal LM on a text corpus.
+
+Its objectives, and so the model heads, follow from `config.objective`; evaluation sums each
+objective's (sum, count) pairs over the eval split and divides once.
+"""
 import numpy as np
 
 from research import data as data_lib
 from research import objectives as objectives_lib
-from research.tasks.base import Runner, Task
+from research.tasks.base import EvalContext, Task
 
 
 class PretrainingTask(Task):
-  """`config.objective` over `config.data`; evaluated by summed loss/accuracy on the eval split."""
+  """`config.objective` over `config.data`."""
 
-  def __init__(self, config, workdir: str, tokenizer=None):
-    data = data_lib.build(config, workdir, tokenizer)
+  def __init__(self, config, workdir: str):
+    data = data_lib.build(config, workdir)
     self.name = config.objective.name
-    self.objectives = objectives_lib.build(config.objective)
+    self.objectives, self.heads = objectives_lib.pretraining(config.objective)
     self.train, self.tokenizer, self.stats = data.train, data.tokenizer, data.stats
+    self.train_size = data.stats["data/train_rows"]
     self.splits = {"eval": (data.eval, data.eval_steps)}
 
-  def loss(self, outputs, batch):
-    return objectives_lib.combined_loss(self.objectives, outputs, batch)
-
   def eval_outputs(self, outputs, batch):
-    return self.loss(outputs, batch)[1]
+    counts = objectives_lib.counts(self.objectives, batch)
+    return objectives_lib.loss_and_sums(self.objectives, outputs, batch, counts)[1]
 
-  def evaluate(self, split: str, run: Runner, report_dir=None) -> dict:
+  def evaluate(self, split: str, context: EvalContext) -> dict:
     batches, steps = self.splits[split]
     totals = {}
-    for sums in run(batches, steps):
+    for sums in context.run(batches, steps):
       for k, (s, c) in sums.items():
         total = totals.get(k, (0.0, 0.0))
         totals[k] = (total[0] + float(s), total[1] + float(c))
     out = {f"{split}/{k}": s / max(c, 1.0) for k, (s, c) in totals.items()}
-    for prefix in ("mlm", "clm"):
+    for prefix in objectives_lib.NAMES:
       if f"{split}/{prefix}/loss" in out:
         out[f"{split}/{prefix}/perplexity"] = float(np.exp(min(out[f"{split}/{prefix}/loss"], 50.0)))
     return out

@@ -7,14 +7,11 @@ official SQuAD exact match and F1 (plus HasAns/NoAns for v2.0).
 """
 import logging
 
-import jax.numpy as jnp
-import numpy as np
-import optax
-
+from research import objectives as objectives_lib
 from research.data import qa
 from research.data.tokenizer import with_pair_template
 from research.evaluate import squad
-from research.tasks import encoding
+from research.data import encoding
 from research.tasks.base import EvalSplit, Task
 
 log = logging.getLogger(__name__)
@@ -22,6 +19,8 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class QuestionAnsweringTask(Task):
+  final_splits = ("test", "eval")
+
   def setup(self, name, task_cfg, head, names):
     self.name, self.kind, self.head, self.names = name, "qa", head, names or []
     self.settings = dict(doc_stride=task_cfg.get("doc_stride", 128),
@@ -30,6 +29,9 @@ class QuestionAnsweringTask(Task):
                      max_answer_len=task_cfg.get("max_answer_len", 30),
                      version_2=task_cfg["source"] == "squad_v2" or task_cfg.get("version_2", False),
                      null_threshold=task_cfg.get("null_threshold", 0.0))
+    self.heads = (f"{head}=span",)
+    self.objectives = (objectives_lib.span(name, head),)
+    self.labels = {"kind": self.kind, "head": head, "names": list(self.names)}
     return self
 
   def __init__(self, name, task_cfg, rows, tokenizer, config, head, names=None):
@@ -60,25 +62,11 @@ class QuestionAnsweringTask(Task):
     self.train = encoding.train_batches(train_features, config)
     self.splits = {s: EvalSplit(w[2], batch, **encoding.host_info()) for s, w in self.windows.items()}
 
-  @property
-  def head_spec(self):
-    return f"{self.head}=span"
-
-  def loss(self, outputs, batch):
-    start, end = outputs[f"{self.head}_start_logits"], outputs[f"{self.head}_end_logits"]
-    mask = batch["attention_mask"] > 0
-    start = jnp.where(mask, start, -1e9)
-    end = jnp.where(mask, end, -1e9)
-    losses = (optax.softmax_cross_entropy_with_integer_labels(start, batch["start_positions"]) +
-              optax.softmax_cross_entropy_with_integer_labels(end, batch["end_positions"])) / 2
-    n = jnp.float32(losses.shape[0])
-    return losses.mean(), {f"{self.name}/loss": (losses.sum(), n)}
-
   def eval_outputs(self, outputs, batch):
     return {"start": outputs[f"{self.head}_start_logits"], "end": outputs[f"{self.head}_end_logits"]}
 
-  def evaluate(self, split, run, report_dir=None) -> dict:
-    logits = self.splits[split].gather(run)
+  def evaluate(self, split, context) -> dict:
+    logits = self.splits[split].gather(context)
     features, spans, _ = self.windows[split]
     answers = qa.postprocess(self.examples[split], features, spans, logits["start"],
                              logits["end"], **self.post)

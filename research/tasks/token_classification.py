@@ -6,13 +6,12 @@ Metrics: entity-level precision/recall/F1 overall and per type (conlleval-compat
 import logging
 
 import jax.numpy as jnp
-import numpy as np
-import optax
 
+from research import objectives as objectives_lib
 from research.data import ner
 from research.errors import UserError
 from research.evaluate import entities as entities_lib
-from research.tasks import encoding
+from research.data import encoding
 from research.tasks.base import EvalSplit, Task
 
 log = logging.getLogger(__name__)
@@ -24,8 +23,13 @@ def tag_names(train_rows) -> list[str]:
 
 
 class TokenClassificationTask(Task):
+  final_splits = ("test", "eval")
+
   def setup(self, name, task_cfg, head, names):
     self.name, self.kind, self.head, self.names = name, "token_classification", head, names
+    self.heads = (f"{head}=token_classification:{len(names)}",)
+    self.objectives = (objectives_lib.token_classification(name, head),)
+    self.labels = {"kind": self.kind, "head": head, "names": list(names)}
     return self
 
   def __init__(self, name, task_cfg, rows, tokenizer, config, head, names=None):
@@ -54,20 +58,6 @@ class TokenClassificationTask(Task):
     self.splits = {s: EvalSplit(f, batch, **encoding.host_info()) for s, f in features.items()
                    if s != "train"}
 
-  @property
-  def head_spec(self):
-    return f"{self.head}=token_classification:{len(self.names)}"
-
-  def loss(self, outputs, batch):
-    logits, labels = outputs[f"{self.head}_logits"], batch["labels"]
-    weights = (labels != ner.IGNORE).astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
-    count = weights.sum()
-    correct = ((logits.argmax(-1) == labels) * weights).sum()
-    return (losses * weights).sum() / jnp.maximum(count, 1.0), {
-        f"{self.name}/loss": ((losses * weights).sum(), count),
-        f"{self.name}/accuracy": (correct, count)}
-
   def eval_outputs(self, outputs, batch):
     return {"predictions": outputs[f"{self.head}_logits"].argmax(-1).astype(jnp.int32)}
 
@@ -75,8 +65,8 @@ class TokenClassificationTask(Task):
     ids = ner.word_predictions(token_predictions, word_index, num_words, fill=0)
     return [self.names[i] for i in ids]
 
-  def evaluate(self, split, run, report_dir=None) -> dict:
-    predictions = self.splits[split].gather(run)["predictions"]
+  def evaluate(self, split, context) -> dict:
+    predictions = self.splits[split].gather(context)["predictions"]
     truth = self.references[split]
     predicted = [self.word_tags(p, w, len(t)) for p, w, t in
                  zip(predictions, self.word_index[split], truth)]

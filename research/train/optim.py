@@ -2,13 +2,14 @@
 
 AdamW with weight decay masked off by parameter-path patterns (regexes searched in the
 '/'-joined path, e.g. 'backbone/layer_0/ln_mlp/scale'), so the mask does not depend on one
-library's naming; global-norm clipping; linear warmup then linear or cosine decay.
+library's naming; global-norm clipping; linear warmup then linear or cosine decay. Only the
+parameters `optim.trainable` selects are trained (the seam PEFT uses): the rest get zero updates
+and no optimizer state.
 """
-import re
-
 import jax
 import optax
 
+from research import params as params_lib
 from research.errors import UserError
 
 
@@ -30,28 +31,23 @@ def schedule(config) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def path_str(path) -> str:
-  """'a/b/c' for a `jax.tree_util` key path (dict keys, attributes and indices alike)."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return "/".join(parts)
-
-
 def decay_mask(patterns):
   """A mask function: True (decay) unless a pattern matches the parameter's path."""
-  compiled = [re.compile(p) for p in patterns]
+  exempt = params_lib.matches(patterns)
+  return lambda params: params_lib.mask(params, lambda path: not exempt(path))
 
-  def mask(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: not any(c.search(path_str(path)) for c in compiled), params)
-  return mask
+
+def trainable_predicate(config):
+  """path -> bool: `optim.trainable` regexes (empty: every parameter is trained)."""
+  patterns = tuple(config.optim.get("trainable", ()))
+  return params_lib.matches(patterns) if patterns else (lambda path: True)
 
 
 def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (+ clipping) on the trainable parameters; frozen ones get zero updates and no state.
+
+  Clipping measures the trainable parameters' gradients only.
+  """
   o = config.optim
   if o.name != "adamw":
     raise UserError(f"optim.name must be 'adamw', got {o.name!r}")
@@ -59,4 +55,10 @@ def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
   chain.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=decay_mask(o.no_decay)))
-  return optax.chain(*chain), lr
+  tx = optax.chain(*chain)
+  if not o.get("trainable"):
+    return tx, lr
+  trainable = trainable_predicate(config)
+  labels = lambda params: jax.tree.map(lambda t: "trainable" if t else "frozen",
+                                       params_lib.mask(params, trainable))
+  return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels), lr

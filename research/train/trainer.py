@@ -1,61 +1,54 @@
-"""`run(config, workdir) -> summary`: the one training loop, for every objective.
+"""`run(config, workdir) -> summary`: the one training loop, for every task.
 
-Reads top to bottom: check inputs -> mesh -> data -> model -> sharded state (initialisation
-policy) -> jitted steps -> loop (log, evaluate, checkpoint) -> summary. Everything that can be
-wrong with the input is checked before the first byte is written to the workdir.
+Reads top to bottom in phases:
+  resolve       (research.train.resolve) the config, the data as a TaskSet, the mesh: every check
+                of the input, nothing written
+  write         the workdir's config.json, tokenizer.json, labels.json
+  build_state   model, optimizer, sharded state, the initialisation policy
+  compile       the jitted train step of each task and its eval step
+  train         the loop: log, evaluate, keep the best, checkpoint, stop early
+  finish        held-out evaluation, reports, summary
+The trainer drives tasks only through the `TaskSet` interface (research.tasks.taskset).
 """
 import dataclasses
 import json
 import logging
-import math
 import os
-import re
 import time
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from research import checkpoint as ckpt_lib
 from research import data as data_lib
-from research import models, perf, sharding, tasks as tasks_lib, tracking
-from research.data import tokenizer as tokenizer_lib
-from research.tasks import mixture
+from research import models, perf, sharding, tracking
 from research.errors import UserError
-from research.train import optim
+from research.tasks import EvalContext
+from research.train import initialization, optim
+from research.train import state as state_lib
+from research.train.resolve import Run, resolve
 from research.train.step import TrainState, derive_dropout_key, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks that need no device work and write nothing.
-# ---------------------------------------------------------------------------------------------
-def check_config(config):
-  kind = config.model.kind
-  objective = config.objective.name if config.get("objective") else None
-  wanted = {"mlm": "encoder", "clm": "decoder"}.get(objective)
-  if wanted and kind != wanted:
-    raise UserError(f"objective {objective!r} trains a {wanted}, but model.kind is {kind!r}")
-  for key in ("train.steps", "train.batch_size", "train.grad_accum_steps", "data.seq_len",
-              "logging.every_steps", "evals.every_steps", "ckpt.every_steps", "ckpt.keep"):
-    section, field = key.split(".")
-    if config[section][field] < 1:
-      raise UserError(f"{key} must be >= 1, got {config[section][field]}")
-  if config.data.seq_len > config.model.max_len:
-    raise UserError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_len "
-                    f"({config.model.max_len})")
-  if config.get("tasks") and kind != "encoder":
-    raise UserError(f"fine-tuning tasks need an encoder, but model.kind is {kind!r}")
-  for pattern in list(config.optim.no_decay) + list(config.init.exclude):
-    try:
-      re.compile(pattern)
-    except re.error as e:
-      raise UserError(f"bad regex {pattern!r} in config: {e}") from None
+def run(config, workdir: str) -> dict:
+  """Trains as `config` says, in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+  wall_start = time.time()
+  check_writable(workdir)
+  r = resolve(config, workdir)
+  write_run_files(r, workdir)
+  built = build_state(r, workdir)
+  steps = compile_steps(r, built)
+  return finish(r, built, steps, train(r, built, steps, workdir), workdir, wall_start)
 
 
-def prepare_workdir(workdir: str):
+# ---------------------------------------------------------------------------------------------
+# write: the first bytes of this run go to the workdir only after `resolve` succeeded.
+# ---------------------------------------------------------------------------------------------
+def check_writable(workdir: str):
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, ".write_test")
@@ -66,124 +59,89 @@ def prepare_workdir(workdir: str):
     raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
 
 
-def check_batch(config, mesh):
-  batch, dp = config.train.batch_size, sharding.data_parallel_size(mesh)
-  accum = config.train.grad_accum_steps
-  if batch % (dp * accum) or batch % jax.process_count():
-    raise UserError(f"train.batch_size ({batch}) must be divisible by the data-parallel size "
-                    f"(mesh data x fsdp = {dp}) times train.grad_accum_steps ({accum}), and by "
-                    f"the {jax.process_count()} host(s)")
-
-
-def resolve_vocab(config, tokenizer):
-  """model.vocab_size = -1 takes the tokenizer's size, rounded up to a multiple of 128."""
-  if config.model.vocab_size == -1:
-    config.model.vocab_size = int(math.ceil(tokenizer.get_vocab_size() / 128) * 128)
-  elif config.model.vocab_size < tokenizer.get_vocab_size():
-    raise UserError(f"model.vocab_size ({config.model.vocab_size}) is smaller than the "
-                    f"tokenizer's vocabulary ({tokenizer.get_vocab_size()})")
+def write_run_files(r: Run, workdir: str):
+  if jax.process_index() == 0:
+    r.task_set.save(workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(r.config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 # ---------------------------------------------------------------------------------------------
-# State: created already sharded; then the one initialisation policy.
+# build_state: parameters born on their shards, then the one initialisation policy.
 # ---------------------------------------------------------------------------------------------
-def max_predictions(config) -> int:
-  return config.objective.max_predictions if config.get("objective") else 1
+@dataclasses.dataclass
+class Built:
+  model: Any
+  tx: Any
+  lr_schedule: Any
+  dropout_key: Any
+  state: TrainState
+  abstract_state: Any
+  shardings: Any
+  data_state: dict
+  init_source: str
+  ckpt: ckpt_lib.Checkpointer
 
 
-def dummy_inputs(config, batch_size=1):
-  seq, shape = config.data.seq_len, (batch_size, config.data.seq_len)
-  inputs = {"input_ids": jnp.zeros(shape, jnp.int32), "attention_mask": jnp.ones(shape, jnp.int32)}
-  if config.model.kind == "encoder":
-    inputs["token_type_ids"] = jnp.zeros(shape, jnp.int32)
-    inputs["masked_positions"] = jnp.zeros((batch_size, max_predictions(config)), jnp.int32)
-  else:
-    inputs["segment_ids"] = jnp.ones(shape, jnp.int32)
-  del seq
-  return inputs
+def build_state(r: Run, workdir: str) -> Built:
+  config = r.config
+  model = models.build(r.model_cfg)
+  tx, lr_schedule = optim.build(config)
+  init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
+  dropout_key = derive_dropout_key(dropout_key, config.train.dropout_prng)
+  fresh, abstract, shardings = state_lib.create_sharded_state(model, tx, config, r.mesh, r.rules,
+                                                              init_key)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               keep=config.ckpt.keep, use_async=config.ckpt.use_async)
+  state, data_state, source = initialization.initial_state(config, ckpt, fresh, abstract,
+                                                           shardings)
+  if int(data_state["next_step"]) != int(state.step):
+    raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
+                    f"iterator at step {data_state['next_step']}")
+  log.info("model: %s, %d parameters; %s", r.model_cfg.kind,
+           state_lib.count_params(state.params), source)
+  return Built(model, tx, lr_schedule, dropout_key, state, abstract, shardings, data_state,
+               source, ckpt)
 
 
-def create_sharded_state(model, tx, config, mesh, rules, rng):
-  """Returns (state, abstract_state, shardings); parameters are born on their shards."""
-  def init(rng):
-    inputs = dummy_inputs(config)
-    boxed = model.init({"params": rng, "dropout": rng}, inputs.pop("input_ids"), **inputs)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, opt_state=tx.init(boxed))
-
-  # No mesh context here: flax's DenseGeneral would constrain its flat (pre-reshape) kernel.
-  with nn.logical_axis_rules(rules):
-    abstract_boxed = jax.eval_shape(init, rng)
-    shardings = sharding.shardings_of(abstract_boxed, mesh, rules)
-    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.unbox(abstract_boxed), shardings)
-  return state, abstract, shardings
+# ---------------------------------------------------------------------------------------------
+# compile: one train step per task (its objectives), one eval step per task.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Steps:
+  train: list
+  eval: list
+  batch_sharding: Any
 
 
-# Model fields a run keeps from its own config when it starts from a Hugging Face checkpoint.
-OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels")
+def compile_steps(r: Run, b: Built) -> Steps:
+  batch_sharding = sharding.batch_sharding(r.mesh)
+  tasks = r.task_set.tasks
+  with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
+    train_steps = [jax.jit(
+        make_train_step(b.model, task.objectives, b.tx, b.lr_schedule, b.dropout_key,
+                        r.config.train.grad_accum_steps, r.task_set.regularizers),
+        in_shardings=(b.shardings, batch_sharding), out_shardings=(b.shardings, None),
+        donate_argnums=0) for task in tasks]
+    eval_steps = [jax.jit(make_eval_step(b.model, task.eval_outputs),
+                          in_shardings=(b.shardings.params, batch_sharding)) for task in tasks]
+  return Steps(train_steps, eval_steps, batch_sharding)
 
 
-def init_weights(config, load: bool):
-  """Applies `config.init.weights`; returns its parameters (flat {path: array}) if `load`.
-
-  'hf:DIR' sets config.model from the checkpoint (except OWN_MODEL_FIELDS) and, unless
-  data.tokenizer is set, the tokenizer: a resumed run needs that as much as a new one.
-  """
-  source = config.init.weights
-  if source.startswith("hf:"):
-    from research.convert import hf  # pylint: disable=g-import-not-at-top
-    directory = hf.resolve(source[3:])
-    hf_model = hf.model_config_of(directory)
-    for field, value in dataclasses.asdict(hf_model).items():
-      if field not in OWN_MODEL_FIELDS:
-        config.model[field] = value
-    # Fine-tuning BERT's classifier reads the pooled output: add a (new) pooler if the checkpoint
-    # has none (BertForMaskedLM saves none).
-    config.model.pooler = hf_model.pooler or (bool(config.get("tasks")) and
-                                              hf_model.classifier == "pooled")
-    if not config.data.tokenizer:
-      config.data.tokenizer = directory
-    if not load:
-      return None
-    _, params = hf.load_pretrained(directory)
-  elif not source:
-    return None
-  elif not load:
-    _use_saved_tokenizer(config, source)
-    return None
-  else:
-    _use_saved_tokenizer(config, source)
-    ckpt = ckpt_lib.Checkpointer(_checkpoint_dir(source, "init.weights"), use_async=False)
-    params = ckpt.restore_raw_state(ckpt.latest_step())["params"]
-  return {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
-def _use_saved_tokenizer(config, workdir):
-  """Weights from one of our runs come with its tokenizer (unless data.tokenizer is set)."""
-  saved = os.path.join(workdir, "tokenizer.json")
-  if not config.data.tokenizer and os.path.exists(saved):
-    config.data.tokenizer = saved
-
-
-def load_weights(state, source: dict, exclude, shardings):
-  """Copies the parameters of `source` that match ours by path and shape, minus `exclude`."""
-  excluded = [re.compile(p) for p in exclude]
-  loaded = []
-
-  def pick(path, current, target_sharding):
-    name = optim.path_str(path)
-    value = source.get(name)
-    if (value is None or any(e.search(name) for e in excluded)
-        or tuple(value.shape) != tuple(current.shape)):
-      return current
-    loaded.append(name)
-    return jax.device_put(np.asarray(value, current.dtype), target_sharding)
-
-  params = jax.tree_util.tree_map_with_path(pick, state.params, shardings.params)
-  total = len(jax.tree.leaves(state.params))
-  log.info("init.weights: loaded %d of %d parameter arrays", len(loaded), total)
-  return state.replace(params=params), len(loaded), total
+def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=False) -> dict:
+  """Every task's metrics on `split` (tasks without that split are skipped; with `final`, so are
+  tasks that do not list it in their `final_splits`)."""
+  out = {}
+  for task, eval_step in zip(r.task_set.tasks, steps.eval):
+    if split not in task.splits or (final and split not in task.final_splits):
+      continue
+    def run_batches(batches, num_steps, eval_step=eval_step):
+      with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
+        for _, batch in data_lib.device_batches(batches.host_batch, 0, num_steps,
+                                                steps.batch_sharding):
+          yield to_host(eval_step(params, batch))
+    out.update(task.evaluate(split, EvalContext(run_batches, params, report_dir)))
+  return out
 
 
 def to_host(tree):
@@ -196,179 +154,110 @@ def to_host(tree):
   return jax.tree.map(one, tree)
 
 
-def _checkpoint_dir(path: str, key: str) -> str:
-  for candidate in (os.path.join(path, "checkpoints"), path):
-    if ckpt_lib.Checkpointer.exists(candidate):
-      return candidate
-  raise UserError(f"{key}: no checkpoint found in {path!r}")
-
-
 # ---------------------------------------------------------------------------------------------
-# The run.
+# train: the loop.
 # ---------------------------------------------------------------------------------------------
-def run(config, workdir: str) -> dict:
-  """Trains as `config` says, in `workdir` (resuming if it holds a checkpoint); returns the summary."""
-  wall_start = time.time()
-  config = config.copy_and_resolve_references()
-  check_config(config)
-  prepare_workdir(workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  check_batch(config, mesh)
-  rules = sharding.rules_of(config)
+@dataclasses.dataclass
+class Trained:
+  state: TrainState
+  tracker: tracking.Tracker
+  best: Any  # ckpt_lib.BestCheckpoint or None
+  stopped: bool
+  compile_seconds: float | None
 
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               keep=config.ckpt.keep, use_async=config.ckpt.use_async)
-  latest = ckpt.latest_step()
-  pretrained = init_weights(config, load=latest is None and not config.init.resume)
-  tasks, tokenizer = tasks_lib.build(config, workdir)
-  resolve_vocab(config, tokenizer)
-  head_specs = tuple(t.head_spec for t in tasks if hasattr(t, "head_spec"))
-  if head_specs:  # fine-tuning: the tasks decide the heads (and their label counts)
-    config.model.heads = head_specs
-  model_cfg = models.ModelConfig.from_dict(config.model)
-  if latest is not None:
-    ckpt_lib.check_same_shapes(ckpt.saved_config(latest)["model"], config.model.to_dict(),
-                               f"workdir {workdir!r}")
-  tasks_lib.registry.check_heads(tasks, model_cfg)
-  # --- All inputs checked: from here on the workdir is written. ---
-  if jax.process_index() == 0:
-    tokenizer_lib.save(tokenizer, workdir)
-    if head_specs:
-      tasks_lib.finetuning.save_labels(tasks, workdir)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
-  model = models.build(model_cfg)
-  tx, lr_schedule = optim.build(config)
-  init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
-  dropout_key = derive_dropout_key(dropout_key, config.train.dropout_prng)
-  state, abstract_state, state_shardings = create_sharded_state(
-      model, tx, config, mesh, rules, init_key)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-
-  # One initialisation policy: own checkpoint > init.resume > init.weights > scratch.
-  init_source, data_state = "scratch", {"next_step": 0}
-  if latest is not None:
-    state, data_state = ckpt.restore(latest, abstract_state)
-    init_source = f"resumed from step {latest}"
-  elif config.init.resume:
-    other = ckpt_lib.Checkpointer(_checkpoint_dir(config.init.resume, "init.resume"),
-                                  use_async=False)
-    ckpt_lib.check_same_shapes(other.saved_config(other.latest_step())["model"],
-                               config.model.to_dict(), f"init.resume {config.init.resume!r}")
-    state, data_state = other.restore(other.latest_step(), abstract_state)
-    init_source = f"init.resume {config.init.resume}"
-  elif pretrained is not None:
-    state, loaded, total = load_weights(state, pretrained, config.init.exclude, state_shardings)
-    init_source = f"init.weights {config.init.weights} ({loaded} of {total} arrays)"
-  start_step = int(data_state["next_step"])  # where the data iterator resumes
-  if start_step != int(state.step):
-    raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
-                    f"iterator at step {start_step}")
-  log.info("model: %s, %d parameters; %s", model_cfg.kind, n_params, init_source)
-
-  batch_sharding = sharding.batch_sharding(mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    train_steps = [jax.jit(
-        make_train_step(model, task.loss, tx, lr_schedule, dropout_key,
-                        config.train.grad_accum_steps),
-        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
-        donate_argnums=0) for task in tasks]
-    eval_steps = [jax.jit(make_eval_step(model, task.eval_outputs),
-                          in_shardings=(state_shardings.params, batch_sharding)) for task in tasks]
-
-  def evaluate(params, split="eval", report_dir=None) -> dict:
-    out = {}
-    for task, eval_step in zip(tasks, eval_steps):
-      if split not in task.splits:
-        continue
-      def run_batches(batches, num_steps, eval_step=eval_step):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-          for _, batch in data_lib.device_batches(batches.host_batch, 0, num_steps, batch_sharding):
-            yield to_host(eval_step(params, batch))
-      out.update(task.evaluate(split, run_batches, report_dir))
-    return out
-
-  schedule = mixture.Schedule([getattr(task, "train_size", 1) for task in tasks],
-                              config.get("mixture", {}).get("kind", "proportional"),
-                              config.get("mixture", {}).get("temperature", 1.0), config.train.seed)
-
-  def host_batch(step):
-    task_index, task_step = schedule(step) if len(tasks) > 1 else (0, step)
-    return task_index, tasks[task_index].train.host_batch(task_step)
-
-  steps = config.train.steps
-  tracker = tracking.Tracker(workdir, start_step=start_step, total_steps=steps,
+def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
+  config, state, total = r.config, b.state, r.config.train.steps
+  start = int(b.data_state["next_step"])
+  tracker = tracking.Tracker(workdir, start_step=start, total_steps=total,
                              tensorboard=config.logging.tensorboard,
                              progress=config.logging.progress)
-  tokens_per_step = config.train.batch_size * config.data.seq_len
-  flops_per_step = perf.train_flops_per_step(model_cfg, config.data.seq_len,
-                                             config.train.batch_size,
-                                             max_predictions(config))
-  peak = perf.peak_flops_per_device(config.logging.peak_tflops)
-  config_dict = json.loads(config.to_json_best_effort())
-
   best = None
   if config.evals.get("best_metric"):
     best = ckpt_lib.BestCheckpoint(os.path.join(workdir, "best"), config.evals.best_metric,
                                    config.evals.best_mode, config.evals.patience, tracker.history)
-  stopped = bool(data_state.get("stopped_early"))
-
-  # --- The loop. ---
-  compile_seconds, timer_step, timer = None, start_step, time.time()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  stopped = bool(b.data_state.get("stopped_early"))
+  throughput = Throughput(r, start)
+  config_dict = json.loads(config.to_json_best_effort())
+  with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     for step, (task_index, batch) in data_lib.device_batches(
-        host_batch, start_step, start_step if stopped else steps, batch_sharding):
-      state, metrics = train_steps[task_index](state, batch)
+        r.task_set.train_batch, start, start if stopped else total, steps.batch_sharding):
+      state, metrics = steps.train[task_index](state, batch)
       done = step + 1
-      if compile_seconds is None:  # the only extra sync: time the first (compiling) step
-        jax.block_until_ready(metrics)
-        compile_seconds, timer_step, timer = time.time() - timer, done, time.time()
-      record = {}
-      if done % config.logging.every_steps == 0 or done == steps or done == start_step + 1:
-        record.update(jax.device_get(metrics))
-        now = time.time()
-        record["perf/tokens_per_sec"] = record["perf/mfu"] = None  # the compiling step
-        if done > timer_step:
-          steps_per_sec = (done - timer_step) / (now - timer)
-          record["perf/tokens_per_sec"] = steps_per_sec * tokens_per_step
-          if peak:
-            record["perf/mfu"] = flops_per_step * steps_per_sec / (peak * jax.device_count())
-        timer_step, timer = done, now
-      if done % config.evals.every_steps == 0 or done == steps:
-        record.update(evaluate(state.params))
+      record = throughput.record(done, metrics, log_now=(
+          done % config.logging.every_steps == 0 or done == total or done == start + 1))
+      if done % config.evals.every_steps == 0 or done == total:
+        record.update(evaluate(r, steps, state.params))
         if best is not None:
           best.update(done, record, state.params)
           stopped = best.should_stop
       if record:
         tracker.write(done, record)
-      if done % config.ckpt.every_steps == 0 or done == steps or stopped:
-        ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, config_dict)
+      if done % config.ckpt.every_steps == 0 or done == total or stopped:
+        b.ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, config_dict)
       tracker.advance(1)
       if stopped:
         log.info("early stopping at step %d: %s has not improved for %d evaluations", done,
                  best.metric, best.stale)
         break
+  return Trained(state, tracker, best, stopped, throughput.compile_seconds)
 
-  final_eval = tracker.latest("eval/") or evaluate(state.params)
-  ckpt.wait()
-  ckpt.close()
-  summary = {"step": int(state.step), "params/total": n_params, "params/trainable": n_params,
-             "wall_seconds": time.time() - wall_start, "init": init_source,
-             "perf/compile_seconds": compile_seconds, **final_eval}
-  # Held-out evaluation and reports, with the best parameters when a best metric is kept.
-  final_params = state.params
-  if best is not None and best.step is not None:
-    final_params = best.restore(abstract_state.params)
-    summary.update({"best/step": best.step, f"best/{best.metric}": best.value,
-                    "stopped_early": stopped})
-    best.close()
-  if any(hasattr(t, "head_spec") for t in tasks):
-    report_dir = os.path.join(workdir, "reports") if jax.process_index() == 0 else None
-    summary.update(evaluate(final_params, "test", report_dir))
-    evaluate(final_params, "eval", report_dir)  # writes the eval split's reports
-  for task in tasks:
-    summary.update(task.stats if len(tasks) == 1 else
-                   {f"{task.name}/{k}": v for k, v in task.stats.items()})
-  tracker.finish(summary)
+
+class Throughput:
+  """Fetches a step's metrics when they are logged, adding tokens/s and MFU since the last log.
+
+  The only extra host sync: the first (compiling) step is waited for, to time compilation.
+  """
+
+  def __init__(self, r: Run, start: int):
+    config = r.config
+    self.tokens_per_step = config.train.batch_size * config.data.seq_len
+    self.flops_per_step = perf.train_flops_per_step(
+        r.model_cfg, config.data.seq_len, config.train.batch_size,
+        state_lib.max_predictions(config))
+    self.peak = perf.peak_flops_per_device(config.logging.peak_tflops)
+    self.compile_seconds, self.timer_step, self.timer = None, start, time.time()
+
+  def record(self, done: int, metrics, log_now: bool) -> dict:
+    if self.compile_seconds is None:
+      jax.block_until_ready(metrics)
+      self.compile_seconds = time.time() - self.timer
+      self.timer_step, self.timer = done, time.time()
+    if not log_now:
+      return {}
+    record = dict(jax.device_get(metrics))
+    now = time.time()
+    record["perf/tokens_per_sec"] = record["perf/mfu"] = None  # the compiling step
+    if done > self.timer_step:
+      steps_per_sec = (done - self.timer_step) / (now - self.timer)
+      record["perf/tokens_per_sec"] = steps_per_sec * self.tokens_per_step
+      if self.peak:
+        record["perf/mfu"] = self.flops_per_step * steps_per_sec / (self.peak * jax.device_count())
+    self.timer_step, self.timer = done, now
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# finish: held-out evaluation with the best parameters, reports, summary.
+# ---------------------------------------------------------------------------------------------
+def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start: float) -> dict:
+  final_eval = t.tracker.latest("eval/") or evaluate(r, steps, t.state.params)
+  b.ckpt.wait()
+  b.ckpt.close()
+  trainable = optim.trainable_predicate(r.config)
+  summary = {"step": int(t.state.step), "params/total": state_lib.count_params(t.state.params),
+             "params/trainable": state_lib.count_params(t.state.params, trainable),
+             "wall_seconds": time.time() - wall_start, "init": b.init_source,
+             "perf/compile_seconds": t.compile_seconds, **final_eval}
+  final_params = t.state.params
+  if t.best is not None and t.best.step is not None:
+    final_params = t.best.restore(b.abstract_state.params)
+    summary.update({"best/step": t.best.step, f"best/{t.best.metric}": t.best.value,
+                    "stopped_early": t.stopped})
+    t.best.close()
+  report_dir = os.path.join(workdir, "reports") if jax.process_index() == 0 else None
+  summary.update(evaluate(r, steps, final_params, "test", report_dir, final=True))
+  evaluate(r, steps, final_params, "eval", report_dir, final=True)  # the eval split's reports
+  summary.update(r.task_set.stats)
+  t.tracker.finish(summary)
   return summary

@@ -1,0 +1,108 @@
+"""The one initialisation policy, in order:
+
+  1. the workdir's own latest checkpoint (full state and data position: a resumed run),
+  2. `init.resume`: the full state of another run's latest checkpoint,
+  3. `init.weights`: weights only, from a workdir of ours or 'hf:DIR' (a transformers
+     checkpoint), every parameter whose path and shape match, minus `init.exclude` regexes,
+  4. from scratch.
+
+`configure` applies what a source changes in the config (an HF checkpoint fixes the model's shape
+and brings its tokenizer; our workdirs bring their tokenizer); it runs while the config is
+resolved, for a resumed run too, so both resolve the same config. `check_sources` fails early on
+a source without a checkpoint. `initial_state` picks the state by the policy.
+"""
+import dataclasses
+import logging
+import os
+
+import jax
+import numpy as np
+
+from research import checkpoint as ckpt_lib
+from research import params as params_lib
+from research.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Model fields a run keeps from its own config when it starts from a Hugging Face checkpoint.
+OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels", "remat")
+
+
+def configure(config):
+  """Sets what `init.weights` implies: HF model shape and tokenizer, or our run's tokenizer."""
+  source = config.init.weights
+  if source.startswith("hf:"):
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    directory = hf.resolve(source[3:])
+    hf_model = hf.model_config_of(directory)
+    for field, value in dataclasses.asdict(hf_model).items():
+      if field not in OWN_MODEL_FIELDS:
+        config.model[field] = value
+    # Fine-tuning BERT's classifier reads the pooled output: add a (new) pooler if the checkpoint
+    # has none (BertForMaskedLM saves none).
+    config.model.pooler = hf_model.pooler or (bool(config.get("tasks")) and
+                                              hf_model.classifier == "pooled")
+    if not config.data.tokenizer:
+      config.data.tokenizer = directory
+  elif source:
+    saved = os.path.join(source, "tokenizer.json")
+    if not config.data.tokenizer and os.path.exists(saved):
+      config.data.tokenizer = saved
+
+
+def check_sources(config, resuming: bool):
+  """Every source the policy will read exists (only those it will read: a resumed run needs none)."""
+  if resuming:
+    return
+  if config.init.resume:
+    ckpt_lib.checkpoints_of(config.init.resume, "init.resume")
+  elif config.init.weights and not config.init.weights.startswith("hf:"):
+    ckpt_lib.checkpoints_of(config.init.weights, "init.weights")
+
+
+def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings):
+  """(state, data_state, description) by the policy; `fresh` is the scratch state."""
+  latest = own.latest_step()
+  if latest is not None:
+    state, data_state = own.restore(latest, abstract)
+    return state, data_state, f"resumed from step {latest}"
+  if config.init.resume:
+    other = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_of(config.init.resume, "init.resume"),
+                                  use_async=False)
+    state, data_state = other.restore(other.latest_step(), abstract)
+    return state, data_state, f"init.resume {config.init.resume}"
+  if config.init.weights:
+    state, loaded, total = load_weights(fresh, weights_of(config.init.weights),
+                                        config.init.exclude, shardings)
+    return state, {"next_step": 0}, f"init.weights {config.init.weights} ({loaded} of {total} arrays)"
+  return fresh, {"next_step": 0}, "scratch"
+
+
+def weights_of(source: str) -> dict:
+  """{path: host array} of `init.weights`: 'hf:DIR' or a workdir of ours (its latest weights)."""
+  if source.startswith("hf:"):
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    _, params = hf.load_pretrained(hf.resolve(source[3:]), dtype="float32")
+  else:
+    params = ckpt_lib.workdir_params(source, key="init.weights")
+  return params_lib.flatten(params)
+
+
+def load_weights(state, source: dict, exclude, shardings):
+  """Copies the parameters of `source` that match ours by path and shape, minus `exclude`."""
+  excluded = params_lib.matches(exclude)
+  loaded = []
+
+  def pick(path, current, target_sharding):
+    name = params_lib.path_str(path)
+    value = source.get(name)
+    if value is None or excluded(name) or tuple(value.shape) != tuple(current.shape):
+      return current
+    loaded.append(name)
+    return jax.device_put(np.asarray(value, current.dtype), target_sharding)
+
+  params = jax.tree_util.tree_map_with_path(pick, state.params, shardings.params)
+  total = len(jax.tree.leaves(state.params))
+  log.info("init.weights: loaded %d of %d parameter arrays", len(loaded), total)
+  return state.replace(params=params), len(loaded), total
+

@@ -1,0 +1,93 @@
+"""Resolve a run's config in one place, before anything is written; then freeze it.
+
+`resolve(config, workdir) -> Run` checks the values, applies what the initialisation source
+implies (`init.weights` from HF: the model's shape and tokenizer), derives
+`objective.max_predictions`, reads the data into the `TaskSet`, takes `model.vocab_size` from
+the tokenizer and `model.heads` from the tasks, builds the mesh, checks the batch against it,
+the optimizer settings, and a checkpoint already in the workdir against the model. Every bad
+input raises `UserError` here, so a failing run leaves the workdir as it was. The config that
+comes out is a `FrozenConfigDict`: nothing later changes it.
+"""
+import dataclasses
+import math
+import os
+
+import jax
+import ml_collections
+
+from research import checkpoint as ckpt_lib
+from research import models, sharding, tasks, validation
+from research.errors import UserError
+from research import objectives
+from research.train import initialization, optim
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  config: ml_collections.FrozenConfigDict
+  model_cfg: models.ModelConfig
+  task_set: tasks.TaskSet
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  latest_step: int | None  # the workdir's own latest checkpoint (None: a new run)
+
+
+def resolve(config, workdir: str) -> Run:
+  config = config.copy_and_resolve_references()
+  validation.check_config(config)
+  mesh = sharding.make_mesh(config.mesh)
+  check_batch(config, mesh)
+  latest = ckpt_lib.Checkpointer.latest_in(os.path.join(workdir, "checkpoints"))
+  initialization.check_sources(config, resuming=latest is not None)
+  initialization.configure(config)
+  resolve_max_predictions(config)
+  task_set = tasks.build(config, workdir)
+  resolve_vocab(config, task_set.tokenizer)
+  resolve_heads(config, task_set)
+  model_cfg = models.ModelConfig.from_dict(config.model)
+  optim.build(config)  # its settings fail here, not after the workdir is written
+  if latest is not None:
+    saved = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False)
+    ckpt_lib.check_same_shapes(saved.saved_config(latest)["model"], config.model.to_dict(),
+                               f"workdir {workdir!r}")
+  elif config.init.resume:
+    other = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_of(config.init.resume, "init.resume"),
+                                  use_async=False)
+    ckpt_lib.check_same_shapes(other.saved_config(other.latest_step())["model"],
+                               config.model.to_dict(), f"init.resume {config.init.resume!r}")
+  return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
+             sharding.rules_of(config), latest)
+
+
+def check_batch(config, mesh):
+  batch, dp = config.train.batch_size, sharding.data_parallel_size(mesh)
+  accum = config.train.grad_accum_steps
+  if batch % (dp * accum) or batch % jax.process_count():
+    raise UserError(f"train.batch_size ({batch}) must be divisible by the data-parallel size "
+                    f"(mesh data x fsdp = {dp}) times train.grad_accum_steps ({accum}), and by "
+                    f"the {jax.process_count()} host(s)")
+
+
+def resolve_max_predictions(config):
+  if config.get("objective") and config.objective.name == "mlm":
+    config.objective.max_predictions = objectives.max_predictions(config.objective,
+                                                                 config.data.seq_len)
+
+
+def resolve_vocab(config, tokenizer):
+  """model.vocab_size = -1 takes the tokenizer's size, rounded up to a multiple of 128."""
+  if config.model.vocab_size == -1:
+    config.model.vocab_size = int(math.ceil(tokenizer.get_vocab_size() / 128) * 128)
+  elif config.model.vocab_size < tokenizer.get_vocab_size():
+    raise UserError(f"model.vocab_size ({config.model.vocab_size}) is smaller than the "
+                    f"tokenizer's vocabulary ({tokenizer.get_vocab_size()})")
+
+
+def resolve_heads(config, task_set):
+  """The model's heads are the ones the tasks read; a config may only repeat them."""
+  derived = task_set.head_specs
+  given = tuple(config.model.heads)
+  if given and given != derived:
+    raise UserError(f"model.heads {list(given)} differ from the heads the objective/tasks "
+                    f"need {list(derived)}; leave model.heads empty: it is derived")
+  config.model.heads = derived

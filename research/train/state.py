@@ -1,0 +1,50 @@
+"""The train state, created already sharded: `jax.eval_shape` -> shardings -> `jit(init)`.
+
+Used by the trainer and by `research.bench`, so the benchmark times the state users train.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import params as params_lib
+from research import sharding
+from research.train.step import TrainState
+
+
+def dummy_inputs(config, batch_size=1):
+  shape = (batch_size, config.data.seq_len)
+  inputs = {"input_ids": jnp.zeros(shape, jnp.int32), "attention_mask": jnp.ones(shape, jnp.int32)}
+  if config.model.kind == "encoder":
+    inputs["token_type_ids"] = jnp.zeros(shape, jnp.int32)
+    inputs["masked_positions"] = jnp.zeros((batch_size, max_predictions(config)), jnp.int32)
+  else:
+    inputs["segment_ids"] = jnp.ones(shape, jnp.int32)
+  return inputs
+
+
+def max_predictions(config) -> int:
+  """Positions the MLM head projects to the vocabulary per row (1 when there is no MLM)."""
+  return config.objective.max_predictions if config.get("objective") else 1
+
+
+def create_sharded_state(model, tx, config, mesh, rules, rng):
+  """Returns (state, abstract_state, shardings); parameters are born on their shards."""
+  def init(rng):
+    inputs = dummy_inputs(config)
+    boxed = model.init({"params": rng, "dropout": rng}, inputs.pop("input_ids"), **inputs)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, opt_state=tx.init(boxed))
+
+  # No mesh context here: flax's DenseGeneral would constrain its flat (pre-reshape) kernel.
+  with nn.logical_axis_rules(rules):
+    abstract_boxed = jax.eval_shape(init, rng)
+    shardings = sharding.shardings_of(abstract_boxed, mesh, rules)
+    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(abstract_boxed), shardings)
+  return state, abstract, shardings
+
+
+def count_params(params, predicate=lambda path: True) -> int:
+  return sum(int(np.prod(v.shape)) for path, v in params_lib.flatten(params).items()
+             if predicate(path))
