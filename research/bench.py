@@ -21,7 +21,11 @@ MFU = FLOPs per step / step time / (peak per device x devices).
 Ours: float32 parameters, bf16 compute (float32 on CPU), AdamW, the MLM head on masked positions
 only, attention through jax.nn.dot_product_attention. The peer: BertForMaskedLM / GPT2LMHeadModel
 with SDPA attention, bf16 autocast, torch.compile (on CUDA), fused AdamW, the same data.
-This path imports neither ml_collections, datasets nor grain, except for --pipeline.
+Our side is built by the library from the config a user runs (configs/mlm.py or clm.py at the
+workload's size; heads and the MLM prediction count derived as in a run): `optim.build`,
+`state.create_sharded_state`, `objectives.pretraining`, `step.make_train_step`. It needs
+ml_collections (pure Python: carry its wheel where an image lacks it), not datasets or grain,
+except for --pipeline.
 
 Levers: `--set KEY=VALUE` overrides our `ModelConfig` (e.g. attention_impl=xla to turn cuDNN
 attention off, remat=full, dtype=float32), `--batch` every workload's batch (both sides), so each
@@ -51,7 +55,6 @@ WORKLOADS = {  # name: (kind, size, seq, batch)
 }
 SMOKE_SHAPE = ("tiny", 64, 8)  # size, seq, batch for --smoke
 VOCAB = {"encoder": 30522, "decoder": 50257}
-MASK_RATE = 0.15
 
 
 @dataclasses.dataclass
@@ -61,10 +64,6 @@ class Workload:
   size: str
   seq: int
   batch: int
-
-  @property
-  def max_predictions(self) -> int:
-    return int(round(self.seq * MASK_RATE)) if self.kind == "encoder" else 0
 
 
 def workloads(names: str, smoke: bool, batch: int = 0) -> list:
@@ -102,38 +101,47 @@ def parse_overrides(pairs) -> dict:
   return out
 
 
+def run_config(w: Workload, dtype: str, overrides: dict | None = None):
+  """The config a user runs for this workload: configs/mlm.py (encoders) or clm.py (decoders) at
+  its size, sequence length, batch, vocabulary and compute dtype, plus `--set` overrides; heads
+  and the MLM prediction count derived as a run derives them."""
+  from research import config_lib, objectives  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file("mlm" if w.kind == "encoder" else "clm", f"size={w.size}")
+  config.data.seq_len, config.train.batch_size = w.seq, w.batch
+  config.model.update(vocab_size=VOCAB[w.kind], max_len=max(config.model.max_len, w.seq),
+                      dtype=dtype)
+  for key, value in (overrides or {}).items():
+    if key == "dropout_prng":
+      config.train.dropout_prng = value
+    else:
+      config.model[key] = value
+  config.model.heads = objectives.pretraining(config.objective)[1]
+  if w.kind == "encoder":
+    config.objective.max_predictions = objectives.max_predictions(config.objective, w.seq)
+  return config
+
+
 def model_config(w: Workload, dtype: str, overrides: dict | None = None):
-  from research.models.config import SIZES, ModelConfig  # pylint: disable=g-import-not-at-top
-  layers, hidden, heads = SIZES[w.size]
-  encoder = w.kind == "encoder"
-  fields = dict(
-      kind=w.kind, vocab_size=VOCAB[w.kind], hidden_size=hidden, num_layers=layers,
-      num_heads=heads, mlp_dim=4 * hidden, max_len=max(512 if encoder else 1024, w.seq),
-      type_vocab_size=2 if encoder else 0, dropout_rate=0.1,
-      layer_norm_eps=1e-12 if encoder else 1e-5, activation="gelu" if encoder else "gelu_tanh",
-      dtype=dtype, heads=("mlm",) if encoder else ("lm",), pooler=False)
-  return ModelConfig(**{**fields, **(overrides or {})})
+  from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  return ModelConfig.from_dict(run_config(w, dtype, overrides).model)
 
 
-def synthetic_batch(w: Workload, seed: int = 0) -> dict:
-  """Token ids, and for MLM the 15% masked positions (the same ones the peer is given)."""
+def predictions(config) -> int:
+  return config.objective.max_predictions if config.model.kind == "encoder" else 0
+
+
+def synthetic_batch(w: Workload, num_predictions: int, seed: int = 0) -> dict:
+  """Token ids, and for MLM `num_predictions` masked positions per row (the peer gets the same)."""
   rng = np.random.default_rng(seed)
   ids = rng.integers(1000, VOCAB[w.kind] - 1, (w.batch, w.seq), dtype=np.int32)
   batch = {"input_ids": ids, "unigram_top": np.zeros(w.batch, np.int32)}  # no padding: no mask
   if w.kind == "encoder":
-    positions = np.sort(np.stack([rng.choice(np.arange(1, w.seq - 1), w.max_predictions,
+    positions = np.sort(np.stack([rng.choice(np.arange(1, w.seq - 1), num_predictions,
                                              replace=False) for _ in range(w.batch)]), 1)
     batch.update(token_type_ids=np.zeros_like(ids), masked_positions=positions.astype(np.int32),
                  masked_ids=np.take_along_axis(ids, positions, 1),
                  masked_weights=np.ones(positions.shape, np.float32))
   return batch  # decoder rows: one document each, as for the peer (no segment_ids)
-
-
-def optim_config(steps: int):
-  ns = types.SimpleNamespace
-  return ns(optim=ns(name="adamw", learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-6,
-                     weight_decay=0.01, clip_norm=1.0, no_decay=(r"bias$", r"/scale$")),
-            schedule=ns(warmup_steps=0, decay="constant", end_factor=0.0), train=ns(steps=steps))
 
 
 def matmul_tflops(dtype: str, size: int, repeats: int = 10) -> float:
@@ -187,36 +195,32 @@ def profile_summary(trace_dir: str, steps: int) -> dict:
 
 def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None,
              profile_dir: str = "") -> dict:
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from research import models, objectives, perf  # pylint: disable=g-import-not-at-top
+  from research import models, objectives, perf, sharding  # pylint: disable=g-import-not-at-top
   from research.models import layers  # pylint: disable=g-import-not-at-top
-  from research.train import optim  # pylint: disable=g-import-not-at-top
-  from research.train.step import TrainState, derive_dropout_key, make_train_step  # pylint: disable=g-import-not-at-top
+  from research.train import optim, state as state_lib  # pylint: disable=g-import-not-at-top
+  from research.train.step import derive_dropout_key, make_train_step  # pylint: disable=g-import-not-at-top
   on_cpu = jax.devices()[0].platform == "cpu"
-  overrides = dict(overrides or {})
-  prng = overrides.pop("dropout_prng", "threefry")
-  cfg = model_config(w, "float32" if on_cpu else "bfloat16", overrides)
+  config = run_config(w, "float32" if on_cpu else "bfloat16", overrides)
+  cfg = models.ModelConfig.from_dict(config.model)
   model = models.build(cfg)
-  objective = {"mlm": (1.0, objectives.masked_lm_loss)} if w.kind == "encoder" else \
-      {"clm": (1.0, objectives.causal_lm_loss)}
-  task_loss = lambda outputs, batch: objectives.combined_loss(objective, outputs, batch)
-  tx, lr = optim.build(optim_config(steps + warmup))
-  batch = jax.device_put({k: jnp.asarray(v) for k, v in synthetic_batch(w).items()})
-
-  @jax.jit
-  def init(rng):
-    params = model.init(rng, batch["input_ids"][:1], masked_positions=batch.get(
-        "masked_positions", batch["input_ids"])[:1, :max(w.max_predictions, 1)])["params"]
-    params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
-                          is_leaf=lambda x: hasattr(x, "value"))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  state = init(jax.random.key(0))
-  dropout_key = derive_dropout_key(jax.random.key(1), prng)
+  tx, lr = optim.build(config)
+  mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_of(config)
+  init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
+  state, _, state_shardings = state_lib.create_sharded_state(model, tx, config, mesh, rules,
+                                                             init_key)
+  batch_sharding = sharding.batch_sharding(mesh)
+  num_predictions = predictions(config)
+  batch = jax.device_put(synthetic_batch(w, num_predictions), batch_sharding)
+  train_step = make_train_step(model, objectives.pretraining(config.objective)[0], tx, lr,
+                               derive_dropout_key(dropout_key, config.train.dropout_prng),
+                               config.train.grad_accum_steps)
   start = time.perf_counter()
-  step = jax.jit(make_train_step(model, task_loss, tx, lr, dropout_key),
-                 donate_argnums=0).lower(state, batch).compile()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, None), donate_argnums=0
+                   ).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   memory = step.memory_analysis()  # this program's own buffers, unlike the process-wide peak
   step_memory = memory and (memory.argument_size_in_bytes + memory.output_size_in_bytes +
@@ -235,7 +239,7 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   if profile_dir:
     jax.profiler.stop_trace()
     profile = {"profile": profile_summary(f"{profile_dir}/{w.name}", steps)}
-  flops = perf.train_flops_per_step(cfg, w.seq, w.batch, w.max_predictions)
+  flops = perf.train_flops_per_step(cfg, w.seq, w.batch, num_predictions)
   peak = perf.peak_flops_per_device()
   stats = jax.devices()[0].memory_stats() or {}
   return {"tokens_per_sec": w.batch * w.seq / step_s, "step_ms": 1e3 * step_s,
@@ -244,10 +248,11 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
           "step_memory_gb": step_memory / 2**30 if step_memory else None,
           "compile_s": compile_s, "loss": float(metrics["train/loss"]), "_flops": flops,
           **profile, "_dtype": cfg.dtype, "_devices": jax.device_count(),
-          "attention_impl": layers.attention_impl(cfg), "remat": cfg.remat, "dropout_prng": prng}
+          "attention_impl": layers.attention_impl(cfg), "remat": cfg.remat,
+          "dropout_prng": config.train.dropout_prng, "_predictions": num_predictions}
 
 
-def run_hf(w: Workload, steps: int, warmup: int, flops: float) -> dict:
+def run_hf(w: Workload, steps: int, warmup: int, flops: float, num_predictions: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from research import perf  # pylint: disable=g-import-not-at-top
@@ -267,7 +272,7 @@ def run_hf(w: Workload, steps: int, warmup: int, flops: float) -> dict:
     config._attn_implementation = "sdpa"
     model = transformers.GPT2LMHeadModel(config)
   model.to(device).train()
-  data = synthetic_batch(w)
+  data = synthetic_batch(w, num_predictions)
   ids = torch.tensor(data["input_ids"], device=device, dtype=torch.long)
   if w.kind == "encoder":
     labels = torch.full_like(ids, -100)
@@ -311,17 +316,10 @@ def run_hf(w: Workload, steps: int, warmup: int, flops: float) -> dict:
 
 def run_pipeline(w: Workload, seconds: float = 5.0) -> float:
   """Batches per second the real MLM/CLM input pipeline builds at this workload's shape."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   from research import data  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(dict(
-      model=dict(kind=w.kind),
-      objective=dict(name="mlm" if w.kind == "encoder" else "clm", mask_rate=MASK_RATE,
-                     max_predictions=w.max_predictions, sentence_task="none",
-                     sentence_task_weight=1.0),
-      data=dict(source="bbc_news", text_field="text", eval_fraction=0.05, seq_len=w.seq,
-                tokenizer="", vocab_size=8192),
-      train=dict(batch_size=w.batch, seed=0), evals=dict(batches=1)))
+  config = run_config(w, "float32")
+  config.data.vocab_size = 8192  # the tokenizer trained on the embedded corpus
   with tempfile.TemporaryDirectory() as tmp:
     batches = data.build(config, tmp).train
     batches.host_batch(0)
@@ -346,7 +344,7 @@ def measure(w: Workload, args, steps: int, overrides: dict, ceilings: dict) -> d
   if overrides:
     row["overrides"] = overrides
   ours = run_ours(w, steps, args.warmup, overrides, args.profile)
-  flops, dtype = ours.pop("_flops"), ours.pop("_dtype")
+  flops, dtype, num_predictions = ours.pop("_flops"), ours.pop("_dtype"), ours.pop("_predictions")
   row.update(ours)
   if dtype not in ceilings:
     ceilings[dtype] = matmul_tflops(dtype, 1024 if args.smoke else 8192)
@@ -354,7 +352,7 @@ def measure(w: Workload, args, steps: int, overrides: dict, ceilings: dict) -> d
   row["ceiling_fraction"] = flops / (row["step_ms"] / 1e3) / (
       ceilings[dtype] * 1e12 * row.pop("_devices"))
   if args.peer == "hf":
-    row.update(run_hf(w, steps, args.warmup, flops))
+    row.update(run_hf(w, steps, args.warmup, flops, num_predictions))
     row["ratio"] = row["tokens_per_sec"] / row["hf_tokens_per_sec"]
   if args.pipeline:
     rate = run_pipeline(w)

@@ -21,10 +21,8 @@ def lower_for_cuda(model_cfg, batch, monkeypatch):
   monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the default implementation choice
   model = models.build(model_cfg)
-  name = "mlm" if model_cfg.kind == "encoder" else "clm"
-  loss = {"mlm": objectives.masked_lm_loss, "clm": objectives.causal_lm_loss}[name]
-  task_loss = lambda outputs, b: objectives.combined_loss({name: (1.0, loss)}, outputs, b)
-  tx, lr = optim.build(bench.optim_config(10))
+  objective = objectives.masked_lm() if model_cfg.kind == "encoder" else objectives.causal_lm()
+  tx, lr = optim.build(bench.run_config(bench.workloads("bert-base-mlm-s128", True)[0], "float32"))
   params = jax.eval_shape(lambda: model.init(
       jax.random.key(0), batch["input_ids"], masked_positions=batch.get("masked_positions"))
                           )["params"]
@@ -32,7 +30,7 @@ def lower_for_cuda(model_cfg, batch, monkeypatch):
                         is_leaf=lambda x: hasattr(x, "value"))
   state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                      opt_state=jax.eval_shape(tx.init, params))
-  step = jax.jit(make_train_step(model, task_loss, tx, lr, jax.random.key(1)))
+  step = jax.jit(make_train_step(model, (objective,), tx, lr, jax.random.key(1)))
   return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 
 
