@@ -40,6 +40,9 @@ def _tree_digest(root):
     ("--config.data.source=/no/such/corpus.txt", ("no file matches", "/no/such/corpus.txt")),
     ("--config.model.kind=decoder", ("trains a encoder",)),
     ("--config.train.dropout_prng=philox", ("train.dropout_prng", "'philox'", "rbg")),
+    ("--config.trian.steps=3", ("--config.trian.steps", "'trian'", 'did you mean "train"')),
+    ("--config.init.from=/some/run", ("--config.init.from was renamed",
+                                      "use --config.init.weights")),
 ])
 def test_bad_flags(tmp_path, flag, fragments):
   _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", flag),
@@ -48,6 +51,16 @@ def test_bad_flags(tmp_path, flag, fragments):
 
 def test_bad_config_argument(tmp_path):
   _fails_with(run_cli("--config=configs/mlm.py:size=huge", f"--workdir={tmp_path}/w"), "huge")
+
+
+def test_bad_config_file(tmp_path):
+  _fails_with(run_cli("--config=configs/nope.py", f"--workdir={tmp_path}/w"),
+              "no such config file 'configs/nope.py'")
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(arg=None):\n  return dict(steps=3\n")
+  _fails_with(run_cli(f"--config={broken}:runlocal", f"--workdir={tmp_path}/w"),
+              f"{broken}:2", "syntax error")
+  assert not (tmp_path / "w").exists()
 
 
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
