@@ -63,6 +63,26 @@ def test_bad_config_file(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def _random_bytes(n):
+  return bytes(range(256)) * (n // 256)  # NULs and bytes that are not UTF-8
+
+
+def test_binary_and_malformed_data_files(tmp_path):
+  binary = tmp_path / "corpus.txt"
+  binary.write_bytes(_random_bytes(4096))
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
+                      f"--config.data.source={binary}"), str(binary), "looks binary, not text")
+  rows = tmp_path / "corpus.jsonl"
+  rows.write_text('{"text": "fine"}\n\n{"text": "missing quote}\n{"text": "fine"}\n')
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
+                      f"--config.data.source={rows}"), f"{rows}:3:", "not valid JSON")
+  good = tmp_path / "good.jsonl"
+  good.write_text("".join(f'{{"text": "row {i}", "label": "{i % 2}"}}\n' for i in range(8)))
+  _fails_with(run_cli(f"--config=configs/finetune.py:task=local,runlocal,train={good},eval={rows}",
+                      f"--workdir={tmp_path}/w"), f"{rows}:3:", "not valid JSON")
+  assert _tree_digest(tmp_path / "w") == {}  # no file written (the trainer makes empty folders)
+
+
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
   proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
                  "--config.train.batch_size=12",

@@ -31,7 +31,8 @@ def tokenize(tok: tokenizers.Tokenizer, texts) -> list[np.ndarray]:
 def build(config, workdir: str, tok: tokenizers.Tokenizer | None = None) -> Data:
   """Loads, tokenizes and wraps the configured source into train and eval batches."""
   data_cfg, kind = config.data, config.model.kind
-  docs = sources.load_documents(data_cfg)
+  stats = {}
+  docs = sources.load_documents(data_cfg, stats)
   tok = tok or tokenizer_lib.get_tokenizer(data_cfg, kind, docs["train"], workdir)
   specials = SpecialIds.of(tok)
   token_docs = {split: tokenize(tok, texts) for split, texts in docs.items()}
@@ -56,7 +57,7 @@ def build(config, workdir: str, tok: tokenizers.Tokenizer | None = None) -> Data
   train = StepIndexedBatches(train_examples, batch, **host)
   eval_ = StepIndexedBatches(eval_examples, batch, **host)
   eval_steps = config.evals.batches or max(1, math.ceil(eval_rows / batch))  # one pass
-  stats = {f"data/{split}_documents": len(d) for split, d in docs.items()}
+  stats.update({f"data/{split}_documents": len(d) for split, d in docs.items()})
   stats.update({f"data/{split}_tokens": int(sum(map(len, d))) for split, d in token_docs.items()})
   stats.update({"data/train_rows": train_rows, "data/eval_rows": eval_rows})
   return Data(train=train, eval=eval_, eval_steps=eval_steps, tokenizer=tok, stats=stats)
