@@ -83,6 +83,21 @@ def test_binary_and_malformed_data_files(tmp_path):
   assert _tree_digest(tmp_path / "w") == {}  # no file written (the trainer makes empty folders)
 
 
+def test_garbage_tokenizer_json(tmp_path):
+  garbage = tmp_path / "tokenizer.json"
+  garbage.write_text('{"version": "1.0", "model": ')
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", *TINY,
+                      f"--config.data.tokenizer={garbage}"),
+              str(garbage), "not a tokenizer.json")
+  workdir = tmp_path / "saved"  # the tokenizer a run saved, damaged
+  workdir.mkdir()
+  (workdir / "tokenizer.json").write_bytes(_random_bytes(1024))
+  before = _tree_digest(workdir)
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY),
+              str(workdir / "tokenizer.json"), "not a tokenizer.json")
+  assert _tree_digest(workdir) == before
+
+
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
   proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
                  "--config.train.batch_size=12",
