@@ -136,3 +136,42 @@ def test_verbose_shows_the_traceback(tmp_path):
                  "--config.data.source=/no/such/corpus.txt")
   assert proc.returncode != 0
   assert "Traceback" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_workdir(tmp_path_factory):
+  """A tiny successful run's workdir (checkpoints, tokenizer, metrics), made once."""
+  root = tmp_path_factory.mktemp("existing")
+  (root / "binary.txt").write_bytes(_random_bytes(2048))
+  (root / "tokenizer.json").write_text("not json at all")
+  first = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={root}/w", *TINY)
+  assert first.returncode == 0, first.stderr[-3000:]
+  return root
+
+
+# Each bad input against a finished run's workdir: one line, exit 2, every file byte-identical.
+BAD_INPUTS = [
+    ("--config.objective.mask_rate=0", ("objective.mask_rate", "(0, 1]", "got 0")),
+    ("--config.objective.mask_rate=1.5", ("objective.mask_rate", "(0, 1]", "got 1.5")),
+    ("--config.optim.learning_rate=-1", ("optim.learning_rate", ">= 0", "got -1")),
+    ("--config.model.dropout_rate=2.0", ("model.dropout_rate", "[0, 1)", "got 2.0")),
+    ("--config.schedule.decay=bogus", ("schedule.decay", "linear, cosine, constant", "'bogus'")),
+    ("--config.trian.steps=3", ('did you mean "train"',)),
+    ("--config.train.steps=abc", ("train.steps", "abc")),
+    ("--config.mesh.tensor=3", ("mesh", "1 device")),
+    ("--config.model.hidden_size=64", ("different model", "hidden_size=128")),
+    ("--config.data.source={root}/binary.txt", ("binary.txt", "looks binary")),
+    ("--config.data.tokenizer={root}/tokenizer.json", ("tokenizer.json", "not a tokenizer.json")),
+    ("--config.optim.no_decay=('[',)", ("bad regex '['",)),
+]
+
+
+@pytest.mark.parametrize("flag, fragments", BAD_INPUTS, ids=[f for f, _ in BAD_INPUTS])
+def test_bad_input_leaves_an_existing_workdir_untouched(finished_workdir, flag, fragments):
+  workdir = finished_workdir / "w"
+  before = _tree_digest(workdir)
+  assert any(k.startswith("checkpoints/4/") for k in before) and "tokenizer.json" in before
+  proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY,
+                 flag.format(root=finished_workdir))
+  _fails_with(proc, *fragments)
+  assert _tree_digest(workdir) == before

@@ -12,6 +12,9 @@ import optax
 from research.errors import UserError
 
 
+DECAYS = ("linear", "cosine", "constant")  # schedule.decay: what follows the warmup
+
+
 def schedule(config) -> optax.Schedule:
   s, peak, steps = config.schedule, config.optim.learning_rate, config.train.steps
   warmup = min(s.warmup_steps, steps)
