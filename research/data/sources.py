@@ -79,7 +79,7 @@ def read_jsonl(path: str, undecodable: dict | None = None) -> list[dict]:
     try:
       row = json.loads(line)
     except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+      raise UserError(f"{path}:{n}:{e.colno}: not valid JSON ({e.msg})") from None
     if not isinstance(row, dict):
       raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
     rows.append(row)
