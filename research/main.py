@@ -88,7 +88,7 @@ def check_config_flags(argv):
         raise UserError(f"--config: {where}: {getattr(e, 'msg', e)} (a Python syntax error in "
                         "the config file)") from None
     for old, new in RENAMED.items():
-      if name.lstrip("-").startswith(f"config.{old}"):
+      if name.lstrip("-") == f"config.{old}" or name.lstrip("-").startswith(f"config.{old}."):
         raise UserError(f"--config.{old} was renamed: use --config.{new}")
 
 
