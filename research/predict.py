@@ -50,9 +50,9 @@ class Predictor:
   def __init__(self, workdir: str, task: str = "", batch_size: int = 64):
     import jax  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
-    import tokenizers  # pylint: disable=g-import-not-at-top
     from research import checkpoint, models  # pylint: disable=g-import-not-at-top
     from research import tasks  # pylint: disable=g-import-not-at-top
+    from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     from research.tasks import finetuning  # pylint: disable=g-import-not-at-top
     from research.train import step as step_lib  # pylint: disable=g-import-not-at-top
     for name in ("config.json", "tokenizer.json", tasks.LABELS_FILE):
@@ -70,7 +70,7 @@ class Predictor:
     task_cls = finetuning.task_class(info["kind"])
     self.task = task_cls.__new__(task_cls).setup(
         name, config.tasks[name].to_dict(), info["head"], info["names"])
-    self.tokenizer = tokenizers.Tokenizer.from_file(os.path.join(workdir, "tokenizer.json"))
+    self.tokenizer = tokenizer_lib.from_file(os.path.join(workdir, "tokenizer.json"))
     self.seq_len, self.batch_size = config.data.seq_len, batch_size
     model_cfg = models.ModelConfig.from_dict(config.model)
     model = models.build(model_cfg)

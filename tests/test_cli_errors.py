@@ -40,6 +40,9 @@ def _tree_digest(root):
     ("--config.data.source=/no/such/corpus.txt", ("no file matches", "/no/such/corpus.txt")),
     ("--config.model.kind=decoder", ("trains a encoder",)),
     ("--config.train.dropout_prng=philox", ("train.dropout_prng", "'philox'", "rbg")),
+    ("--config.trian.steps=3", ("--config.trian.steps", "'trian'", 'did you mean "train"')),
+    ("--config.init.from=/some/run", ("--config.init.from was renamed",
+                                      "use --config.init.weights")),
 ])
 def test_bad_flags(tmp_path, flag, fragments):
   _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", flag),
@@ -48,6 +51,51 @@ def test_bad_flags(tmp_path, flag, fragments):
 
 def test_bad_config_argument(tmp_path):
   _fails_with(run_cli("--config=configs/mlm.py:size=huge", f"--workdir={tmp_path}/w"), "huge")
+
+
+def test_bad_config_file(tmp_path):
+  _fails_with(run_cli("--config=configs/nope.py", f"--workdir={tmp_path}/w"),
+              "no such config file 'configs/nope.py'")
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(arg=None):\n  return dict(steps=3\n")
+  _fails_with(run_cli(f"--config={broken}:runlocal", f"--workdir={tmp_path}/w"),
+              f"{broken}:2", "syntax error")
+  assert not (tmp_path / "w").exists()
+
+
+def _random_bytes(n):
+  return bytes(range(256)) * (n // 256)  # NULs and bytes that are not UTF-8
+
+
+def test_binary_and_malformed_data_files(tmp_path):
+  binary = tmp_path / "corpus.txt"
+  binary.write_bytes(_random_bytes(4096))
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
+                      f"--config.data.source={binary}"), str(binary), "looks binary, not text")
+  rows = tmp_path / "corpus.jsonl"
+  rows.write_text('{"text": "fine"}\n\n{"text": "missing quote}\n{"text": "fine"}\n')
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w",
+                      f"--config.data.source={rows}"), f"{rows}:3:", "not valid JSON")
+  good = tmp_path / "good.jsonl"
+  good.write_text("".join(f'{{"text": "row {i}", "label": "{i % 2}"}}\n' for i in range(8)))
+  _fails_with(run_cli(f"--config=configs/finetune.py:task=local,runlocal,train={good},eval={rows}",
+                      f"--workdir={tmp_path}/w"), f"{rows}:3:", "not valid JSON")
+  assert _tree_digest(tmp_path / "w") == {}  # no file written (the trainer makes empty folders)
+
+
+def test_garbage_tokenizer_json(tmp_path):
+  garbage = tmp_path / "tokenizer.json"
+  garbage.write_text('{"version": "1.0", "model": ')
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", *TINY,
+                      f"--config.data.tokenizer={garbage}"),
+              str(garbage), "not a tokenizer.json")
+  workdir = tmp_path / "saved"  # the tokenizer a run saved, damaged
+  workdir.mkdir()
+  (workdir / "tokenizer.json").write_bytes(_random_bytes(1024))
+  before = _tree_digest(workdir)
+  _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY),
+              str(workdir / "tokenizer.json"), "not a tokenizer.json")
+  assert _tree_digest(workdir) == before
 
 
 def test_batch_not_divisible_by_data_parallel_size(tmp_path):
@@ -88,3 +136,42 @@ def test_verbose_shows_the_traceback(tmp_path):
                  "--config.data.source=/no/such/corpus.txt")
   assert proc.returncode != 0
   assert "Traceback" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_workdir(tmp_path_factory):
+  """A tiny successful run's workdir (checkpoints, tokenizer, metrics), made once."""
+  root = tmp_path_factory.mktemp("existing")
+  (root / "binary.txt").write_bytes(_random_bytes(2048))
+  (root / "tokenizer.json").write_text("not json at all")
+  first = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={root}/w", *TINY)
+  assert first.returncode == 0, first.stderr[-3000:]
+  return root
+
+
+# Each bad input against a finished run's workdir: one line, exit 2, every file byte-identical.
+BAD_INPUTS = [
+    ("--config.objective.mask_rate=0", ("objective.mask_rate", "(0, 1]", "got 0")),
+    ("--config.objective.mask_rate=1.5", ("objective.mask_rate", "(0, 1]", "got 1.5")),
+    ("--config.optim.learning_rate=-1", ("optim.learning_rate", ">= 0", "got -1")),
+    ("--config.model.dropout_rate=2.0", ("model.dropout_rate", "[0, 1)", "got 2.0")),
+    ("--config.schedule.decay=bogus", ("schedule.decay", "linear, cosine, constant", "'bogus'")),
+    ("--config.trian.steps=3", ('did you mean "train"',)),
+    ("--config.train.steps=abc", ("train.steps", "abc")),
+    ("--config.mesh.tensor=3", ("mesh", "1 device")),
+    ("--config.model.hidden_size=64", ("different model", "hidden_size=128")),
+    ("--config.data.source={root}/binary.txt", ("binary.txt", "looks binary")),
+    ("--config.data.tokenizer={root}/tokenizer.json", ("tokenizer.json", "not a tokenizer.json")),
+    ("--config.optim.no_decay=('[',)", ("bad regex '['",)),
+]
+
+
+@pytest.mark.parametrize("flag, fragments", BAD_INPUTS, ids=[f for f, _ in BAD_INPUTS])
+def test_bad_input_leaves_an_existing_workdir_untouched(finished_workdir, flag, fragments):
+  workdir = finished_workdir / "w"
+  before = _tree_digest(workdir)
+  assert any(k.startswith("checkpoints/4/") for k in before) and "tokenizer.json" in before
+  proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY,
+                 flag.format(root=finished_workdir))
+  _fails_with(proc, *fragments)
+  assert _tree_digest(workdir) == before

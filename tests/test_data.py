@@ -54,6 +54,23 @@ def test_missing_and_empty_sources(tmp_path):
     sources.load_documents(_data_cfg(source=str(bad_column), text_field="text"))
 
 
+def test_non_utf8_text_is_read_counted_and_named(tmp_path, caplog):
+  latin1 = tmp_path / "latin1.txt"
+  latin1.write_bytes("\n\n".join(f"caf\xe9 number {i} costs \xa3{i}" for i in range(40))
+                     .encode("latin-1"))
+  stats = {}
+  with caplog.at_level("WARNING", logger="research.data.sources"):
+    docs = sources.load_documents(_data_cfg(source=str(latin1), eval_fraction=0.5), stats)
+  assert stats == {"data/undecodable_bytes": 80}
+  assert "caf\ufffd number 0 costs \ufffd0" in docs["train"] + docs["eval"]
+  assert "80 bytes" in caplog.text and str(latin1) in caplog.text
+  utf8 = tmp_path / "utf8.txt"
+  utf8.write_text("\n\n".join(f"caf\xe9 {i}" for i in range(40)), encoding="utf-8")
+  stats = {}
+  sources.load_documents(_data_cfg(source=str(utf8), eval_fraction=0.5), stats)
+  assert stats == {"data/undecodable_bytes": 0}
+
+
 def test_hub_unreachable_is_one_line(monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   with pytest.raises(UserError, match="could not load dataset"):

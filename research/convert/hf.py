@@ -112,7 +112,7 @@ def _describe(hf_config: dict, names, overrides):
   task_model = any(k.startswith(arch.prefix) for k in names)
   stripped = {k[len(arch.prefix):] if task_model and k.startswith(arch.prefix) else k for k in names}
   fields = arch.to_model_config(hf_config, stripped, task_model)
-  fields.update(overrides)
+  fields.update({"dtype": "float32", **overrides})  # transformers' numbers unless asked otherwise
   return arch, ModelConfig.from_dict(fields), task_model
 
 
@@ -125,7 +125,8 @@ def model_config_of(name_or_dir: str, **overrides) -> ModelConfig:
 def load_pretrained(name_or_dir: str, **overrides):
   """Returns (ModelConfig, params) for a transformers checkpoint directory.
 
-  `overrides` replace ModelConfig fields that do not change parameters (e.g. dtype='float32').
+  `overrides` replace ModelConfig fields that do not change parameters. Compute is float32
+  unless `dtype` is given (e.g. dtype='bfloat16'), so the outputs are transformers' numbers.
   """
   directory = resolve(name_or_dir)
   hf_config = _read_config(directory)

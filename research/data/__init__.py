@@ -36,7 +36,8 @@ def build(config, workdir: str) -> Data:
   up with rows whose `row_mask` is 0, which every objective leaves out of its sums and counts.
   """
   data_cfg, kind = config.data, config.model.kind
-  docs = sources.load_documents(data_cfg)
+  stats = {}
+  docs = sources.load_documents(data_cfg, stats)
   tok = tokenizer_lib.get_tokenizer(data_cfg, kind, docs["train"], workdir)
   specials = SpecialIds.of(tok)
   token_docs = {split: tokenize(tok, texts) for split, texts in docs.items()}
@@ -63,7 +64,7 @@ def build(config, workdir: str) -> Data:
   one_pass = not config.evals.batches
   eval_ = StepIndexedBatches(eval_examples, batch, limit=eval_rows if one_pass else None, **host)
   eval_steps = math.ceil(eval_rows / batch) if one_pass else config.evals.batches
-  stats = {f"data/{split}_documents": len(d) for split, d in docs.items()}
+  stats.update({f"data/{split}_documents": len(d) for split, d in docs.items()})
   stats.update({f"data/{split}_tokens": int(sum(map(len, d))) for split, d in token_docs.items()})
   stats.update({"data/train_rows": train_rows, "data/eval_rows": eval_rows})
   return Data(train=train, eval=eval_, eval_steps=eval_steps, tokenizer=tok, stats=stats)

@@ -16,7 +16,6 @@ Sources (`task_cfg.source`):
 Hub-backed sources read `task_cfg.data_dir` instead of the hub when it is set: a directory of
 `<split>.jsonl` files with the hub dataset's columns (what the tests write).
 """
-import json
 import os
 
 from research.data import sources
@@ -94,6 +93,7 @@ def _hub(task_cfg, hub_name, config_name, splits) -> dict:
         path = os.path.join(data_dir, f"{theirs}.jsonl")
         if os.path.exists(path):
           files[theirs] = path
+          sources.read_jsonl(path)  # a malformed line fails here, naming the file and line
         elif ours != "test":
           raise UserError(f"task data_dir {data_dir!r} lacks {theirs}.jsonl")
       dsd = datasets.load_dataset("json", data_files=files)
@@ -132,15 +132,7 @@ def read_table(path: str) -> list[dict]:
   if not os.path.exists(path):
     raise UserError(f"no such file {path!r}")
   if path.endswith((".jsonl", ".json")):
-    with open(path, encoding="utf-8") as f:
-      rows = []
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            rows.append(json.loads(line))
-          except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not a JSON object ({e.msg})") from None
-      return rows
+    return sources.read_jsonl(path)
   if path.endswith(".csv"):
     import csv  # pylint: disable=g-import-not-at-top
     with open(path, encoding="utf-8", newline="") as f:

@@ -8,16 +8,25 @@
            'tfds:NAME'         a TensorFlow Datasets dataset (already prepared in its data dir)
   text_field    the column holding the text (not used for .txt)
   eval_fraction share of documents held out for evaluation when the source has no eval split
+
+Text files are read as UTF-8: a file with NUL bytes is refused as binary; bytes that are not
+UTF-8 are read as U+FFFD, counted (`stats['data/undecodable_bytes']`) and named in a warning.
 """
 import glob
 import importlib.util
+import json
+import logging
 import os
+import re
 import zlib
 
 from research.errors import UserError
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 _LOADERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_ESCAPED = re.compile("[\udc80-\udcff]")  # one undecodable byte each, from 'surrogateescape'
+
+log = logging.getLogger(__name__)
 
 
 def bbc_news_dir() -> str:
@@ -31,14 +40,50 @@ def bbc_news_dir() -> str:
   return os.path.join(spec.submodule_search_locations[0], "bbcnews", "data")
 
 
-def read_bbc_news() -> list[tuple[str, str]]:
+def read_bbc_news(undecodable: dict | None = None) -> list[tuple[str, str]]:
   """All articles as (topic, text), in a fixed order (topic, then file name)."""
   root, articles = bbc_news_dir(), []
   for topic in BBC_TOPICS:
     for path in sorted(glob.glob(os.path.join(root, topic, "*.txt"))):
-      with open(path, "rb") as f:
-        articles.append((topic, f.read().decode("utf-8", errors="replace").strip()))
+      articles.append((topic, read_text(path, undecodable).strip()))
   return articles
+
+
+def read_text(path: str, undecodable: dict | None = None) -> str:
+  """A text file as UTF-8 (see `decode`); counts its bytes that are not UTF-8 in undecodable[path]."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  if b"\0" in raw[:8192]:  # git's test: text has no NUL bytes (UTF-16 has: convert it to UTF-8)
+    raise UserError(f"data file {path!r} looks binary, not text (it has NUL bytes); "
+                    "expected UTF-8 text")
+  text, bad = decode(raw)
+  if bad and undecodable is not None:
+    undecodable[path] = undecodable.get(path, 0) + bad
+  return text
+
+
+def decode(raw: bytes) -> tuple[str, int]:
+  """(UTF-8 text with each byte that is not UTF-8 read as U+FFFD, how many bytes those were)."""
+  try:
+    return raw.decode("utf-8"), 0
+  except UnicodeDecodeError:
+    return _ESCAPED.subn("\ufffd", raw.decode("utf-8", errors="surrogateescape"))
+
+
+def read_jsonl(path: str, undecodable: dict | None = None) -> list[dict]:
+  """The objects of a JSON Lines file; a line that is not a JSON object fails naming its number."""
+  rows = []
+  for n, line in enumerate(read_text(path, undecodable).split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path}:{n}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+      raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+    rows.append(row)
+  return rows
 
 
 def is_held_out(key: str, fraction: float) -> bool:
@@ -53,16 +98,23 @@ def holdout_split(docs: list[str], fraction: float) -> dict:
   return {"train": train, "eval": held}
 
 
-def load_documents(data_cfg) -> dict:
-  source = data_cfg.source
+def load_documents(data_cfg, stats: dict | None = None) -> dict:
+  """{'train': docs, 'eval': docs}; sets stats['data/undecodable_bytes'] when given a dict."""
+  source, undecodable = data_cfg.source, {}
   if source == "bbc_news":
-    splits = holdout_split([text for _, text in read_bbc_news()], data_cfg.eval_fraction)
+    splits = holdout_split([text for _, text in read_bbc_news(undecodable)],
+                           data_cfg.eval_fraction)
   elif source.startswith("hf:"):
     splits = _load_hf(source[3:], data_cfg)
   elif source.startswith("tfds:"):
-    splits = _load_tfds(source[5:], data_cfg)
+    splits = _load_tfds(source[5:], data_cfg, undecodable)
   else:
-    splits = holdout_split(_load_local(source, data_cfg.text_field), data_cfg.eval_fraction)
+    splits = holdout_split(_load_local(source, data_cfg.text_field, undecodable),
+                           data_cfg.eval_fraction)
+  if source != "bbc_news":  # the shipped corpus has one: a latin-1 pound sign in sports/199.txt
+    _warn_undecodable(source, undecodable)
+  if stats is not None:
+    stats["data/undecodable_bytes"] = sum(undecodable.values())
   for split, docs in splits.items():
     splits[split] = [d for d in docs if d and d.strip()]
     if not splits[split]:
@@ -71,7 +123,17 @@ def load_documents(data_cfg) -> dict:
   return splits
 
 
-def _load_local(pattern: str, text_field: str) -> list[str]:
+def _warn_undecodable(source: str, undecodable: dict):
+  if not any(undecodable.values()):
+    return
+  worst = sorted(undecodable, key=undecodable.get, reverse=True)
+  named = ", ".join(f"{p} ({undecodable[p]})" for p in worst[:3])
+  more = f" and {len(worst) - 3} more files" if len(worst) > 3 else ""
+  log.warning("%d bytes of data.source %r are not UTF-8 (read as U+FFFD): %s%s",
+              sum(undecodable.values()), source, named, more)
+
+
+def _load_local(pattern: str, text_field: str, undecodable: dict) -> list[str]:
   if os.path.isdir(pattern):
     pattern = os.path.join(pattern, "*.txt")
   paths = sorted(glob.glob(os.path.expanduser(pattern)))
@@ -85,9 +147,16 @@ def _load_local(pattern: str, text_field: str) -> list[str]:
   if ext == ".txt":
     docs = []
     for path in paths:
-      with open(path, "rb") as f:
-        text = f.read().decode("utf-8", errors="replace")
-      docs.extend(p.strip() for p in text.split("\n\n"))
+      docs.extend(p.strip() for p in read_text(path, undecodable).split("\n\n"))
+    return docs
+  if ext == ".jsonl":
+    docs = []
+    for path in paths:
+      for n, row in enumerate(read_jsonl(path, undecodable), 1):
+        if text_field not in row:
+          raise UserError(f"data.text_field {text_field!r} is not a column of {path!r} (row {n} "
+                          f"has {sorted(row)})")
+        docs.append(str(row[text_field]))
     return docs
   import datasets  # pylint: disable=g-import-not-at-top
   try:
@@ -122,7 +191,7 @@ def _load_hf(name: str, data_cfg) -> dict:
   return {"train": train, "eval": _column(dsd[eval_split], data_cfg.text_field, name)}
 
 
-def _load_tfds(name: str, data_cfg) -> dict:
+def _load_tfds(name: str, data_cfg, undecodable: dict) -> dict:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     sources = tfds.data_source(name)
@@ -130,12 +199,17 @@ def _load_tfds(name: str, data_cfg) -> dict:
     raise UserError(f"could not open TFDS dataset {name!r} (prepare it in the TFDS data dir "
                     f"first): {str(e).splitlines()[0]}") from e
   def texts(split):
-    return [_decode(r[data_cfg.text_field]) for r in sources[split]]
+    return [_decode(r[data_cfg.text_field], undecodable, f"tfds:{name}") for r in sources[split]]
   eval_split = next((s for s in ("validation", "test") if s in sources), None)
   if eval_split is None:
     return holdout_split(texts("train"), data_cfg.eval_fraction)
   return {"train": texts("train"), "eval": texts(eval_split)}
 
 
-def _decode(value) -> str:
-  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+def _decode(value, undecodable: dict, where: str) -> str:
+  if not isinstance(value, bytes):
+    return str(value)
+  text, bad = decode(value)
+  if bad:
+    undecodable[where] = undecodable.get(where, 0) + bad
+  return text

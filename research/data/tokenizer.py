@@ -137,10 +137,13 @@ def load(path: str) -> tokenizers.Tokenizer:
   if not os.path.isfile(path):
     raise UserError(f"data.tokenizer: no such file {path!r}")
   if path.endswith(".json"):
-    return tokenizers.Tokenizer.from_file(path)
+    return from_file(path)
   if path.endswith(".txt"):
-    with open(path, encoding="utf-8") as f:
-      vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    try:
+      with open(path, encoding="utf-8") as f:
+        vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    except UnicodeDecodeError:
+      raise UserError(f"{path!r} is not a vocab.txt (not UTF-8 text)") from None
     settings = os.path.join(os.path.dirname(path), "tokenizer_config.json")
     lowercase = True
     if os.path.exists(settings):
@@ -150,6 +153,16 @@ def load(path: str) -> tokenizers.Tokenizer:
   raise UserError(f"data.tokenizer must be a tokenizer.json, a vocab.txt or a directory, got {path!r}")
 
 
+def from_file(path: str) -> tokenizers.Tokenizer:
+  """A tokenizer.json; a file `tokenizers` cannot read fails in one line naming it."""
+  try:
+    return tokenizers.Tokenizer.from_file(path)
+  except Exception as e:  # pylint: disable=broad-except  (`tokenizers` raises plain Exception)
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UserError(f"{path!r} is not a tokenizer.json the `tokenizers` library can read "
+                    f"({reason})") from None
+
+
 def get_tokenizer(data_cfg, kind: str, train_texts, workdir: str) -> tokenizers.Tokenizer:
   """The configured tokenizer, else the workdir's saved one, else one trained on `train_texts`."""
   if data_cfg.tokenizer:
@@ -157,7 +170,7 @@ def get_tokenizer(data_cfg, kind: str, train_texts, workdir: str) -> tokenizers.
   else:
     saved = os.path.join(workdir, "tokenizer.json")
     if os.path.exists(saved):
-      return tokenizers.Tokenizer.from_file(saved)
+      return from_file(saved)
     train = train_wordpiece if kind == "encoder" else train_byte_bpe
     tok = train(train_texts, data_cfg.vocab_size)
   ids = SpecialIds.of(tok)

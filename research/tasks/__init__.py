@@ -4,7 +4,6 @@
 on `config.data`) is a set of one; fine-tuning configs list tasks under `config.tasks` (several =
 multi-task, sampled by `research.tasks.mixture`). Nothing is written to the workdir here.
 """
-from research.errors import UserError
 from research.tasks import finetuning
 from research.tasks.base import EvalContext, EvalSplit, Task
 from research.tasks.pretraining import PretrainingTask
@@ -13,8 +12,6 @@ from research.tasks.taskset import LABELS_FILE, TaskSet, saved_labels
 
 def build(config, workdir: str) -> TaskSet:
   if config.get("tasks"):
-    if config.model.kind != "encoder":
-      raise UserError(f"fine-tuning tasks need an encoder, but model.kind is {config.model.kind!r}")
     return finetuning.build(config, workdir)
   task = PretrainingTask(config, workdir)
   return TaskSet([task], task.tokenizer)

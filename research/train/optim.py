@@ -13,6 +13,9 @@ from research import params as params_lib
 from research.errors import UserError
 
 
+DECAYS = ("linear", "cosine", "constant")  # schedule.decay: what follows the warmup
+
+
 def schedule(config) -> optax.Schedule:
   s, peak, steps = config.schedule, config.optim.learning_rate, config.train.steps
   warmup = min(s.warmup_steps, steps)
