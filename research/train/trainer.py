@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 def run(config, workdir: str) -> dict:
   """Trains as `config` says, in `workdir` (resuming if it holds a checkpoint); returns the summary."""
   wall_start = time.time()
-  check_writable(workdir)
   r = resolve(config, workdir)
+  check_writable(workdir)
   write_run_files(r, workdir)
   built = build_state(r, workdir)
   steps = compile_steps(r, built)
