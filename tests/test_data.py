@@ -1,12 +1,18 @@
 """Data: sources, tokenizers, MLM masking, packing, and the step-indexed per-host pipeline."""
+import collections
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from conftest import REPO
 from research import data as data_lib
-from research.data import keyed_random, masking, packing, sources, tokenizer as tokenizer_lib
+from research.data import bpe, keyed_random, masking, packing, sources, tokenizer as tokenizer_lib
 from research.data.pipeline import StepIndexedBatches
 from research.errors import UserError
 
@@ -99,6 +105,85 @@ def test_trained_tokenizers_round_trip(tmp_path):
   from_vocab = tokenizer_lib.load(str(vocab))
   assert (from_vocab.encode("Prime minister!", add_special_tokens=False).ids ==
           wp.encode("Prime minister!").ids)
+
+
+# Trains both tokenizers on (1) 26 words 'xa' ... 'xz', whose pairs (x, ##a) ... (x, ##z) all
+# occur once: the 13 merges that fit are decided by tie-breaking alone; (2) every 8th BBC article.
+_TRAIN_BOTH = """
+import json, sys
+from research.data import sources, tokenizer
+ties = [" ".join("x" + c for c in "abcdefghijklmnopqrstuvwxyz")]
+bbc = [text for _, text in sources.read_bbc_news()[::8]]
+out = {}
+for name, texts, wp_size, bpe_size in (("ties", ties, 57 + 13, 258 + 13), ("bbc", bbc, 2000, 2000)):
+  out["wordpiece/" + name] = tokenizer.train_wordpiece(texts, wp_size).to_str()
+  out["byte_bpe/" + name] = tokenizer.train_byte_bpe(texts, bpe_size).to_str()
+json.dump(out, sys.stdout)
+"""
+
+
+def test_trained_tokenizers_are_the_same_in_every_process():
+  procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_BOTH], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONHASHSEED=str(seed)))
+           for seed in (1, 2)]
+  outputs = [proc.communicate(timeout=300) for proc in procs]
+  assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outputs]
+  first, second = (json.loads(out) for out, _ in outputs)
+  assert first.keys() == second.keys()
+  for key in first:
+    assert first[key] == second[key], f"{key} differs between two processes"
+  # Ties go to the pair of lower ids: (x, ##a) ... (x, ##m). Byte-level: (Ġ, x) x25 first, then
+  # (x, a) before (Ġx, b) ... (Ġx, m), as x is older than Ġx.
+  vocab = json.loads(first["wordpiece/ties"])["model"]["vocab"]
+  assert sorted(t for t in vocab if len(t) == 2) == ["x" + c for c in "abcdefghijklm"]
+  vocab = json.loads(first["byte_bpe/ties"])["model"]["vocab"]
+  assert "xa" in vocab
+  assert sorted(t for t in vocab if len(t) == 3) == ["Ġx" + c for c in "bcdefghijklm"]
+
+
+def test_training_finds_what_the_tokenizers_trainers_find():
+  """Same algorithm as `tokenizers` (when its ids are in sorted order), so the same files."""
+  texts = [text for _, text in sources.read_bbc_news()[::8]]
+  hf = tokenizers.Tokenizer(models.BPE())
+  hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  hf.decoder = decoders.ByteLevel()
+  hf.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=2000, special_tokens=[tokenizer_lib.GPT_EOS], show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  assert tokenizer_lib.train_byte_bpe(texts, 2000).to_str() == hf.to_str()
+
+  hf = tokenizer_lib.bert_wordpiece({})
+  words = bpe.bert_word_counts(texts, hf.normalizer, hf.pre_tokenizer)
+  chars = sorted({c for w in words for c in w})
+  inner = ["##" + c for c in sorted({c for w in words for c in w[1:]})]
+  # Declared up front, the (word-inner) characters get sorted ids instead of hash-map order ones.
+  hf.train_from_iterator(texts, trainers.WordPieceTrainer(
+      vocab_size=2000, special_tokens=[*tokenizer_lib.BERT_SPECIALS, *chars, *inner],
+      show_progress=False))
+  assert set(tokenizer_lib.train_wordpiece(texts, 2000).get_vocab()) == set(hf.get_vocab())
+
+
+def test_word_counts_split_as_the_pre_tokenizers_do():
+  texts = [text for _, text in sources.read_bbc_news()[::20]]
+  texts += ["Don't  stop:\t3.5%  of  naïve   CAFÉS’ 東京 emoji🙂 it's\n\n  end  ", "", "x"]
+  bert = tokenizer_lib.bert_wordpiece({})
+  normalized = [bert.normalizer.normalize_str(t) for t in texts]
+  expected = collections.Counter(
+      w for t in normalized for w, _ in bert.pre_tokenizer.pre_tokenize_str(t))
+  assert bpe.bert_word_counts(texts, bert.normalizer, bert.pre_tokenizer) == expected
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  expected = collections.Counter(w for t in texts for w, _ in byte_level.pre_tokenize_str(t))
+  assert bpe.byte_level_word_counts(texts) == expected
+
+
+def test_bpe_merges_the_most_frequent_pair_everywhere_at_once():
+  # 'aaa' x2 holds (a, a) twice: 4; merged, it leaves (aa, a) x2, then (a, b) x1.
+  vocab, merges = bpe.learn({"aaa": 2, "ab": 1}, ["a", "b"], 10, ["<s>"])
+  assert vocab == {"<s>": 0, "a": 1, "b": 2, "aa": 3, "aaa": 4, "ab": 5}
+  assert merges == [("a", "a"), ("aa", "a"), ("a", "b")]
+  vocab, _ = bpe.learn({"abc": 2, "xbc": 2}, ["a", "b", "c", "x", "##b", "##c"], 9, prefix="##")
+  assert list(vocab)[6:] == ["##bc", "abc", "xbc"]  # abc and xbc tie: a has the lower id
 
 
 def test_masking_follows_the_bert_recipe():

@@ -1,16 +1,18 @@
 """Tokenizers (HF `tokenizers`): train one on the corpus, or load `tokenizer.json` / `vocab.txt`.
 
 Encoders get a BERT WordPiece tokenizer (lower-cased, [PAD] [UNK] [CLS] [SEP] [MASK]); decoders a
-GPT-2 byte-level BPE tokenizer (<|endoftext|>). A trained tokenizer is saved as
-WORKDIR/tokenizer.json and reused when the run resumes.
+GPT-2 byte-level BPE tokenizer (<|endoftext|>). Their vocabularies are learned by `bpe`, not by
+the `tokenizers` trainers, so the same texts give the same tokenizer in any process. A trained
+tokenizer is saved as WORKDIR/tokenizer.json and reused when the run resumes.
 """
 import dataclasses
 import json
 import os
 
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from research.data import bpe
 from research.errors import UserError
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -93,27 +95,30 @@ def with_pair_template(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
 
 
 def train_wordpiece(texts, vocab_size: int) -> tokenizers.Tokenizer:
-  """Trains BERT WordPiece; ids are made deterministic.
+  """Trains BERT WordPiece: specials, then the pieces by (length, text).
 
-  The `tokenizers` trainer finds the same vocabulary every time but numbers it differently from
-  run to run (hash-map order). WordPiece only uses the set of pieces, so we renumber them in a
-  fixed order: specials first, then by (length, text).
+  The pieces are what BPE merges with a '##' prefix on word-inner pieces make (as the
+  `tokenizers` WordPiece trainer finds them), from every character and word-inner character.
   """
   tok = bert_wordpiece({})
-  tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-      vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS), show_progress=False))
-  pieces = sorted((t for t in tok.get_vocab() if t not in BERT_SPECIALS),
+  counts = bpe.bert_word_counts(texts, tok.normalizer, tok.pre_tokenizer)
+  chars = sorted({c for word in counts for c in word})
+  inner = sorted({c for word in counts for c in word[1:]})
+  vocab, _ = bpe.learn(counts, chars + ["##" + c for c in inner], vocab_size, BERT_SPECIALS, "##")
+  pieces = sorted((t for t in vocab if t not in BERT_SPECIALS),
                   key=lambda t: (len(t.removeprefix("##")), t))
   return bert_wordpiece({t: i for i, t in enumerate(list(BERT_SPECIALS) + pieces)})
 
 
 def train_byte_bpe(texts, vocab_size: int) -> tokenizers.Tokenizer:
-  tok = tokenizers.Tokenizer(models.BPE())
+  """Trains GPT-2 byte-level BPE: <|endoftext|> (id 0), the 256 byte characters, then merges."""
+  counts = bpe.byte_level_word_counts(texts)
+  vocab, merges = bpe.learn(counts, sorted(pre_tokenizers.ByteLevel.alphabet()), vocab_size,
+                            (GPT_EOS,))
+  tok = tokenizers.Tokenizer(models.BPE(vocab, merges))
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(texts, trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=[GPT_EOS], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.add_special_tokens([GPT_EOS])
   return tok
 
 
