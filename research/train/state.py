@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from research import params as params_lib
 from research import sharding
@@ -33,7 +34,8 @@ def create_sharded_state(model, tx, config, mesh, rules, rng):
   def init(rng):
     inputs = dummy_inputs(config)
     boxed = model.init({"params": rng, "dropout": rng}, inputs.pop("input_ids"), **inputs)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, opt_state=tx.init(boxed))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=boxed,
+                      opt_state=_unbox_masked(tx.init(boxed)))
 
   # No mesh context here: flax's DenseGeneral would constrain its flat (pre-reshape) kernel.
   with nn.logical_axis_rules(rules):
@@ -43,6 +45,14 @@ def create_sharded_state(model, tx, config, mesh, rules, rng):
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.unbox(abstract_boxed), shardings)
   return state, abstract, shardings
+
+
+def _unbox_masked(opt_state):
+  """Frozen parameters (`optim.trainable`) have `optax.MaskedNode` slots, which optax leaves in
+  their parameter's logical box; unbox them, as they hold no array to shard."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.value if is_box(x) and isinstance(x.value, optax.MaskedNode)
+                      else x, opt_state, is_leaf=is_box)
 
 
 def count_params(params, predicate=lambda path: True) -> int:

@@ -42,7 +42,8 @@ def run(config, workdir: str) -> dict:
   write_run_files(r, workdir)
   built = build_state(r, workdir)
   steps = compile_steps(r, built)
-  return finish(r, built, steps, train(r, built, steps, workdir), workdir, wall_start)
+  trained = train(r, built, steps, workdir)
+  return finish(r, built, steps, trained, workdir, wall_start)
 
 
 # ---------------------------------------------------------------------------------------------
