@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import finetune as finetune_config
-from conftest import REPO
+from conftest import REPO, require
 from finetune_fixtures import conll_dir, glue_dir, squad_dir, write_jsonl
 from research import tracking, train
 from research.errors import UserError
@@ -224,8 +224,8 @@ def test_early_stopping_and_resume_after_stop(tmp_path):
 
 
 def test_finetuned_classifier_exports_to_transformers(tmp_path):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  torch = require("torch", "the export check runs transformers (pip install -e '.[test]')")
+  transformers = require("transformers", "the export check runs transformers")
   from research import checkpoint, models  # pylint: disable=g-import-not-at-top
   from research.convert import hf  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
