@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny, fast version of the runlocal configs, and a CLI runner."""
+"""Shared fixtures: a tiny, fast version of the runlocal configs, a CLI runner, and the optional
+test dependencies (torch, transformers) that CI must have."""
+import importlib
 import os
 import subprocess
 import sys
@@ -32,6 +34,49 @@ def run_cli(*args, env=None, timeout=600):
   full_env = dict(os.environ, **(env or {}))
   return subprocess.run([sys.executable, "-m", "research.main", *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def in_ci() -> bool:
+  """CI sets CI=true (GitHub Actions, GitLab, most others)."""
+  return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require(name: str, reason: str):
+  """Imports module `name` inside a test that needs it (torch, transformers: the `test` extra).
+
+  Without it the test is skipped with `reason`, except in CI (CI=true): there a missing test
+  dependency must not turn a parity test into a silent skip, so the test fails, naming it.
+  """
+  if not in_ci():
+    return pytest.importorskip(name, reason=reason)
+  try:
+    return importlib.import_module(name)
+  except ImportError as e:
+    error = e
+  pytest.fail(f"CI=true but {name} cannot be imported ({error}): {reason}", pytrace=False)
+
+
+class _Missing:
+  """Stands for a module CI lacks: a test that uses it fails, naming it."""
+
+  def __init__(self, message):
+    self._message = message
+
+  def __getattr__(self, attr):
+    if attr.startswith("_") or attr.startswith("pytest"):  # pytest's collection probing
+      raise AttributeError(attr)
+    pytest.fail(self._message, pytrace=False)
+
+
+def require_for_module(name: str, reason: str):
+  """`require` at a test module's top level: outside CI a missing module skips the module; in
+  CI it returns a stand-in that fails each test using the module (the others still run)."""
+  if not in_ci():
+    return pytest.importorskip(name, reason=reason)
+  try:
+    return importlib.import_module(name)
+  except ImportError as e:
+    return _Missing(f"CI=true but {name} cannot be imported ({e}): {reason}")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from conftest import require
 from research import bench
 
 FIELDS = ("workload", "batch", "seq", "tokens_per_sec", "step_ms", "mfu", "peak_memory_gb",
@@ -10,7 +11,8 @@ FIELDS = ("workload", "batch", "seq", "tokens_per_sec", "step_ms", "mfu", "peak_
 
 
 def test_smoke_run_prints_one_json_line_per_workload(capsys):
-  pytest.importorskip("torch")
+  require("torch", "the HF peer runs PyTorch (pip install -e '.[test]')")
+  require("transformers", "the HF peer runs transformers")
   bench.main(["--smoke", "--peer=hf", "--steps=2", "--warmup=2",
               "--workloads=bert-base-mlm-s128,gpt2-medium-clm-s1024"])
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

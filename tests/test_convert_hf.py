@@ -6,13 +6,15 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tokenizers
 
+from conftest import require_for_module
 from research import models
 from research.convert import hf
 from research.errors import UserError
 
-torch = pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[test]')")
-transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
+torch = require_for_module("torch", "parity tests need torch (pip install -e '.[test]')")
+transformers = require_for_module("transformers", "parity tests need transformers")
 
 TOL = 1e-5
 BERT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -265,9 +267,6 @@ def test_tokenizer_ids_match_transformers(tmp_path):
     from_json = tokenizer_lib.load(str(d / "saved"))
     for s in TRICKY:
       assert from_json.encode(s).ids == theirs(s)["input_ids"], (name, s)
-
-
-tokenizers = pytest.importorskip("tokenizers")
 
 
 def _bert_with_vocab(directory):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import finetune as finetune_config
-from conftest import REPO
+from conftest import REPO, require
 from finetune_fixtures import conll_dir, glue_dir, squad_dir, write_jsonl
 from research import tracking, train
 from research.errors import UserError
@@ -39,16 +39,25 @@ def predict(workdir, rows, *extra):
 
 def test_bbc_news_reports_best_checkpoint_and_predictions(tmp_path):
   workdir = str(tmp_path)
-  summary = train.run(config_for("task=bbc_news", steps=30), workdir)
+  # A tiny encoder from scratch sits at the majority class for ~50 steps, then learns (measured:
+  # eval accuracy 0.23 at step 30 at learning rates 5e-4 to 3e-3; 0.53 at step 80).
+  config = config_for("task=bbc_news", steps=80, every=20,
+                      **{"schedule.warmup_steps": 5, "optim.learning_rate": 2e-3})
+  config.train.batch_size = 32
+  summary = train.run(config, workdir)
   for split in ("eval", "test"):
-    assert 0.0 <= summary[f"{split}/bbc_news/accuracy"] <= 1.0
-    for key in ("f1_macro", "f1_weighted", "precision_micro", "recall_macro", "mcc"):
-      assert f"{split}/bbc_news/{key}" in summary
     with open(os.path.join(workdir, "reports", f"{split}_bbc_news_report.json")) as f:
       report = json.load(f)
-    assert sum(r["support"] for r in report.values()) == summary[f"data/{split}_rows"]
+    supports = [r["support"] for r in report.values()]
+    assert sum(supports) == summary[f"data/{split}_rows"]
+    majority = max(supports) / sum(supports)  # always answering the commonest topic
+    accuracy = summary[f"{split}/bbc_news/accuracy"]
+    assert accuracy > majority + 0.15
+    assert summary[f"{split}/bbc_news/mcc"] > 0.2  # 0 for any constant answer
+    constant_f1 = 2 * majority / (1 + majority) / len(supports)  # macro-F1 of that answer
+    assert summary[f"{split}/bbc_news/f1_macro"] > 3 * constant_f1
     assert os.path.getsize(os.path.join(workdir, "reports", f"{split}_bbc_news_confusion.png")) > 0
-  assert summary["best/step"] in (10, 20, 30)
+  assert summary["best/step"] in (20, 40, 60, 80)
   records = {r["step"]: r for r in tracking.read_metrics(workdir) if "eval/bbc_news/accuracy" in r}
   assert summary["best/eval/bbc_news/accuracy"] == max(r["eval/bbc_news/accuracy"] for r in records.values())
   with open(os.path.join(workdir, "labels.json")) as f:
@@ -69,7 +78,10 @@ def test_local_files_with_string_labels(tmp_path):
   config = config_for(f"task=local,train={tmp_path / 'train.jsonl'},eval={tmp_path / 'eval.csv'}")
   summary = train.run(config, str(tmp_path / "run"))
   assert summary["data/train_rows"] == 40 and summary["data/eval_rows"] == 12
-  assert "eval/local/accuracy" in summary and "eval/local/roc_auc" in summary
+  eval_labels = [r["label"] for r in rows[:12]]
+  majority = max(eval_labels.count("pos"), eval_labels.count("neg")) / len(eval_labels)
+  assert summary["eval/local/accuracy"] >= max(0.9, majority + 0.3)
+  assert summary["eval/local/roc_auc"] >= 0.9  # 0.5 for a constant score
   with open(tmp_path / "run" / "labels.json") as f:
     assert json.load(f)["local"]["names"] == ["neg", "pos"]
 
@@ -95,16 +107,26 @@ def test_multilabel_and_regression_local(tmp_path):
   rows = [{"text": f"{a} and {b}", "label": [a, b]} for a in ("red", "green", "blue")
           for b in ("cat", "dog")] * 4
   write_jsonl(tmp_path / "ml.jsonl", rows)
+  fast = {"schedule.warmup_steps": 2, "optim.learning_rate": 3e-3}
   summary = train.run(config_for(f"task=local,kind=multilabel,train={tmp_path / 'ml.jsonl'},"
-                                 f"eval={tmp_path / 'ml.jsonl'}", steps=4, every=4),
+                                 f"eval={tmp_path / 'ml.jsonl'}", steps=20, every=20, **fast),
                       str(tmp_path / "ml"))
-  assert {"eval/local/f1_micro", "eval/local/exact_match"} <= set(summary)
+  # Constant predictors: the commonest label set (exact match 1/6); every label on (micro-F1 of
+  # precision 2/5, recall 1 = 0.57).
+  sets = [tuple(sorted(r["label"])) for r in rows]
+  best_set = max(sets.count(x) for x in set(sets)) / len(sets)
+  precision = 2 / len({l for r in rows for l in r["label"]})
+  all_on_f1 = 2 * precision / (precision + 1)
+  assert summary["eval/local/exact_match"] >= max(0.8, best_set + 0.3)
+  assert summary["eval/local/f1_micro"] >= max(0.9, all_on_f1 + 0.2)
   reg = [{"text": f"{n} stars", "label": float(n)} for n in range(1, 6)] * 8
   write_jsonl(tmp_path / "reg.jsonl", reg)
   summary = train.run(config_for(f"task=local,kind=regression,train={tmp_path / 'reg.jsonl'},"
-                                 f"eval={tmp_path / 'reg.jsonl'}", steps=4, every=4),
+                                 f"eval={tmp_path / 'reg.jsonl'}", steps=40, every=40, **fast),
                       str(tmp_path / "reg"))
-  assert {"eval/local/pearson", "eval/local/spearman", "eval/local/mse"} <= set(summary)
+  variance = float(np.var([r["label"] for r in reg]))  # the MSE of always predicting the mean
+  assert summary["eval/local/mse"] < 0.25 * variance
+  assert summary["eval/local/pearson"] > 0.8 and summary["eval/local/spearman"] > 0.7
 
 
 def test_ner_end_to_end_and_entity_spans(tmp_path):
@@ -112,9 +134,9 @@ def test_ner_end_to_end_and_entity_spans(tmp_path):
   workdir = str(tmp_path / "run")
   summary = train.run(config_for(f"task=conll2003,data_dir={data}", steps=60, every=30,
                                  **{"optim.learning_rate": 3e-3}), workdir)
-  for key in ("f1", "precision", "recall", "accuracy", "PER/f1", "LOC/f1", "ORG/f1", "strict/f1"):
-    assert f"eval/conll2003/{key}" in summary and f"test/conll2003/{key}" in summary
-  assert summary["test/conll2003/f1"] > 0.5  # a learnable pattern, learnt
+  for split in ("eval", "test"):  # all-'O' scores 0 on every entity type; measured: all 1.0
+    for key in ("f1", "precision", "recall", "PER/f1", "LOC/f1", "ORG/f1", "strict/f1"):
+      assert summary[f"{split}/conll2003/{key}"] >= 0.8, (split, key)
   text = "Marie Curie visited Tokyo with Google ."
   out = predict(workdir, [{"text": text}])[0]
   for entity in out["entities"]:
@@ -135,24 +157,47 @@ def test_qa_end_to_end_maps_answers_to_the_text(tmp_path):
   summary = train.run(config, workdir)
   assert summary["data/train_answers_not_in_context"] == 1
   assert summary["data/train_windows"] > summary["data/train_rows"]  # long contexts split
-  assert 0 <= summary["eval/squad/exact_match"] <= 100 and "eval/squad/f1" in summary
+  # Baseline: always answering the commonest gold answer of the eval split (a place name).
+  answers = [json.loads(l)["answers"]["text"][0]
+             for l in (data / "validation.jsonl").read_text().splitlines()]
+  constant_em = 100 * max(answers.count(a) for a in set(answers)) / len(answers)
+  assert summary["eval/squad/exact_match"] >= max(80, constant_em + 20)  # measured 100 vs 60
+  assert summary["eval/squad/f1"] >= summary["eval/squad/exact_match"]
   context = "In the spring, Ada Lovelace travelled to Madrid for a conference."
   out = predict(workdir, [{"id": "q1", "question": "Where did Ada Lovelace travel to?",
                            "context": context}])[0]
-  assert out["id"] == "q1" and context[out["start"]:out["end"]] == out["answer"]
+  assert out["id"] == "q1" and out["answer"] == "Madrid"  # a non-empty span ...
+  assert context[out["start"]:out["end"]] == out["answer"]  # ... at its character offsets
 
 
 def test_multitask_glue_two_heads_one_encoder(tmp_path):
   mrpc, stsb = glue_dir(tmp_path, "mrpc"), glue_dir(tmp_path, "stsb")
-  config = config_for("task=mrpc+stsb", steps=12, every=12)
+  config = config_for("task=mrpc+stsb", steps=30, every=30,
+                      **{"schedule.warmup_steps": 2, "optim.learning_rate": 3e-3})
   config.tasks.mrpc.data_dir, config.tasks.stsb.data_dir = str(mrpc), str(stsb)
+  config.logging.every_steps = 1
   summary = train.run(config, str(tmp_path / "run"))
-  assert {"eval/mrpc/accuracy", "eval/mrpc/f1", "eval/mrpc/score", "eval/stsb/pearson",
-          "eval/stsb/spearman", "eval/stsb/score"} <= set(summary)
+  def labels(d):
+    return [json.loads(l)["label"] for l in (d / "validation.jsonl").read_text().splitlines()]
+  mrpc_labels, stsb_labels = labels(mrpc), labels(stsb)
+  majority = max(mrpc_labels.count(0), mrpc_labels.count(1)) / len(mrpc_labels)
+  # Both heads learnt the fixture's rule (sentence2 repeats sentence1 or not), each better than
+  # a constant answer: the majority label; the mean score (MSE = the labels' variance).
+  assert summary["eval/mrpc/accuracy"] >= max(0.9, majority + 0.2)
+  assert summary["eval/mrpc/f1"] >= 0.9
+  assert summary["eval/stsb/pearson"] >= 0.9 and summary["eval/stsb/spearman"] >= 0.7
+  assert summary["eval/stsb/mse"] < 0.25 * np.var(stsb_labels)
+  np.testing.assert_allclose(summary["eval/mrpc/score"],
+                             (summary["eval/mrpc/accuracy"] + summary["eval/mrpc/f1"]) / 2)
+  np.testing.assert_allclose(summary["eval/stsb/score"],
+                             (summary["eval/stsb/pearson"] + summary["eval/stsb/spearman"]) / 2)
   with open(tmp_path / "run" / "config.json") as f:
     assert json.load(f)["model"]["heads"] == ["mrpc=classification:2", "stsb=classification:1"]
-  record = tracking.read_metrics(str(tmp_path / "run"))[-1]
-  assert "train/mrpc/loss" in record or "train/stsb/loss" in record
+  records = tracking.read_metrics(str(tmp_path / "run"))
+  trained = [[r[f"train/{t}/loss"] for r in records if f"train/{t}/loss" in r]
+             for t in ("mrpc", "stsb")]
+  assert all(len(losses) >= 5 for losses in trained)  # both tasks drawn, steps apart
+  assert len(trained[0]) + len(trained[1]) == 30  # one task per step (proportional mixture)
 
 
 def test_mixture_schedule_is_deterministic_and_proportional():
@@ -179,8 +224,8 @@ def test_early_stopping_and_resume_after_stop(tmp_path):
 
 
 def test_finetuned_classifier_exports_to_transformers(tmp_path):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  torch = require("torch", "the export check runs transformers (pip install -e '.[test]')")
+  transformers = require("transformers", "the export check runs transformers")
   from research import checkpoint, models  # pylint: disable=g-import-not-at-top
   from research.convert import hf  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")

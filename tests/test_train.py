@@ -2,9 +2,11 @@
 import json
 import math
 import os
+import random
 
 import numpy as np
 
+from research import data as data_lib
 from research import tracking, train
 
 PER_STEP = ("train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec", "perf/mfu")
@@ -43,21 +45,52 @@ def test_clm_run_trains_a_decoder(tiny, tmp_path):
   summary = train.run(tiny("clm", steps=20), str(tmp_path))
   records = tracking.read_metrics(str(tmp_path))
   assert records[-1]["train/loss"] < 0.9 * records[0]["train/loss"]
-  for key in ("eval/clm/loss", "eval/clm/accuracy", "eval/clm/perplexity"):
-    assert key in summary
-  assert 0.0 < summary["eval/clm/accuracy"] < 1.0
+  assert math.isclose(summary["eval/clm/perplexity"], math.exp(summary["eval/clm/loss"]),
+                      rel_tol=1e-9)
+  with open(os.path.join(tmp_path, "config.json")) as f:
+    vocab = json.load(f)["model"]["vocab_size"]
+  # Held-out loss well below a uniform guess over the vocabulary (ln 2048 = 7.62; measured 6.61
+  # after 20 steps). Its accuracy is still that of always predicting the commonest token at this
+  # budget (0.025 vs 0.026), so accuracy is not the check here.
+  assert summary["eval/clm/loss"] < math.log(vocab) - 0.5
 
 
-def test_sentence_order_prediction_is_reported_separately(tiny, tmp_path):
-  config = tiny("mlm", steps=10)
-  config.objective.sentence_task = "sop"
-  config.model.heads = ("mlm", "sentence_pair")
-  summary = train.run(config, str(tmp_path))
-  record = tracking.read_metrics(str(tmp_path))[-1]
-  assert {"train/sop/loss", "train/mlm/loss", "eval/sop/accuracy"} <= set(record)
-  assert 0.0 <= summary["eval/sop/accuracy"] <= 1.0
-  np.testing.assert_allclose(record["train/loss"],
-                             record["train/mlm/loss"] + record["train/sop/loss"], rtol=1e-5)
+def _sop_corpus(path, n=400, seed=0):
+  """Documents that all open with 'alpha': the order of two segments is visible at a glance."""
+  rng = random.Random(seed)
+  words = "red green blue cat dog bird river stone tree cloud".split()
+  path.write_text("\n\n".join(
+      "alpha " + " ".join(rng.choice(words) for _ in range(rng.randint(10, 40))) + " omega"
+      for _ in range(n)) + "\n")
+  return str(path)
+
+
+def test_sentence_order_prediction_is_reported_separately_and_learnt(tiny, tmp_path):
+  # On BBC News, SOP stays at chance for hundreds of steps of a tiny model (measured); on a corpus
+  # whose documents all start with 'alpha', the swapped order is learnable within 60 steps.
+  config = tiny("mlm", steps=60)
+  config.objective.update(sentence_task="sop", sentence_task_weight=10.0)
+  config.model.update(heads=("mlm", "sentence_pair"), dropout_rate=0.0)
+  config.data.update(source=_sop_corpus(tmp_path / "ordered.txt"), vocab_size=128,
+                     eval_fraction=0.1)
+  config.optim.learning_rate = 2e-3
+  config.schedule.decay = "constant"
+  config.evals.batches = 4  # 64 rows
+  config.logging.tensorboard = False
+  summary = train.run(config, str(tmp_path / "run"))
+  records = tracking.read_metrics(str(tmp_path / "run"))
+  for record in records:  # the total is the weighted sum of the two objectives, every step
+    np.testing.assert_allclose(
+        record["train/loss"], record["train/mlm/loss"] + 10.0 * record["train/sop/loss"],
+        rtol=1e-5)
+  # The baseline: always answering the commonest order of the eval rows the run scores.
+  eval_data = data_lib.build(config, str(tmp_path / "baseline")).eval
+  labels = np.concatenate([eval_data.host_batch(s)["sentence_label"]
+                           for s in range(config.evals.batches)])
+  majority = max(labels.mean(), 1 - labels.mean())
+  # Measured: accuracy 1.0 and loss 0.003 against a majority share of 0.59.
+  assert summary["eval/sop/accuracy"] >= max(0.85, majority + 0.15)
+  assert summary["eval/sop/loss"] < 0.5 * math.log(2)  # chance's loss is ln 2
 
 
 def test_init_weights_copies_weights_but_not_excluded_ones(tiny, tmp_path):

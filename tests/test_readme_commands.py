@@ -1,0 +1,502 @@
+"""Every `python -m research.*` command in README.md, run through the real command line.
+
+The commands are read from the README's ```bash blocks (backslash-continued lines joined, comments
+dropped), so a README edit is tested as it stands. Each runs as a user types it (a subprocess:
+environment assignments, quoting and `> file` as a shell applies them), with:
+  - its paths pointed at files this module writes: /tmp/... -> a temporary directory,
+    `ckpt/bert-base-uncased` -> a randomly initialised tiny BertForMaskedLM saved with
+    transformers (+ a WordPiece vocab.txt), `/data/*.txt` -> a small corpus, train.csv / dev.csv /
+    new_texts.jsonl -> small files; hub tasks (mrpc, rte, stsb) -> `--config.tasks.<t>.data_dir`
+    fixture directories;
+  - shrink overrides appended (2 steps of 8 x 32 tokens, one layer, ...) so each takes seconds.
+    A checkpoint every step: every config warms its learning rate up from 0, so the step-1
+    checkpoint holds exactly the weights a run started from.
+A command is identified by its shape (module, --config value, flag names): a shape the table
+below does not know fails, so a new README command needs a check here. The ```python snippets
+run too, on the same tiny inputs.
+"""
+import json
+import os
+import random
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, require
+from finetune_fixtures import PEOPLE, PLACES, ORGS, glue_dir, write_jsonl
+
+STEPS = 2
+SHRINK = [f"--config.train.steps={STEPS}", "--config.train.batch_size=8",
+          "--config.data.seq_len=32", "--config.model.num_layers=1",
+          f"--config.evals.every_steps={STEPS}", "--config.ckpt.every_steps=1",
+          "--config.logging.every_steps=1", "--config.logging.progress=False",
+          "--config.logging.tensorboard=False"]
+SHRINK_BY_CONFIG = {  # what else each config file needs to be small (fields it has)
+    "configs/mlm.py": ["--config.data.vocab_size=512", "--config.evals.batches=1"],
+    "configs/finetune.py": ["--config.data.vocab_size=512"],
+}
+GLUE_FIXTURES = ("mrpc", "rte", "stsb")  # hub tasks finetune_fixtures.glue_dir can stand in for
+HF_WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                max_position_embeddings=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's commands.
+# ---------------------------------------------------------------------------------------------
+def _readme():
+  with open(os.path.join(REPO, "README.md")) as f:
+    return f.read()
+
+
+def readme_commands():
+  """[(argv, env assignments, stdout file or None)] of each `python -m research.*` command."""
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", _readme(), re.S):
+    for line in re.sub(r"\\\n", " ", block).splitlines():
+      tokens = shlex.split(line, comments=True)
+      while tokens:  # `a && b`: each part its own command
+        part = tokens[:tokens.index("&&")] if "&&" in tokens else tokens
+        tokens = tokens[len(part) + 1:]
+        env = {}
+        while part and re.fullmatch(r"[A-Z_]+=.*", part[0]):
+          key, value = part.pop(0).split("=", 1)
+          env[key] = value
+        if part[:2] != ["python", "-m"] or not part[2].startswith("research."):
+          continue  # pip, pytest, huggingface-cli: not ours
+        stdout = None
+        if ">" in part:
+          stdout = part[part.index(">") + 1]
+          part = part[:part.index(">")]
+        commands.append((part, env, stdout))
+  return commands
+
+
+def shape(argv, env, stdout):
+  """What identifies a command: module, --config value, flag names (not their values)."""
+  out = [f"{k}=" for k in sorted(env)] + [argv[2]]
+  for arg in argv[3:]:
+    out.append(arg if arg.startswith("--config=") else arg.split("=", 1)[0])
+  return " ".join(out + ([">"] if stdout else []))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the commands read: tiny stand-ins written once for the module.
+# ---------------------------------------------------------------------------------------------
+FILLER = "the a of to and in was were with for on after before new old first last".split()
+
+
+def _sentences(rng, n):
+  return " ".join(
+      f"{rng.choice(PEOPLE)} {rng.choice(['visited', 'left', 'praised'])} {rng.choice(PLACES)} "
+      f"{' '.join(rng.choice(FILLER) for _ in range(rng.randint(3, 9)))} {rng.choice(ORGS)}."
+      for _ in range(n))
+
+
+class Workspace:
+  """The files the README's commands name, and a cache of the commands' results."""
+
+  def __init__(self, root):
+    self.root = root
+    rng = random.Random(0)
+    # '/data/*.txt': two files of blank-line separated documents.
+    self.data = root / "data"
+    self.data.mkdir()
+    self.documents = [_sentences(rng, rng.randint(2, 5)) for _ in range(120)]
+    for i in range(2):
+      (self.data / f"part{i}.txt").write_text("\n\n".join(self.documents[i::2]) + "\n")
+    # train.csv / dev.csv for task=local; new_texts.jsonl for research.predict.
+    self.files = root / "files"
+    self.files.mkdir()
+    words = {"pos": ["great", "lovely", "superb"], "neg": ["awful", "boring", "dreadful"]}
+    def csv(n):
+      rows = [(f"a {rng.choice(words[label])} film about {rng.choice(PLACES)}", label)
+              for label in ("pos", "neg") * (n // 2)]
+      return "text,label\n" + "".join(f"{text},{label}\n" for text, label in rows)
+    (self.files / "train.csv").write_text(csv(40))
+    (self.files / "dev.csv").write_text(csv(10))
+    self.new_texts = [{"text": "Shares fell as the bank cut its profit forecast"},
+                      {"text": "The striker scored twice in the cup final"},
+                      {"text": "The new phone has a faster chip"}]
+    write_jsonl(self.files / "new_texts.jsonl", self.new_texts)
+    self.glue = root / "glue"
+    self.glue.mkdir()
+    self.glue_dirs = {task: glue_dir(self.glue, task) for task in GLUE_FIXTURES}
+    self.tmp = root / "tmp"
+    self.tmp.mkdir()
+    self.out = root / "out"
+    self.out.mkdir()
+    self._hf = None
+    self.results = {}
+
+  @property
+  def hf(self):
+    """`ckpt/bert-base-uncased`: a random tiny BertForMaskedLM + vocab.txt (needs transformers)."""
+    if self._hf is None:
+      require("torch", "the README's hf: commands need a transformers checkpoint")
+      transformers = require("transformers", "the README's hf: commands need a checkpoint")
+      from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+      texts = self.documents + [
+          json.loads(l)["sentence1"] + " " + json.loads(l)["sentence2"]
+          for d in self.glue_dirs.values() for l in (d / "train.jsonl").read_text().splitlines()]
+      pieces = tokenizer_lib.train_wordpiece(texts, 400).get_vocab()
+      vocab = sorted(pieces, key=pieces.get)
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.manual_seed(0)
+      config = transformers.BertConfig(vocab_size=len(vocab), **HF_WIDTH)
+      model = transformers.BertForMaskedLM(config).eval()
+      path = self.root / "ckpt" / "bert-base-uncased"
+      model.save_pretrained(path)
+      (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+      self._hf = path
+    return self._hf
+
+  def substitute(self, arg, hub_tasks):
+    """The README's paths -> this workspace's."""
+    paths = {"/tmp/": f"{self.tmp}/", "/data/": f"{self.data}/",
+             "train.csv": str(self.files / "train.csv"), "dev.csv": str(self.files / "dev.csv"),
+             "new_texts.jsonl": str(self.files / "new_texts.jsonl"),
+             "predictions.jsonl": str(self.out / "predictions.jsonl")}
+    if "ckpt/bert-base-uncased" in arg:
+      paths["ckpt/bert-base-uncased"] = str(self.hf)
+    pattern = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
+    arg = re.sub(rf"(?<![\w./-])({pattern})", lambda m: paths[m.group(1)], arg)
+    match = re.match(r"--config=configs/finetune\.py:(?:.*,)?task=([\w+]+)", arg)
+    if match:
+      hub_tasks.extend(t for t in match.group(1).split("+") if t not in ("bbc_news", "local"))
+    return arg
+
+  def argv(self, command):
+    """(argv with paths substituted and shrink overrides appended, env, stdout path)."""
+    argv, env, stdout = command
+    hub_tasks = []
+    out = [sys.executable, "-m", argv[2]] + [self.substitute(a, hub_tasks) for a in argv[3:]]
+    if argv[2] == "research.main":
+      config_file = next(a for a in argv if a.startswith("--config=")).split("=", 1)[1]
+      config_file = config_file.split(":")[0]
+      out += SHRINK + SHRINK_BY_CONFIG[config_file]
+      for task in hub_tasks:
+        if task not in self.glue_dirs:
+          pytest.fail(f"README command uses hub task {task!r}: no fixture for it here")
+        out.append(f"--config.tasks.{task}.data_dir={self.glue_dirs[task]}")
+    if argv[2] == "research.predict":
+      out.append("--progress=false")
+    env = {k: self.substitute(v, []) for k, v in env.items()}
+    return out, env, self.substitute(stdout, []) if stdout else None
+
+  def run(self, name):
+    """Runs the README command called `name` in CHECKS (once); returns its result."""
+    if name not in self.results:
+      command = COMMANDS_BY_NAME.get(name)
+      if command is None:
+        pytest.fail(f"the README has no command of the shape {NAMES[name]!r} any more")
+      argv, env, stdout = self.argv(command)
+      full_env = dict(os.environ, PYTHONPATH=REPO)  # this checkout's package, not an install
+      full_env.update(env)
+      proc = subprocess.run(argv, cwd=REPO, env=full_env, capture_output=True, text=True,
+                            timeout=600)
+      if stdout:
+        with open(stdout, "w") as f:
+          f.write(proc.stdout)
+      self.results[name] = Result(argv, env, stdout, proc)
+    return self.results[name]
+
+
+class Result:
+  def __init__(self, argv, env, stdout, proc):
+    self.argv, self.env, self.stdout_file, self.proc = argv, env, stdout, proc
+
+  def flag(self, name):
+    return next(a.split("=", 1)[1] for a in self.argv if a.startswith(f"--{name}="))
+
+  @property
+  def workdir(self):
+    return self.flag("workdir")
+
+  def summary(self):
+    with open(os.path.join(self.workdir, "summary.json")) as f:
+      return json.load(f)
+
+  def metrics(self):
+    from research import tracking  # pylint: disable=g-import-not-at-top
+    return tracking.read_metrics(self.workdir)
+
+  def assert_ok(self):
+    assert self.proc.returncode == 0, (
+        f"{shlex.join(self.argv)}\nexit code {self.proc.returncode}\n{self.proc.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+  return Workspace(tmp_path_factory.mktemp("readme"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, one per command shape.
+# ---------------------------------------------------------------------------------------------
+def _params(workdir, step=None):
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  c = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False)
+  return c.restore_raw_state(c.latest_step() if step is None else step)["params"]
+
+
+def _flat(params):
+  from research.train import optim  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return {optim.path_str(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def _trained(result):
+  """Exit code 0, the steps asked for, a checkpoint of the last one, one metrics line a step."""
+  result.assert_ok()
+  summary = result.summary()
+  assert summary["step"] == STEPS
+  assert [r["step"] for r in result.metrics() if "train/loss" in r] == list(range(1, STEPS + 1))
+  assert os.path.isdir(os.path.join(result.workdir, "checkpoints", str(STEPS)))
+  return summary
+
+
+def _loaded(result, summary, source, source_params, new=None):
+  """The summary's init line counts every array but the run's new ones (regex `new`) as loaded,
+  and the step-1 checkpoint (taken at learning rate 0) holds exactly the source's values."""
+  match = re.fullmatch(rf"init\.weights {re.escape(source)} \((\d+) of (\d+) arrays\)",
+                       summary["init"])
+  assert match, summary["init"]
+  loaded, total = int(match.group(1)), int(match.group(2))
+  started, source_params = _flat(_params(result.workdir, 1)), _flat(source_params)
+  kept = [k for k in started if not (new and re.search(new, k))]
+  assert total == len(started) and 0 < loaded == len(kept), (summary["init"], sorted(started))
+  for key in kept:
+    np.testing.assert_array_equal(started[key], source_params[key], err_msg=key)
+
+
+def check_quickstart(ws, result):
+  summary = _trained(result)
+  assert summary["init"] == "scratch"
+  records = result.metrics()
+  # Held-out MLM metrics of the final step, and the loss written per step is finite.
+  assert np.isclose(summary["eval/mlm/perplexity"], np.exp(summary["eval/mlm/loss"]))
+  assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
+  for name in ("metrics.jsonl", "summary.json", "loss.png", "config.json", "tokenizer.json"):
+    assert os.path.getsize(os.path.join(result.workdir, name)) > 0, name
+
+
+def check_hf_continue(ws, result):
+  """MLM from hf:DIR on /data/*.txt: the HF shape, all its weights, its tokenizer, our corpus."""
+  summary = _trained(result)
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  _loaded(result, summary, f"hf:{ws.hf}", hf.load_pretrained(str(ws.hf))[1])  # all of it
+  with open(os.path.join(result.workdir, "config.json")) as f:
+    model = json.load(f)["model"]
+  assert (model["hidden_size"], model["num_layers"]) == (32, 2)  # the checkpoint's, not size=base
+  vocab = (ws.hf / "vocab.txt").read_text().split("\n")[:-1]
+  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  assert tokenizer_lib.load(os.path.join(result.workdir, "tokenizer.json")).get_vocab() == {
+      piece: i for i, piece in enumerate(vocab)}
+  assert summary["data/train_documents"] + summary["data/eval_documents"] == len(ws.documents)
+
+
+def check_convert_from_hf(ws, result):
+  result.assert_ok()
+  out = result.flag("to")
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  theirs = load_file(str(ws.hf / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
+  ours = _flat(_params(out))["token_embed/embedding"]
+  np.testing.assert_array_equal(ours[:theirs.shape[0]], theirs)
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["model"]["hidden_size"] == 32
+  assert os.path.exists(os.path.join(out, "tokenizer.json"))
+
+
+def check_convert_to_hf(ws, result):
+  result.assert_ok()
+  transformers = require("transformers", "the exported checkpoint is loaded with transformers")
+  out = result.flag("to_hf")
+  ours = _flat(_params(result.flag("from")))
+  theirs = transformers.AutoModelForMaskedLM.from_pretrained(out)  # 'AutoModel* loads it'
+  embedding = theirs.get_input_embeddings().weight.detach().numpy()
+  np.testing.assert_array_equal(embedding, ours["token_embed/embedding"][:embedding.shape[0]])
+
+
+def check_finetune(ws, result):
+  summary = _trained(result)
+  assert summary["init"] == "scratch"
+  with open(os.path.join(result.workdir, "labels.json")) as f:
+    assert json.load(f)["bbc_news"]["names"] == [
+        "business", "entertainment", "politics", "sports", "tech"]
+  for split in ("eval", "test"):  # the fixed 80/10/10 split of the 2,225 articles, all scored
+    with open(os.path.join(result.workdir, "reports", f"{split}_bbc_news_report.json")) as f:
+      report = json.load(f)
+    assert sum(r["support"] for r in report.values()) == summary[f"data/{split}_rows"]
+  assert summary["data/train_rows"] + summary["data/eval_rows"] + summary["data/test_rows"] == 2225
+
+
+def check_finetune_from_mlm(ws, result):
+  """Weights of the quick-start MLM run (its workdir): its backbone loaded, the head new."""
+  mlm = ws.run("quickstart")
+  summary = _trained(result)
+  _loaded(result, summary, mlm.workdir, _params(mlm.workdir), new=r"^heads_")
+  with open(os.path.join(result.workdir, "tokenizer.json")) as a, \
+      open(os.path.join(mlm.workdir, "tokenizer.json")) as b:
+    assert json.load(a) == json.load(b)  # the MLM run's tokenizer came along
+
+
+def check_local_csv(ws, result):
+  summary = _trained(result)
+  assert summary["data/train_rows"] == 40 and summary["data/eval_rows"] == 10
+  with open(os.path.join(result.workdir, "labels.json")) as f:
+    assert json.load(f)["local"]["names"] == ["neg", "pos"]
+
+
+def check_glue_from_hf(ws, result):
+  """Three GLUE heads on one encoder from hf:DIR, temperature-mixed."""
+  summary = _trained(result)
+  # New: the three heads, and the pooler their classifiers read (BertForMaskedLM saves none).
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  _loaded(result, summary, f"hf:{ws.hf}", hf.load_pretrained(str(ws.hf))[1],
+          new=r"^heads_|^backbone/pooler/")
+  with open(os.path.join(result.workdir, "config.json")) as f:
+    config = json.load(f)
+  assert config["model"]["heads"] == ["mrpc=classification:2", "rte=classification:2",
+                                      "stsb=classification:1"]
+  assert config["mixture"]["kind"] == result.flag("config.mixture.kind")
+  for task in GLUE_FIXTURES:  # each task read from its fixture directory, not the hub
+    assert (summary[f"{task}/data/train_rows"], summary[f"{task}/data/eval_rows"]) == (48, 16)
+
+
+def check_predict(ws, result):
+  ft = ws.run("finetune")
+  result.assert_ok()
+  with open(result.stdout_file) as f:
+    rows = [json.loads(line) for line in f]
+  with open(os.path.join(ft.workdir, "labels.json")) as f:
+    names = json.load(f)["bbc_news"]["names"]
+  assert len(rows) == len(ws.new_texts)
+  for row in rows:
+    assert row["label"] in names and sorted(row["scores"]) == sorted(names)
+    assert abs(sum(row["scores"].values()) - 1) < 1e-4
+    assert row["label"] == max(row["scores"], key=row["scores"].get)
+
+
+def check_mesh(ws, result):
+  """8 simulated devices, data x fsdp x tensor = 2 x 2 x 2: the 1-device run's losses."""
+  summary = _trained(result)
+  one = ws.run("quickstart")
+  assert summary["init"] == "scratch"
+  got = [r["train/loss"] for r in result.metrics() if "train/loss" in r]
+  expected = [r["train/loss"] for r in one.metrics() if "train/loss" in r]
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  np.testing.assert_allclose(summary["eval/mlm/loss"], one.summary()["eval/mlm/loss"], rtol=1e-4)
+
+
+# Shape -> (name, check). A README command of another shape fails test_every_command_is_mapped.
+CHECKS = {
+    "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
+    "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
+        ("hf_continue", check_hf_continue),
+    "research.convert --from_hf --to": ("convert_from_hf", check_convert_from_hf),
+    "research.convert --from --to_hf": ("convert_to_hf", check_convert_to_hf),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir":
+        ("finetune", check_finetune),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
+    "--config.init.weights": ("finetune_from_mlm", check_finetune_from_mlm),
+    "research.main --config=configs/finetune.py:task=local,train=train.csv,eval=dev.csv,runlocal "
+    "--workdir": ("local_csv", check_local_csv),
+    "research.main --config=configs/finetune.py:task=mrpc+rte+stsb --workdir "
+    "--config.init.weights --config.mixture.kind": ("glue_from_hf", check_glue_from_hf),
+    "research.predict --workdir --input >": ("predict", check_predict),
+    "XLA_FLAGS= research.main --config=configs/mlm.py:runlocal --workdir --config.mesh.data "
+    "--config.mesh.fsdp --config.mesh.tensor": ("mesh", check_mesh),
+}
+# Shapes deliberately not run here, and why.
+NOT_RUN = {
+    "research.bench --peer --pipeline": "GPU workloads (bert-base, gpt2-medium); the smoke mode "
+                                        "is tests/test_bench.py",
+    "research.bench --workloads --sweep --max-batch --profile": "GPU workloads",
+    "research.bench --smoke --peer --pipeline": "tests/test_bench.py runs the smoke mode",
+}
+# Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
+NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),
+         "predict": ("finetune",), "mesh": ("quickstart",)}
+NAMES = {name: s for s, (name, _) in CHECKS.items()}
+COMMANDS = readme_commands()
+COMMANDS_BY_NAME = {CHECKS[shape(*c)][0]: c for c in COMMANDS if shape(*c) in CHECKS}
+
+
+def test_every_command_is_mapped():
+  shapes = [shape(*c) for c in COMMANDS]
+  assert len(shapes) >= len(CHECKS)  # the README still has its commands
+  unmapped = [s for s in shapes if s not in CHECKS and s not in NOT_RUN]
+  assert not unmapped, f"README commands with no check in {__file__}: {unmapped}"
+  assert len(set(shapes)) == len(shapes), "two README commands of one shape"
+  for required in ("--config.init.weights=/tmp/", "--config.init.weights=hf:"):
+    assert any(any(a.startswith(required) for a in c[0]) for c in COMMANDS), required
+
+
+@pytest.mark.parametrize("name", [name for name, _ in CHECKS.values()])
+def test_readme_command(ws, name):
+  for needed in NEEDS.get(name, ()):
+    ws.run(needed).assert_ok()
+  check = next(check for n, check in CHECKS.values() if n == name)
+  check(ws, ws.run(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's Python snippets.
+# ---------------------------------------------------------------------------------------------
+def python_snippets():
+  return re.findall(r"```python\n(.*?)```", _readme(), re.S)
+
+
+def _snippet(marker):
+  found = [s for s in python_snippets() if marker in s]
+  assert len(found) == 1, f"README: {len(found)} python snippets with {marker!r}"
+  return found[0]
+
+
+def test_every_python_snippet_is_run():
+  markers = ("train.run(", "hf.load_pretrained(")
+  assert all(any(m in s for m in markers) for s in python_snippets()), python_snippets()
+
+
+def test_snippet_run_is_what_main_runs(ws, monkeypatch):
+  """`train.run(mlm.get_config("runlocal"), "/tmp/mlm")`, shrunk like the command line run, on
+  the quick-start command's workdir: the same run, finished, so it just reports."""
+  quickstart = ws.run("quickstart")
+  quickstart.assert_ok()
+  from research import train  # pylint: disable=g-import-not-at-top
+  real_run, summaries = train.run, []
+  def shrunk_run(config, workdir):
+    for flag in SHRINK + SHRINK_BY_CONFIG["configs/mlm.py"]:
+      key, value = flag[len("--config."):].split("=")
+      section, field = key.split(".")
+      old = config[section][field]
+      config[section][field] = (value == "True") if isinstance(old, bool) else type(old)(value)
+    summaries.append(real_run(config, workdir))
+    return summaries[-1]
+  monkeypatch.setattr(train, "run", shrunk_run)
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  code = ws.substitute(_snippet("train.run("), [])
+  exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
+  assert len(summaries) == 1
+  assert summaries[0]["init"] == f"resumed from step {STEPS}" and summaries[0]["step"] == STEPS
+  assert summaries[0]["eval/mlm/loss"] == quickstart.summary()["eval/mlm/loss"]
+
+
+def test_snippet_load_apply_save(ws):
+  """hf.load_pretrained -> models.build(...).apply -> hf.save_pretrained, on the tiny checkpoint."""
+  code = ws.substitute(_snippet("hf.load_pretrained("), [])
+  namespace = {"input_ids": np.array([[2, 15, 27, 40, 3]])}
+  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  assert namespace["outputs"]["hidden"].shape == (1, 5, 32)
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  _, again = hf.load_pretrained(str(ws.tmp / "exported"), dtype="float32")
+  mine, theirs = _flat(namespace["params"]), _flat(again)
+  assert mine.keys() == theirs.keys()
+  for key in mine:
+    np.testing.assert_array_equal(mine[key], theirs[key])
