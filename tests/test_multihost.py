@@ -13,7 +13,8 @@ FLAGS = ["--config=configs/mlm.py:runlocal", "--config.train.steps=6",
          "--config.train.batch_size=16", "--config.data.vocab_size=2048",
          "--config.data.seq_len=64", "--config.evals.every_steps=6", "--config.evals.batches=2",
          "--config.ckpt.every_steps=3", "--config.logging.every_steps=1",
-         "--config.logging.progress=False", "--config.logging.tensorboard=False"]
+         "--config.logging.progress=False", "--config.logging.tensorboard=False",
+         "--config.schedule.warmup_steps=0"]  # no warmup: the compared steps move the weights
 
 
 def _free_port():
@@ -45,6 +46,7 @@ def test_two_processes_match_one(tmp_path):
   expected = tracking.read_metrics(single)
   got = tracking.read_metrics(multi)
   assert [r["step"] for r in got] == [r["step"] for r in expected]
+  assert expected[-1]["train/loss"] < expected[0]["train/loss"] - 0.1  # the weights moved
   for a, b in zip(got, expected):
     assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
   assert got[-1]["eval/mlm/loss"] == pytest.approx(expected[-1]["eval/mlm/loss"], rel=1e-4)

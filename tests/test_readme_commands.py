@@ -244,10 +244,8 @@ def _params(workdir, step=None):
 
 
 def _flat(params):
-  from research.train import optim  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  return {optim.path_str(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  from research import params as params_lib  # pylint: disable=g-import-not-at-top
+  return {path: np.asarray(v) for path, v in params_lib.flatten(params).items()}
 
 
 def _trained(result):
