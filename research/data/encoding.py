@@ -3,7 +3,7 @@ import grain
 import jax
 import numpy as np
 
-from research.data.pipeline import StepIndexedBatches
+from research.data.pipeline import StackedRows, StepIndexedBatches
 from research.data.tokenizer import SpecialIds
 
 
@@ -48,4 +48,4 @@ def pad(feature: dict, seq_len: int, pad_id: int) -> dict:
 def train_batches(features: list[dict], config) -> StepIndexedBatches:
   """Infinite, shuffled (a new order each epoch), step-indexed training batches."""
   examples = grain.MapDataset.source(features).shuffle(seed=config.train.seed).repeat(None)
-  return StepIndexedBatches(examples, config.train.batch_size, **host_info())
+  return StepIndexedBatches(StackedRows(examples), config.train.batch_size, **host_info())

@@ -16,8 +16,24 @@ import jax
 import numpy as np
 
 
+class StackedRows:
+  """Examples kept one by one (a grain `MapDataset` of feature dicts: fine-tuning features) with
+  the `rows(indices)` interface of the pretraining examples, which build whole batches."""
+
+  def __init__(self, dataset):
+    self.dataset = dataset
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def rows(self, indices) -> dict:
+    rows = [self.dataset[int(i)] for i in indices]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 class StepIndexedBatches:
-  """Random access to this host's share of any step's global batch."""
+  """Random access to this host's share of any step's global batch; `examples.rows(indices)`
+  builds the rows of global example indices."""
 
   def __init__(self, examples, global_batch: int, *, process_index: int = 0,
                process_count: int = 1, extra: dict | None = None, limit: int | None = None):
@@ -32,11 +48,7 @@ class StepIndexedBatches:
 
   def host_batch(self, step: int) -> dict:
     start = step * self.global_batch + self.offset
-    if hasattr(self.examples, "rows"):  # builds the batch in one vectorised call
-      batch = self.examples.rows(np.arange(start, start + self.host_batch_size))
-    else:
-      rows = [self.examples[i] for i in range(start, start + self.host_batch_size)]
-      batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    batch = self.examples.rows(np.arange(start, start + self.host_batch_size))
     for k, v in self.extra.items():
       batch[k] = np.full((self.host_batch_size,), v, np.int32)
     if self.limit is not None:

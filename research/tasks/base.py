@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import grain
 import numpy as np
 
-from research.data.pipeline import StepIndexedBatches
+from research.data.pipeline import StackedRows, StepIndexedBatches
 
 
 @dataclasses.dataclass
@@ -65,7 +65,7 @@ class EvalSplit:
     self.size = len(features)
     self.steps = math.ceil(self.size / batch_size)
     padded = features + [features[-1]] * (self.steps * batch_size - self.size)
-    self.batches = StepIndexedBatches(grain.MapDataset.source(padded), batch_size,
+    self.batches = StepIndexedBatches(StackedRows(grain.MapDataset.source(padded)), batch_size,
                                       process_index=process_index, process_count=process_count,
                                       extra=extra)
 
