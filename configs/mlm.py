@@ -1,6 +1,6 @@
 r"""BERT-style masked-LM pretraining (MLM 80/10/10, optional NSP or SOP).
 
-Quick start, 2 CPU cores, about 3 minutes (measured: 175 s), embedded BBC News corpus:
+Quick start, 2 CPU cores, 2 to 3 minutes (measured: 128 s), embedded BBC News corpus:
   python -m research.main --config=configs/mlm.py:runlocal --workdir=/tmp/mlm
   Expected (2-core CPU, measured): train/loss falls from 9.05 at step 1 to ~6.4 at step 600;
   eval/mlm/accuracy ~0.106 against eval/mlm/unigram_accuracy 0.047 (always predicting the
