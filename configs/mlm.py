@@ -4,7 +4,7 @@ Quick start, 2 CPU cores, 2 to 3 minutes (measured: 128 s), embedded BBC News co
   python -m research.main --config=configs/mlm.py:runlocal --workdir=/tmp/mlm
   Expected (2-core CPU, measured): train/loss falls from 9.05 at step 1 to ~6.4 at step 600;
   eval/mlm/accuracy ~0.106 against eval/mlm/unigram_accuracy 0.047 (always predicting the
-  commonest token); ~15k tokens/s.
+  commonest token); 15k-25k tokens/s.
 
 BERT-base on one GPU/TPU host (all devices data-parallel), your corpus:
   python -m research.main --config=configs/mlm.py:size=base --workdir=$HOME/runs/bert_base \
