@@ -174,7 +174,7 @@ def _missing(stage: str) -> str:
   """What this process was still waiting for when its time was up."""
   n, me, address = FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_address
   if stage == "devices":
-    return (f"all {n} processes joined, but not all of them started their devices (one may have "
+    return ("every process joined, but not all of them started their devices (one may have "
             "failed: see its own output)")
   if not address or n is None:
     return "not every process of the detected cluster joined"
