@@ -18,3 +18,11 @@ def exit_with(error) -> None:
   import sys  # pylint: disable=g-import-not-at-top
   print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
   sys.exit(EXIT_BAD_INPUT)
+
+
+def exit_now(error) -> None:
+  """`exit_with` from any thread, at once: no exit handlers run (jax's would wait for the rest
+  of a process group that never formed)."""
+  import os, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+  os._exit(EXIT_BAD_INPUT)  # pylint: disable=protected-access

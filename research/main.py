@@ -12,6 +12,10 @@ Flags:
                each reads only its share of every batch.
   --distributed
                multi-host on a cluster JAX detects by itself (TPU pods, SLURM).
+  --distributed_timeout_s
+               multi-host: how long each process waits at start-up for the others to join (and
+               to exchange their devices); then it ends with one line `error: ...` naming the
+               coordinator, the process and the timeout (default 300).
 
 Everything here is `research.train.run(config, workdir)`, which tests and notebooks call directly.
 Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
@@ -19,13 +23,16 @@ Bad input ends with one line on stderr and exit code 2; nothing already written 
 import difflib
 import json
 import logging
+import math
 import os
+import socket
 import sys
+import threading
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from research.errors import UserError, exit_with
+from research.errors import UserError, exit_now, exit_with
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal.",
@@ -39,6 +46,10 @@ flags.DEFINE_string("coordinator_address", None,
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detected cluster).")
+flags.DEFINE_integer("distributed_timeout_s", 300,
+                     "Multi-host: seconds each process waits at start-up for every process to "
+                     "join (jax.distributed.initialize's initialization_timeout) and to exchange "
+                     "devices; then one line `error: ...` and exit code 2.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
 fail = exit_with  # the end of every bad-input path: one line on stderr, exit code 2
@@ -116,8 +127,7 @@ def main(argv):
   configure_logging()
   from research import train  # pylint: disable=g-import-not-at-top  (jax import after flags)
   if FLAGS.distributed or FLAGS.coordinator_address:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    join_process_group()
   try:
     summary = train.run(FLAGS.config, FLAGS.workdir)
   except UserError as e:
@@ -125,6 +135,59 @@ def main(argv):
       raise
     fail(e)
   print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def join_process_group():
+  """jax.distributed.initialize and the devices' exchange, bounded by --distributed_timeout_s.
+
+  jax aborts a process whose group does not form (SIGABRT and a C++ stack, after its own
+  timeout), so a watchdog thread ends it first: one line naming the coordinator, this process,
+  the timeout and what is missing, exit code 2. jax's own timeouts are set a minute later.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  timeout, address = FLAGS.distributed_timeout_s, FLAGS.coordinator_address
+  later = timeout + 60
+  jax.config.update("jax_cpu_get_local_topology_timeout_minutes", math.ceil(later / 60))
+  jax.config.update("jax_cpu_get_global_topology_timeout_minutes", math.ceil(later / 60) + 1)
+  stage = ["join"]
+  me = ("this process" if FLAGS.process_id is None else
+        f"process {FLAGS.process_id} of {FLAGS.num_processes}")
+  where = (f"{me} could not join the process group at coordinator "
+           f"{address or '(auto-detected)'} within --distributed_timeout_s={timeout}")
+  watchdog = threading.Timer(timeout, lambda: exit_now(f"{where}: {_missing(stage[0])}"))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(address, FLAGS.num_processes, FLAGS.process_id,
+                               initialization_timeout=later)
+    stage[0] = "devices"
+    jax.devices()  # every process's devices: the group is complete only after this
+  except (RuntimeError, ValueError, TypeError) as e:  # jax's JaxRuntimeError is a RuntimeError
+    if FLAGS.verbose:
+      raise
+    exit_now(f"{where}: {' '.join(str(e).split())[:300]}")
+  finally:
+    watchdog.cancel()
+
+
+def _missing(stage: str) -> str:
+  """What this process was still waiting for when its time was up."""
+  n, me, address = FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_address
+  if stage == "devices":
+    return ("every process joined, but not all of them started their devices (one may have "
+            "failed: see its own output)")
+  if not address or n is None:
+    return "not every process of the detected cluster joined"
+  if me == 0:
+    others = "process 1 did not join" if n == 2 else f"not all of processes 1..{n - 1} joined"
+    return (f"{others} (each must run with --coordinator_address={address} --num_processes={n} "
+            "and its own --process_id)")
+  host, _, port = address.rpartition(":")
+  try:
+    socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+  except (OSError, ValueError):
+    return f"nothing answers at {address} (is process 0 running there, with that port?)"
+  return f"the coordinator answers, but not all {n} processes joined"
 
 
 def configure_logging():

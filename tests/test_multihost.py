@@ -1,12 +1,15 @@
-"""Two local processes (jax.distributed on loopback) train like one process with all devices."""
+"""Two local processes (jax.distributed on loopback) train like one process with all devices; a
+process group that cannot form ends every process with one line, in bounded time.
+
+Every process here is started through tests/process_group.py: a clean environment, a held
+coordinator port, a deadline, and on failure every process's exit code and stderr tail.
+"""
 import os
-import socket
-import subprocess
-import sys
+import time
 
 import pytest
 
-from conftest import REPO
+from process_group import ProcessGroup, run_group
 from research import tracking
 
 FLAGS = ["--config=configs/mlm.py:runlocal", "--config.train.steps=6",
@@ -17,32 +20,14 @@ FLAGS = ["--config=configs/mlm.py:runlocal", "--config.train.steps=6",
          "--config.schedule.warmup_steps=0"]  # no warmup: the compared steps move the weights
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu")
-
-
 def test_two_processes_match_one(tmp_path):
-  single = str(tmp_path / "single")
-  one = subprocess.run([sys.executable, "-m", "research.main", *FLAGS, f"--workdir={single}"],
-                       cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=600)
-  assert one.returncode == 0, one.stderr[-3000:]
+  single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+  run_group([*FLAGS, f"--workdir={single}"], num_processes=1, devices=4).check()
+  # A group that cannot form ends in 60 s with main's one line (before jax's 100 s heartbeat
+  # abort), well inside the group's deadline.
+  run_group([*FLAGS, f"--workdir={multi}"], num_processes=2, devices=2,
+            distributed_timeout_s=60, deadline_s=240).check()
 
-  multi, port = str(tmp_path / "multi"), _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "research.main", *FLAGS, f"--workdir={multi}",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
   expected = tracking.read_metrics(single)
   got = tracking.read_metrics(multi)
   assert [r["step"] for r in got] == [r["step"] for r in expected]
@@ -51,3 +36,35 @@ def test_two_processes_match_one(tmp_path):
     assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
   assert got[-1]["eval/mlm/loss"] == pytest.approx(expected[-1]["eval/mlm/loss"], rel=1e-4)
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["3", "6"]
+
+
+TIMEOUT_S = 10
+
+
+def _one_error_line(p):
+  assert p.returncode == 2 and not p.killed, p.describe()
+  assert "Traceback" not in p.stderr, p.describe()
+  errors = [l for l in p.stderr.splitlines() if l.startswith("error")]
+  assert len(errors) == 1, p.describe()
+  return errors[0]
+
+
+def test_a_process_that_never_joins_ends_the_group_with_one_line(tmp_path):
+  """Process 0 of 2 alone (no one joins it) and process 1 of 2 alone (no coordinator to reach),
+  side by side: each ends with one line naming the coordinator, itself and the timeout."""
+  groups = [ProcessGroup([*FLAGS, f"--workdir={tmp_path}/{i}"], num_processes=2, only=[i],
+                         distributed_timeout_s=TIMEOUT_S, deadline_s=TIMEOUT_S + 80).start()
+            for i in (0, 1)]
+  alone = [group.wait() for group in groups]
+  for i, result in enumerate(alone):
+    p = result.processes[0]
+    line = _one_error_line(p)
+    for fragment in (f"process {i} of 2", f"coordinator 127.0.0.1:{result.port}",
+                     f"--distributed_timeout_s={TIMEOUT_S}"):
+      assert fragment in line, line
+    assert p.seconds < TIMEOUT_S + 60, p.describe()  # start-up (imports) + the timeout
+    assert not os.path.exists(f"{tmp_path}/{i}"), "nothing written before the group formed"
+  assert "process 1 did not join" in _one_error_line(alone[0].processes[0])
+  assert "nothing answers at" in _one_error_line(alone[1].processes[0])
+  with pytest.raises(AssertionError, match=r"(?s)process 0: exit code 2 after .*error: process 0"):
+    alone[0].check()  # what a failing multi-process test shows: each exit code and stderr tail

@@ -52,7 +52,8 @@ def run(config, workdir: str) -> dict:
 def check_writable(workdir: str):
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    # One probe per process: processes sharing a workdir must not remove each other's.
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
