@@ -126,10 +126,6 @@ def model_config(w: Workload, dtype: str, overrides: dict | None = None):
   return ModelConfig.from_dict(run_config(w, dtype, overrides).model)
 
 
-def predictions(config) -> int:
-  return config.objective.max_predictions if config.model.kind == "encoder" else 0
-
-
 def synthetic_batch(w: Workload, num_predictions: int, seed: int = 0) -> dict:
   """Token ids, and for MLM `num_predictions` masked positions per row (the peer gets the same)."""
   rng = np.random.default_rng(seed)
@@ -211,7 +207,7 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   state, _, state_shardings = state_lib.create_sharded_state(model, tx, config, mesh, rules,
                                                              init_key)
   batch_sharding = sharding.batch_sharding(mesh)
-  num_predictions = predictions(config)
+  num_predictions = state_lib.max_predictions(config)  # 0 for CLM: its config says so
   batch = jax.device_put(synthetic_batch(w, num_predictions), batch_sharding)
   train_step = make_train_step(model, objectives.pretraining(config.objective)[0], tx, lr,
                                derive_dropout_key(dropout_key, config.train.dropout_prng),
