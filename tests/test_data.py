@@ -273,7 +273,7 @@ def test_encoder_rows_rebuild_their_chunks(tiny, tmp_path, task):
   cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
   indices = np.arange(3 * len(examples))  # three epochs
   rows, pieces = examples.rows(indices), examples.pieces(indices)
-  chunk_of = lambda c: examples.tokens[c, :examples.lengths[c]]
+  chunk_of = examples.chunk
   labels = rows.get("sentence_label", np.zeros(len(indices), np.int32))
   for i in range(len(indices)):
     ids, mask = rows["input_ids"][i].copy(), rows["attention_mask"][i].astype(bool)

@@ -2,7 +2,8 @@
 
 Decoder (causal LM): documents, each ending in EOS, are concatenated and cut into rows of
 `seq_len`; `segment_ids` number the documents inside a row (1, 2, ...; 0 = padding) so attention
-and the loss never cross a document boundary.
+and the loss never cross a document boundary. `Packer` does it a batch of documents at a time
+(what `python -m research.data.prepare` streams through); `pack_documents` is one Packer run.
 
 Encoder (masked LM): each document is cut into chunks of at most `seq_len - reserved` tokens
 (room for [CLS]/[SEP]); chunks are never packed together.
@@ -10,21 +11,58 @@ Encoder (masked LM): each document is cut into chunks of at most `seq_len - rese
 import numpy as np
 
 
+class Packer:
+  """Streaming concatenate-and-split: `add(docs)` returns the rows completed so far, `finish()`
+  the last, padded row. The rows of any split of the documents into batches are the rows of
+  all of them at once; `carry` (fewer than `seq_len` tokens) is all the state between batches."""
+
+  def __init__(self, seq_len: int, eos: int, carry: dict | None = None):
+    self.seq_len, self.eos = seq_len, eos
+    carry = carry or {"tokens": [], "documents": [], "next_document": 0}
+    self.tokens = np.asarray(carry["tokens"], np.int32)
+    self.documents = np.asarray(carry["documents"], np.int64)  # each carried token's document
+    self.next_document = int(carry["next_document"])
+
+  @property
+  def carry(self) -> dict:
+    """The state to resume from: JSON-serialisable."""
+    return {"tokens": self.tokens.tolist(), "documents": self.documents.tolist(),
+            "next_document": self.next_document}
+
+  def add(self, docs) -> dict:
+    tokens, documents = [self.tokens], [self.documents]
+    for doc in docs:
+      tokens.append(np.append(doc, self.eos).astype(np.int32))
+      documents.append(np.full(len(doc) + 1, self.next_document, np.int64))
+      self.next_document += 1
+    tokens, documents = np.concatenate(tokens), np.concatenate(documents)
+    full = len(tokens) // self.seq_len * self.seq_len
+    self.tokens, self.documents = tokens[full:], documents[full:]
+    return _rows(tokens[:full], documents[:full], self.seq_len)
+
+  def finish(self) -> dict:
+    """The carried tokens as one row padded to `seq_len` (no row if nothing is carried)."""
+    pad = -len(self.tokens) % self.seq_len
+    tokens = np.pad(self.tokens, (0, pad))
+    documents = np.pad(self.documents, (0, pad), constant_values=-1)
+    self.tokens, self.documents = self.tokens[:0], self.documents[:0]
+    return _rows(tokens, documents, self.seq_len)
+
+
+def _rows(tokens: np.ndarray, documents: np.ndarray, seq_len: int) -> dict:
+  rows = len(tokens) // seq_len
+  ids, documents = tokens.reshape(rows, seq_len), documents.reshape(rows, seq_len)
+  # Renumber documents inside each row: 1, 2, ... (a boundary is where the document changes).
+  change = np.concatenate([np.ones((rows, 1), bool), documents[:, 1:] != documents[:, :-1]], 1)
+  segment_ids = np.where(documents >= 0, np.cumsum(change, axis=1), 0).astype(np.int32)
+  return {"input_ids": ids.astype(np.int32), "segment_ids": segment_ids}
+
+
 def pack_documents(docs: list[np.ndarray], seq_len: int, eos: int) -> dict:
   """Greedy concatenate-and-split; returns {'input_ids', 'segment_ids'} of shape (rows, seq_len)."""
-  tokens, doc_index = [], []
-  for i, doc in enumerate(docs):
-    tokens.append(np.append(doc, eos).astype(np.int32))
-    doc_index.append(np.full(len(doc) + 1, i, np.int64))
-  tokens, doc_index = np.concatenate(tokens), np.concatenate(doc_index)
-  rows = -(-len(tokens) // seq_len)
-  pad = rows * seq_len - len(tokens)
-  ids = np.pad(tokens, (0, pad)).reshape(rows, seq_len)
-  doc_index = np.pad(doc_index, (0, pad), constant_values=-1).reshape(rows, seq_len)
-  # Renumber documents inside each row: 1, 2, ... (a boundary is where the document changes).
-  change = np.concatenate([np.ones((rows, 1), bool), doc_index[:, 1:] != doc_index[:, :-1]], 1)
-  segment_ids = np.where(doc_index >= 0, np.cumsum(change, axis=1), 0).astype(np.int32)
-  return {"input_ids": ids, "segment_ids": segment_ids}
+  packer = Packer(seq_len, eos)
+  parts = [packer.add(docs), packer.finish()]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def chunk_documents(docs: list[np.ndarray], chunk_len: int) -> list[np.ndarray]:

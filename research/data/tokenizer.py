@@ -5,6 +5,7 @@ GPT-2 byte-level BPE tokenizer (<|endoftext|>). Their vocabularies are learned b
 the `tokenizers` trainers, so the same texts give the same tokenizer in any process. A trained
 tokenizer is saved as WORKDIR/tokenizer.json and reused when the run resumes.
 """
+import collections
 import dataclasses
 import json
 import os
@@ -95,13 +96,39 @@ def with_pair_template(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
 
 
 def train_wordpiece(texts, vocab_size: int) -> tokenizers.Tokenizer:
-  """Trains BERT WordPiece: specials, then the pieces by (length, text).
+  """Trains BERT WordPiece on `texts` (see `wordpiece_from_counts`)."""
+  return train("encoder", [texts], vocab_size)
+
+
+def train_byte_bpe(texts, vocab_size: int) -> tokenizers.Tokenizer:
+  """Trains GPT-2 byte-level BPE on `texts` (see `byte_bpe_from_counts`)."""
+  return train("decoder", [texts], vocab_size)
+
+
+def train(kind: str, text_batches, vocab_size: int) -> tokenizers.Tokenizer:
+  """The tokenizer a `kind` model trains with, learned from an iterable of lists of texts.
+
+  Only word counts are kept between batches (a word is split the same way in any batch), so any
+  batching of the same texts gives the same tokenizer, and a corpus larger than memory can be
+  streamed through.
+  """
+  counts = collections.Counter()
+  if kind == "encoder":
+    tok = bert_wordpiece({})
+    for texts in text_batches:
+      counts.update(bpe.bert_word_counts(texts, tok.normalizer, tok.pre_tokenizer))
+    return wordpiece_from_counts(counts, vocab_size)
+  for texts in text_batches:
+    counts.update(bpe.byte_level_word_counts(texts))
+  return byte_bpe_from_counts(counts, vocab_size)
+
+
+def wordpiece_from_counts(counts: dict, vocab_size: int) -> tokenizers.Tokenizer:
+  """BERT WordPiece from {word: count}: specials, then the pieces by (length, text).
 
   The pieces are what BPE merges with a '##' prefix on word-inner pieces make (as the
   `tokenizers` WordPiece trainer finds them), from every character and word-inner character.
   """
-  tok = bert_wordpiece({})
-  counts = bpe.bert_word_counts(texts, tok.normalizer, tok.pre_tokenizer)
   chars = sorted({c for word in counts for c in word})
   inner = sorted({c for word in counts for c in word[1:]})
   vocab, _ = bpe.learn(counts, chars + ["##" + c for c in inner], vocab_size, BERT_SPECIALS, "##")
@@ -110,9 +137,9 @@ def train_wordpiece(texts, vocab_size: int) -> tokenizers.Tokenizer:
   return bert_wordpiece({t: i for i, t in enumerate(list(BERT_SPECIALS) + pieces)})
 
 
-def train_byte_bpe(texts, vocab_size: int) -> tokenizers.Tokenizer:
-  """Trains GPT-2 byte-level BPE: <|endoftext|> (id 0), the 256 byte characters, then merges."""
-  counts = bpe.byte_level_word_counts(texts)
+def byte_bpe_from_counts(counts: dict, vocab_size: int) -> tokenizers.Tokenizer:
+  """GPT-2 byte-level BPE from {word: count}: <|endoftext|> (id 0), the 256 byte characters,
+  then merges."""
   vocab, merges = bpe.learn(counts, sorted(pre_tokenizers.ByteLevel.alphabet()), vocab_size,
                             (GPT_EOS,))
   tok = tokenizers.Tokenizer(models.BPE(vocab, merges))
@@ -168,22 +195,28 @@ def from_file(path: str) -> tokenizers.Tokenizer:
                     f"({reason})") from None
 
 
-def get_tokenizer(data_cfg, kind: str, train_texts, workdir: str) -> tokenizers.Tokenizer:
-  """The configured tokenizer, else the workdir's saved one, else one trained on `train_texts`."""
+def get_tokenizer(data_cfg, kind: str, train_text_batches, workdir: str) -> tokenizers.Tokenizer:
+  """The configured tokenizer, else the workdir's saved one, else one trained (`train`) on
+  `train_text_batches`, an iterable of lists of texts, read only when training."""
   if data_cfg.tokenizer:
     tok = load(data_cfg.tokenizer)
   else:
     saved = os.path.join(workdir, "tokenizer.json")
     if os.path.exists(saved):
       return from_file(saved)
-    train = train_wordpiece if kind == "encoder" else train_byte_bpe
-    tok = train(train_texts, data_cfg.vocab_size)
+    tok = train(kind, train_text_batches, data_cfg.vocab_size)
   ids = SpecialIds.of(tok)
   needed = ("cls", "sep", "mask") if kind == "encoder" else ("eos",)
   missing = [SPECIAL_NAMES[r][0] for r in needed if getattr(ids, r) < 0]
   if missing:
     raise UserError(f"the tokenizer lacks the special tokens {missing} a {kind} needs")
   return tok
+
+
+def token_ids(tok: tokenizers.Tokenizer, texts) -> list:
+  """Each text's token ids as an int32 array, no special tokens (what rows are made of)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return [np.asarray(e.ids, np.int32) for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def save(tok: tokenizers.Tokenizer, workdir: str):

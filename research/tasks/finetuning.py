@@ -49,7 +49,7 @@ def build(config, workdir: str) -> TaskSet:
     task_class(config.tasks[name].kind)  # an unknown kind fails before any data is read
   rows = {name: labelled.load_rows(config.tasks[name]) for name in names}
   texts = [t for name in names for t in training_texts(rows[name])]
-  tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", texts, workdir)
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", [texts], workdir)
   labels = saved_labels(workdir)  # a resumed run keeps its label order
   tasks = []
   for name in names:
