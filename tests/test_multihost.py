@@ -5,10 +5,13 @@ Every process here is started through tests/process_group.py: a clean environmen
 coordinator port, a deadline, and on failure every process's exit code and stderr tail.
 """
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
+from conftest import REPO
 from process_group import ProcessGroup, run_group
 from research import tracking
 
@@ -68,3 +71,31 @@ def test_a_process_that_never_joins_ends_the_group_with_one_line(tmp_path):
   assert "nothing answers at" in _one_error_line(alone[1].processes[0])
   with pytest.raises(AssertionError, match=r"(?s)process 0: exit code 2 after .*error: process 0"):
     alone[0].check()  # what a failing multi-process test shows: each exit code and stderr tail
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_a_prepared_corpus(tmp_path):
+  """The same, reading rows from `python -m research.data.prepare`'s files (each process reads
+  only the records of its rows)."""
+  corpus = tmp_path / "corpus.txt"
+  words = "the bank market film team match minister vote phone chip shares cup album".split()
+  corpus.write_text("\n\n".join(" ".join(words[(i * j) % len(words)] for j in range(40 + i))
+                                for i in range(300)))
+  data = [f"--config.data.source=prepared:{tmp_path / 'prepared'}", "--config.data.eval_fraction=0.2"]
+  prepare = subprocess.run(
+      [sys.executable, "-m", "research.data.prepare", FLAGS[0],
+       *[f for f in FLAGS if f.startswith("--config.data.")],
+       f"--config.data.source={corpus}", "--config.data.eval_fraction=0.2",
+       f"--output={tmp_path / 'prepared'}", "--progress=false"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert prepare.returncode == 0, prepare.stderr
+  single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+  run_group([*FLAGS, *data, f"--workdir={single}"], num_processes=1, devices=4).check()
+  run_group([*FLAGS, *data, f"--workdir={multi}"], num_processes=2, devices=2,
+            distributed_timeout_s=60, deadline_s=240).check()
+  expected, got = tracking.read_metrics(single), tracking.read_metrics(multi)
+  assert [r["step"] for r in got] == [r["step"] for r in expected]
+  assert expected[-1]["train/loss"] < expected[0]["train/loss"] - 0.1
+  for a, b in zip(got, expected):
+    assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
+  assert got[-1]["eval/mlm/loss"] == pytest.approx(expected[-1]["eval/mlm/loss"], rel=1e-4)

@@ -90,6 +90,7 @@ def test_interrupted_prepare_resumes_to_identical_bytes(corpus, tmp_path, monkey
   monkeypatch.undo()
   assert not (tmp_path / "cut" / prepared.METADATA).exists()
   assert "train-00000.array_record" in os.listdir(tmp_path / "cut")
+  (tmp_path / "cut" / "eval-00009.array_record.tmp").write_bytes(b"half")  # a shard with no eval
 
   real_shard, shards_written = prepare_lib._ShardWriter.shard, []
   monkeypatch.setattr(prepare_lib._ShardWriter, "shard",
@@ -143,3 +144,19 @@ def test_training_on_another_seq_len_is_one_line_at_the_command_line(corpus, tmp
       [l for l in lines if l.startswith("error")]) == 1, proc.stderr
   assert "prepared for data.seq_len = 64, this run has 32" in lines[-1]
   assert "Traceback" not in proc.stderr and not workdir.exists()
+
+
+def test_each_host_reads_only_the_records_of_its_rows(corpus, tmp_path):
+  config = _config("mlm", corpus)
+  _prepare(config, tmp_path / "p")
+  config.data.source = f"prepared:{tmp_path / 'p'}"
+  examples = data_lib.build(config, str(tmp_path / "run")).train.examples
+  read = []
+  real_take = examples.chunks.take
+  examples.chunks.take = lambda ids: read.append(np.asarray(ids)) or real_take(ids)
+  from research.data.pipeline import StepIndexedBatches
+  host = StepIndexedBatches(examples, 16, process_index=1, process_count=2)
+  host.host_batch(7)
+  own = examples.row_of(np.arange(7 * 16 + 8, 8 * 16))  # host 1's half of step 7
+  assert len(read) == 1
+  np.testing.assert_array_equal(read[0], np.unique(own))

@@ -184,6 +184,10 @@ class Workspace:
         out.append(f"--config.tasks.{task}.data_dir={self.glue_dirs[task]}")
     if argv[2] == "research.predict":
       out.append("--progress=false")
+    if argv[2] == "research.data.prepare":  # rows for the shrunk training run that reads them
+      config_file = next(a for a in argv if a.startswith("--config=")).split("=", 1)[1]
+      out += [f for f in SHRINK + SHRINK_BY_CONFIG[config_file.split(":")[0]]
+              if f.startswith("--config.data.")] + ["--progress=false"]
     env = {k: self.substitute(v, []) for k, v in env.items()}
     return out, env, self.substitute(stdout, []) if stdout else None
 
@@ -391,6 +395,27 @@ def check_mesh(ws, result):
   np.testing.assert_allclose(summary["eval/mlm/loss"], one.summary()["eval/mlm/loss"], rtol=1e-4)
 
 
+def check_prepare(ws, result):
+  result.assert_ok()
+  from research.data import prepared  # pylint: disable=g-import-not-at-top
+  metadata = prepared.read_metadata(result.flag("output"))
+  assert metadata["settings"]["data.seq_len"] == 32  # what the shrunk training runs ask for
+  summary = json.loads(result.proc.stdout.strip().splitlines()[-1])
+  assert summary["train_rows"] == metadata["splits"]["train"]["rows"] > 0
+
+
+def check_prepared_train(ws, result):
+  """Training on the prepared BBC News rows: the quick-start run's batches, so its losses."""
+  summary = _trained(result)
+  one = ws.run("quickstart")
+  for key in ("data/train_rows", "data/eval_rows", "data/train_tokens", "data/eval_documents"):
+    assert summary[key] == one.summary()[key], key
+  got = [r["train/loss"] for r in result.metrics() if "train/loss" in r]
+  expected = [r["train/loss"] for r in one.metrics() if "train/loss" in r]
+  assert got == expected
+  assert summary["eval/mlm/loss"] == one.summary()["eval/mlm/loss"]
+
+
 # Shape -> (name, check). A README command of another shape fails test_every_command_is_mapped.
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
@@ -407,6 +432,9 @@ CHECKS = {
     "research.main --config=configs/finetune.py:task=mrpc+rte+stsb --workdir "
     "--config.init.weights --config.mixture.kind": ("glue_from_hf", check_glue_from_hf),
     "research.predict --workdir --input >": ("predict", check_predict),
+    "research.data.prepare --config=configs/mlm.py:runlocal --output": ("prepare", check_prepare),
+    "research.main --config=configs/mlm.py:runlocal --workdir --config.data.source":
+        ("prepared_train", check_prepared_train),
     "XLA_FLAGS= research.main --config=configs/mlm.py:runlocal --workdir --config.mesh.data "
     "--config.mesh.fsdp --config.mesh.tensor": ("mesh", check_mesh),
 }
@@ -419,7 +447,8 @@ NOT_RUN = {
 }
 # Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
 NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),
-         "predict": ("finetune",), "mesh": ("quickstart",)}
+         "predict": ("finetune",), "mesh": ("quickstart",),
+         "prepared_train": ("prepare", "quickstart")}
 NAMES = {name: s for s, (name, _) in CHECKS.items()}
 COMMANDS = readme_commands()
 COMMANDS_BY_NAME = {CHECKS[shape(*c)][0]: c for c in COMMANDS if shape(*c) in CHECKS}

@@ -93,6 +93,9 @@ def prepare(config, output: str, *, shard_documents: int = 20_000, batch_documen
     return {"output": output, "seconds": 0.0, "already_prepared": True}
   os.makedirs(output, exist_ok=True)
   state = _read_progress(output, plan)
+  for name in os.listdir(output):  # half-written files of an interrupted run
+    if name.endswith(".tmp"):
+      os.remove(os.path.join(output, name))
 
   train_batches = (b for b in _batches((d for s, d in sources.stream_documents(data_cfg)
                                         if s == "train"), batch_documents))
