@@ -3,11 +3,13 @@ batches as the in-memory path, a byte-identical resume after an interruption, an
 for a corpus prepared for another run."""
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_config
+from conftest import REPO, run_cli, tiny_config
 from research import data as data_lib
 from research.data import prepare as prepare_lib, prepared
 from research.errors import UserError
@@ -160,3 +162,19 @@ def test_each_host_reads_only_the_records_of_its_rows(corpus, tmp_path):
   own = examples.row_of(np.arange(7 * 16 + 8, 8 * 16))  # host 1's half of step 7
   assert len(read) == 1
   np.testing.assert_array_equal(read[0], np.unique(own))
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.data.source={tmp}/nope/*.txt", "error: data.source: no file matches"),
+    ("--config.data.sorce=x", "error: bad flags:"),
+    ("--config.data.source=prepared:{tmp}", "error: data.source 'prepared:"),
+])
+def test_prepare_bad_input_is_one_line(tmp_path, flag, message):
+  proc = subprocess.run(
+      [sys.executable, "-m", "research.data.prepare", "--config=configs/mlm.py:runlocal",
+       flag.format(tmp=tmp_path), f"--output={tmp_path / 'out'}", "--progress=false"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+  assert not (tmp_path / "out").exists()  # nothing written

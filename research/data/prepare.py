@@ -91,23 +91,29 @@ def prepare(config, output: str, *, shard_documents: int = 20_000, batch_documen
                       f"({_difference(done, plan)}); choose another --output")
     log.info("%s is already prepared", output)
     return {"output": output, "seconds": 0.0, "already_prepared": True}
+  probe = sources.stream_documents(data_cfg)
+  next(probe, None)  # a source or tokenizer that cannot be read fails here, before any write
+  probe.close()
+  if data_cfg.tokenizer:
+    tokenizer_lib.load(data_cfg.tokenizer)
   os.makedirs(output, exist_ok=True)
   state = _read_progress(output, plan)
   for name in os.listdir(output):  # half-written files of an interrupted run
     if name.endswith(".tmp"):
       os.remove(os.path.join(output, name))
 
-  train_batches = (b for b in _batches((d for s, d in sources.stream_documents(data_cfg)
-                                        if s == "train"), batch_documents))
+  if state is None:  # recorded before anything else is written: a rerun knows the directory
+    state = {"plan": plan, "shards": 0, "carry": {s: None for s in prepared.SPLITS},
+             "splits": {s: {"files": [], "rows": 0, "documents": 0, "tokens": 0}
+                        for s in prepared.SPLITS}, "counts": None}
+    _write_json(os.path.join(output, PROGRESS), state)
+  train_batches = _batches((d for s, d in sources.stream_documents(data_cfg) if s == "train"),
+                           batch_documents)
   tok = tokenizer_lib.get_tokenizer(data_cfg, kind, _counting(train_batches, progress), output)
   if not os.path.exists(os.path.join(output, prepared.TOKENIZER)):
     tokenizer_lib.save(tok, output)
-  if state is None:
-    state = {"plan": plan, "shards": 0, "carry": {s: None for s in prepared.SPLITS},
-             "splits": {s: {"files": [], "rows": 0, "documents": 0, "tokens": 0}
-                        for s in prepared.SPLITS},
-             "counts": [0] * tok.get_vocab_size()}
-    _write_json(os.path.join(output, PROGRESS), state)
+  if state["counts"] is None:
+    state["counts"] = [0] * tok.get_vocab_size()
   writer = _ShardWriter(output, tok, config, batch_documents)
   stats = {}
   stream = sources.stream_documents(data_cfg, stats)
