@@ -81,6 +81,21 @@ def measure(argv, metrics_file=None) -> dict:
           "wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "stdout": out}
 
 
+def time_build(source: str, tokenizer: str):
+  """In this process: seconds to build the data (`research.data.build`) and its first batch."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import mlm  # pylint: disable=g-import-not-at-top
+  from research import data as data_lib  # pylint: disable=g-import-not-at-top
+  config = mlm.get_config("runlocal")
+  config.data.update(source=source, tokenizer=tokenizer)
+  start = time.time()
+  data = data_lib.build(config, "/nonexistent")  # a given tokenizer: the workdir is not read
+  built = time.time()
+  data.train.host_batch(0)
+  print(json.dumps({"build_s": round(built - start, 2),
+                    "first_batch_s": round(time.time() - built, 3)}))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--root", default="/tmp/corpus_scale")
@@ -91,7 +106,11 @@ def main():
                       "machine may be shared), with the largest peak RSS")
   parser.add_argument("--skip_prepare", action="store_true",
                       help="reuse ROOT/prepared_Nx from an earlier run")
+  parser.add_argument("--time_build", metavar="SOURCE",
+                      help="only time research.data.build of SOURCE in this process (JSON line)")
   args = parser.parse_args()
+  if args.time_build:
+    return time_build(args.time_build, write_tokenizer(args.root))
   os.makedirs(args.root, exist_ok=True)
   tokenizer = write_tokenizer(args.root)
   results = []
@@ -126,17 +145,23 @@ def main():
                              *TRAIN], metrics_file=os.path.join(workdir, "metrics.jsonl")))
       run = min(runs, key=lambda r: r["startup_s"])
       run.pop("stdout")
+      build = measure([sys.executable, __file__, f"--root={args.root}",
+                       f"--time_build={source}"])
+      run.update(json.loads(build.pop("stdout").strip().splitlines()[-1]),
+                 build_peak_rss_mb=build["peak_rss_mb"])
       run["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
       run["startup_s_all"] = [r["startup_s"] for r in runs]
       with open(os.path.join(workdir, "summary.json")) as f:
         rows = json.load(f)["data/train_rows"]
       emit({"scale": scale, "path": name, "train_rows": rows, **run})
-  print("\n| corpus | train rows | path | start-up to first step (s) | peak RSS (MB) | load |")
-  print("| --- | --- | --- | --- | --- | --- |")
+  print("\n| corpus | train rows | path | start-up to first step (s) | peak RSS (MB) | "
+        "data build (s) | data build peak RSS (MB) | load |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
   for r in results:
     if r["path"] != "prepare":
       print(f"| {r['scale']}x | {r['train_rows']:,} | {r['path']} | {r['startup_s']} | "
-            f"{r['peak_rss_mb']:,} | {r['load_1min']} |")
+            f"{r['peak_rss_mb']:,} | {r['build_s']} | {r['build_peak_rss_mb']:,} | "
+            f"{r['load_1min']} |")
   print("\n| corpus | tokens | prepare (s) | tokens/s | peak RSS (MB) | load |")
   print("| --- | --- | --- | --- | --- | --- |")
   for r in results:
