@@ -10,6 +10,12 @@ GPT-2 small (size=base, 124M) or medium (size=large, 355M) at 1024 tokens:
   python -m research.main --config=configs/clm.py:size=base --workdir=$HOME/runs/gpt2 \
       --config.data.source='/data/corpus/*.txt'
 
+A corpus larger than memory: tokenize it once, then train on the rows (README, "Corpora larger
+than memory"):
+  python -m research.data.prepare --config=configs/clm.py:size=base --output=/data/gpt2_rows \
+      --config.data.source='/data/corpus/*.txt'
+  ... --config.data.source=prepared:/data/gpt2_rows
+
 Arguments (after ':'): size=tiny|mini|small|base|large (default base), runlocal.
 """
 import ml_collections

@@ -10,6 +10,12 @@ BERT-base on one GPU/TPU host (all devices data-parallel), your corpus:
   python -m research.main --config=configs/mlm.py:size=base --workdir=$HOME/runs/bert_base \
       --config.data.source='/data/corpus/*.txt'
 
+A corpus larger than memory: tokenize it once, then train on the rows (README, "Corpora larger
+than memory"):
+  python -m research.data.prepare --config=configs/mlm.py:size=base --output=/data/bert_base_rows \
+      --config.data.source='/data/corpus/*.txt'
+  ... --config.data.source=prepared:/data/bert_base_rows
+
 Arguments (after ':'): size=tiny|mini|small|base|large (default base: the BERT paper's shapes),
 runlocal (tiny model, short run, float32 compute), sentence_task=none|nsp|sop.
 """
