@@ -248,9 +248,10 @@ def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4)
           and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
   if diff:
     more = f" (and {len(diff) - shown} more)" if len(diff) > shown else ""
+    may_change = ", ".join(f + "*" if f.endswith(".") else f for f in RESUMABLE_FIELDS)
     raise UserError(f"{where} holds a run with a different config: {'; '.join(diff[:shown])}"
                     f"{more}. Use a new --workdir, or restore these values (a resumed run may "
-                    f"change only {', '.join(f + '*' if f.endswith('.') else f for f in RESUMABLE_FIELDS)})")
+                    f"change only {may_change})")
 
 
 _ABSENT = object()
