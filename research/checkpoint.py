@@ -315,9 +315,14 @@ class BestCheckpoint:
                       f"{sorted(k for k in metrics if k.startswith('eval/'))}")
     improved = self._observe(step, metrics[self.metric])
     if improved:
-      self.manager.save(step, force=True, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(params)))
-      self.manager.wait_until_finished()
+      try:
+        self.manager.save(step, force=True, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params)))
+        self.manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        raise SaveFailed(f"the best parameters (step {step}) could not be written to "
+                         f"{self.manager.directory}: {one_line(e)}. Free space (or fix the "
+                         "permissions) and rerun the same command to resume") from None
     return improved
 
   @property
