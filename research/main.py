@@ -202,7 +202,7 @@ def configure_logging():
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   absl_logging.get_absl_logger().addFilter(_not_an_orbax_error)
-  sys.unraisablehook = _unless_event_loop_closed
+  sys.unraisablehook = _unless_failed_checkpoint_io
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
   ours = logging.getLogger("research")
@@ -217,14 +217,18 @@ def _not_an_orbax_error(record) -> bool:
   return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
-def _unless_event_loop_closed(unraisable):
-  """After a failed checkpoint read or write, tensorstore still posts the results of the
-  remaining I/O to orbax's event loop, closed by then: each prints 'Event loop is closed'.
-  Those are dropped; any other unraisable exception is shown as usual."""
-  error = unraisable.exc_value
-  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-    return
-  sys.__unraisablehook__(unraisable)
+def _unless_failed_checkpoint_io(unraisable):
+  """After a failed checkpoint read or write, orbax's other reads/writes of that checkpoint are
+  abandoned: their coroutines end in errors nobody awaits ('Exception ignored in: <coroutine
+  ...>'), and tensorstore posts their results to an event loop already closed ('Event loop is
+  closed'). Those are dropped (the run reports the failure in one line); any other unraisable
+  exception is shown as usual."""
+  error, where = unraisable.exc_value, unraisable.object
+  closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+  code = getattr(where, "cr_code", None)
+  orbax_coroutine = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+  if not (closed_loop or orbax_coroutine):
+    sys.__unraisablehook__(unraisable)
 
 
 def _suggest(arg: str) -> str:

@@ -103,6 +103,22 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_naming_what_it_moved(fin
   assert len(os.listdir(os.path.join(workdir, "checkpoints.damaged"))) == 4
 
 
+def test_another_runs_damaged_checkpoint_is_skipped_not_moved(finished, tmp_path, caplog):
+  """What init.weights, research.predict and research.convert read (`workdir_params`): the
+  newest checkpoint that restores; a damaged one is named in a warning and left in place."""
+  workdir = _copy(finished, tmp_path)
+  with open(_largest_array_file(workdir, 40), "r+b") as f:
+    f.truncate(100)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  got = params_lib.flatten(checkpoint.workdir_params(workdir))
+  expected = _params(finished, 30)
+  assert all(np.array_equal(expected[k], got[k]) for k in expected)
+  assert f"checkpoint 40 in {workdir}/checkpoints is damaged" in caplog.text
+  assert "Requested byte range" in caplog.text and "skipped; trying the one before" in caplog.text
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, "checkpoints.damaged"))
+
+
 def _file_size_limit(limit):
   def apply():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
