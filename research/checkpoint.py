@@ -3,12 +3,25 @@
 Layout: WORKDIR/checkpoints/<step>/{state,data,config}. Saves are asynchronous (training goes on
 while the arrays are written) and atomic (orbax writes to a temporary directory and renames it,
 so a killed job never leaves a checkpoint that looks valid but is not). The last `keep` survive.
-"""
-import os
 
+Faults: a step that fails to restore is damaged and skipped (the trainer moves its own to
+WORKDIR/checkpoints.damaged/<step>-<UTC time>); temporary directories of saves that never
+finished are removed at the next start, with a note; a save that fails (disk full, unwritable)
+raises `SaveFailed` naming the last intact step.
+"""
+import logging
+import os
+import time
+
+from etils import epath
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from research.errors import UserError
+from research.errors import SaveFailed, UserError
+
+log = logging.getLogger(__name__)
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save's directory until it is complete
 
 # Model fields that fix parameter shapes: a checkpoint differing in one cannot be restored.
 SHAPE_FIELDS = ("kind", "vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
@@ -18,11 +31,24 @@ SHAPE_FIELDS = ("kind", "vocab_size", "hidden_size", "num_layers", "num_heads", 
 
 
 class Checkpointer:
-  def __init__(self, directory: str, *, keep: int = 1, use_async: bool = True):
+  """One checkpoint directory. Reading it never trusts the newest step blindly: a step that fails
+  to restore (a truncated or deleted file, unreadable metadata, a missing item) is damaged, named
+  in one warning line, and the next older step is used (`restore_newest`); the trainer moves the
+  damaged ones of its own workdir aside. A save that fails raises `SaveFailed`."""
+
+  def __init__(self, directory: str, *, keep: int = 1, use_async: bool = True,
+               clean_unfinished: bool = False):
+    """`clean_unfinished` (the trainer, on its own workdir): remove the temporary directories of
+    saves that never finished (a killed or failed run), with a one-line note."""
     self.directory = directory
+    self.moved_aside = []  # "<step> -> <where>" for each damaged step `restore_newest` moved
+    self.pending = None  # the step of a save still being written in the background
+    if clean_unfinished:
+      note_unfinished(directory)
     self.manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=use_async))
+            max_to_keep=keep, create=True, enable_async_checkpointing=use_async,
+            cleanup_tmp_directories=clean_unfinished))
 
   @staticmethod
   def exists(directory: str) -> bool:
@@ -30,20 +56,40 @@ class Checkpointer:
 
   @classmethod
   def latest_in(cls, directory: str):
-    """The latest step saved in `directory`, or None; creates nothing."""
-    return cls(directory, use_async=False).latest_step() if cls.exists(directory) else None
+    """The newest step of `directory` whose metadata reads, or None; writes nothing."""
+    return cls(directory, use_async=False).newest_readable() if cls.exists(directory) else None
 
   def latest_step(self):
     return self.manager.latest_step()
 
+  def newest_readable(self):
+    """The newest step whose metadata (config, data position, the state's tree) reads; writes
+    nothing. Its arrays are only read by a restore: `restore_newest` checks those."""
+    for step in reversed(self.manager.all_steps()):
+      try:
+        self.saved_config(step)
+        ocp.StandardCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / "state")
+        return step
+      except Exception:  # pylint: disable=broad-except  (any failure: damaged, see restore_newest)
+        continue
+    return None
+
   def saved_config(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    return self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))["config"]
 
   def save(self, step: int, state, data_state: dict, config: dict):
-    """Starts writing checkpoint `step` (returns once the arrays are copied off the devices)."""
-    self.manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config)))
+    """Starts writing checkpoint `step` (returns once the arrays are copied off the devices).
+    Raises `SaveFailed` if this save, or the previous one still in the background, failed."""
+    self.wait(now=step)
+    try:
+      self.manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(config)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, step, e) from None
+    self.pending = step
 
   def restore(self, step: int, abstract_state):
     """Restores (state, data_state) at `step`, laid out as `abstract_state`'s shardings say."""
@@ -55,11 +101,93 @@ class Checkpointer:
     """The saved train state as host arrays, whatever model it belongs to (weights-only init)."""
     return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
-  def wait(self):
-    self.manager.wait_until_finished()
+  def restore_newest(self, restore, *, set_aside: bool = False):
+    """(step, restore(step)) for the newest step that restores, or (None, None).
+
+    Every newer step whose restore fails is damaged: one warning line names the step and the
+    problem. With `set_aside` (the trainer's own workdir) it is moved to
+    <directory>.damaged/<step>-<UTC time>, out of orbax's sight (nothing is deleted), and
+    listed in `moved_aside`; other readers (init.resume, init.weights, predict, convert) only
+    skip it, leaving another run's workdir as it is.
+    """
+    for step in reversed(self.manager.all_steps()):
+      try:
+        value, problem = restore(step), None
+      except Exception as e:  # pylint: disable=broad-except  (whatever the damage raises)
+        value, problem = None, one_line(e)
+      if not _anywhere(problem is not None):
+        return step, value
+      if set_aside:
+        where = self._set_aside(step)
+        self.moved_aside.append(f"{step} -> {where}")
+        log.warning("checkpoint %d is damaged (%s): moved to %s; trying the one before", step,
+                    problem or "on another process", where)
+      else:
+        log.warning("checkpoint %d in %s is damaged (%s): skipped; trying the one before", step,
+                    self.directory, problem or "on another process")
+    return None, None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves damaged step `step` to <directory>.damaged/ (process 0; the others wait for it)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = os.path.join(self.directory.rstrip("/") + ".damaged", f"{step}-{stamp}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    self.manager.reload()
+    return target
+
+  def wait(self, now: int | None = None):
+    """Waits for the save in the background; `SaveFailed` if it failed (`now`: the step the
+    run has reached, for the message)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(self.pending, now, e) from None
+    self.pending = None
+
+  def _save_failed(self, step, now, error) -> SaveFailed:
+    intact = [int(n) for n in os.listdir(self.directory) if n.isdigit() and int(n) != step] \
+        if os.path.isdir(self.directory) else []
+    last = f"step {max(intact)}" if intact else "none"
+    stopped = f"; stopped at step {now}" if now is not None and now != step else ""
+    return SaveFailed(
+        f"checkpoint {step} could not be written to {self.directory}: {one_line(error)}"
+        f"{stopped}; the last intact checkpoint is {last}. Free space (or fix the permissions) "
+        "and rerun the same command to resume from it; the unfinished save's temporary "
+        "directory is removed then")
 
   def close(self):
     self.manager.close()
+
+
+def one_line(error: Exception, limit: int = 300) -> str:
+  """The innermost cause of `error` as one short line (orbax wraps tensorstore's message)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+  return text if len(text) <= limit else f"{text[:limit // 2]} ... {text[-limit // 2:]}"
+
+
+def _anywhere(flag: bool) -> bool:
+  """True if `flag` holds on any process (every process then treats a step alike)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def note_unfinished(directory: str):
+  """One line naming the temporary directories that killed or failed saves left in `directory`
+  (orbax ignores them when it lists steps; the trainer's checkpointer removes them)."""
+  if os.path.isdir(directory):
+    names = sorted(n for n in os.listdir(directory) if TMP_MARK in n)
+    if names and jax.process_index() == 0:
+      log.warning("removing %d unfinished save(s) left by a killed or failed run in %s: %s",
+                  len(names), directory, ", ".join(names))
 
 
 def checkpoints_of(path: str, key: str) -> str:
@@ -73,15 +201,22 @@ def checkpoints_of(path: str, key: str) -> str:
 
 def workdir_params(workdir: str, *, best: bool = False, key: str = "workdir"):
   """The parameters a workdir holds, as host arrays: its best (`evals.best_metric`) ones if
-  `best` and it kept any, else those of its latest checkpoint. The trainer (`init.weights`),
-  `research.predict` and `research.convert` all read a workdir's weights through here."""
+  `best` and it kept any, else those of its newest restorable checkpoint (damaged ones are
+  skipped with a warning, never changed). The trainer (`init.weights`), `research.predict` and
+  `research.convert` all read a workdir's weights through here."""
   best_dir = os.path.join(workdir, "best")
   if best and Checkpointer.exists(best_dir):
-    manager = ocp.CheckpointManager(best_dir)
-    return manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        params=ocp.args.StandardRestore()))["params"]
+    kept = Checkpointer(best_dir, use_async=False)
+    step, params = kept.restore_newest(lambda s: kept.manager.restore(s, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore()))["params"])
+    if step is not None:
+      return params
   ckpt = Checkpointer(checkpoints_of(workdir, key), use_async=False)
-  return ckpt.restore_raw_state(ckpt.latest_step())["params"]
+  step, state = ckpt.restore_newest(ckpt.restore_raw_state)
+  if step is None:
+    raise UserError(f"{key}: no checkpoint in {ckpt.directory!r} can be restored (each is "
+                    "damaged: see the warnings above)")
+  return state["params"]
 
 
 def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):
@@ -92,6 +227,49 @@ def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):
   if diff:
     raise UserError(f"{where} holds a checkpoint of a different model: {'; '.join(diff)}. "
                     "Use a new --workdir, or match the model config")
+
+
+# What a resumed run may change: its length, what it reports, how often it saves and evaluates,
+# and the layout of its arrays over the devices (orbax reshards on restore). Any other change
+# would make the resumed run a different experiment than the one its checkpoints belong to.
+RESUMABLE_FIELDS = ("train.steps", "logging.", "ckpt.every_steps", "ckpt.keep", "ckpt.use_async",
+                    "evals.every_steps", "evals.patience", "mesh.", "sharding_rules",
+                    "model.remat")
+
+
+def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4):
+  """Raises `UserError` listing `key: saved -> new` for the fields (other than
+  `RESUMABLE_FIELDS`) where this run's resolved config differs from its checkpoint's."""
+  saved, new = _flat(saved_config), _flat(config)
+  show = lambda d, k: repr(d[k]) if k in d else "(absent)"
+  diff = [f"{k}: {show(saved, k)} -> {show(new, k)}"
+          for k in sorted(set(saved) | set(new))
+          if saved.get(k, _ABSENT) != new.get(k, _ABSENT)
+          and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
+  if diff:
+    more = f" (and {len(diff) - shown} more)" if len(diff) > shown else ""
+    may_change = ", ".join(f + "*" if f.endswith(".") else f for f in RESUMABLE_FIELDS)
+    raise UserError(f"{where} holds a run with a different config: {'; '.join(diff[:shown])}"
+                    f"{more}. Use a new --workdir, or restore these values (a resumed run may "
+                    f"change only {may_change})")
+
+
+_ABSENT = object()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """{'section.key': value} of a nested config dict (lists and tuples alike, as lists)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = _norm_deep(v)
+  return out
+
+
+def _norm_deep(v):
+  return [_norm_deep(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def _norm(v):
@@ -137,9 +315,14 @@ class BestCheckpoint:
                       f"{sorted(k for k in metrics if k.startswith('eval/'))}")
     improved = self._observe(step, metrics[self.metric])
     if improved:
-      self.manager.save(step, force=True, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(params)))
-      self.manager.wait_until_finished()
+      try:
+        self.manager.save(step, force=True, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params)))
+        self.manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        raise SaveFailed(f"the best parameters (step {step}) could not be written to "
+                         f"{self.manager.directory}: {one_line(e)}. Free space (or fix the "
+                         "permissions) and rerun the same command to resume") from None
     return improved
 
   @property

@@ -11,6 +11,15 @@ class UserError(Exception):
 
 
 EXIT_BAD_INPUT = 2
+EXIT_SAVE_FAILED = 5  # a checkpoint could not be written (disk full, unwritable): `SaveFailed`
+
+
+class SaveFailed(Exception):
+  """Writing a checkpoint failed (disk full, a file-size limit, an unwritable directory).
+
+  The run stops there with one line naming the step that failed, the cause and the last
+  checkpoint that is intact, and exit code `EXIT_SAVE_FAILED`; rerunning resumes from that one.
+  """
 
 
 def exit_with(error) -> None:
@@ -20,9 +29,11 @@ def exit_with(error) -> None:
   sys.exit(EXIT_BAD_INPUT)
 
 
-def exit_now(error) -> None:
+def exit_now(error, code: int = EXIT_BAD_INPUT) -> None:
   """`exit_with` from any thread, at once: no exit handlers run (jax's would wait for the rest
-  of a process group that never formed)."""
-  import os, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  of a process group that never formed; orbax's would report a failed save again)."""
+  import logging, os, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  logging.shutdown()  # flushes every log handler
   print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-  os._exit(EXIT_BAD_INPUT)  # pylint: disable=protected-access
+  sys.stdout.flush()
+  os._exit(code)  # pylint: disable=protected-access

@@ -18,7 +18,9 @@ Flags:
                coordinator, the process and the timeout (default 300).
 
 Everything here is `research.train.run(config, workdir)`, which tests and notebooks call directly.
-Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
+Bad input ends with one line on stderr and exit code 2; nothing already written is touched. A
+checkpoint that cannot be written (disk full, unwritable) ends the run with one line and exit
+code 5 (`errors.EXIT_SAVE_FAILED`); the checkpoints before it are intact.
 """
 import difflib
 import json
@@ -32,7 +34,7 @@ import threading
 from absl import app, flags
 from ml_collections import config_flags
 
-from research.errors import UserError, exit_now, exit_with
+from research.errors import EXIT_SAVE_FAILED, SaveFailed, UserError, exit_now, exit_with
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal.",
@@ -134,6 +136,10 @@ def main(argv):
     if FLAGS.verbose:
       raise
     fail(e)
+  except SaveFailed as e:  # at once: orbax's exit handlers would wait on the failed save again
+    if FLAGS.verbose:
+      raise
+    exit_now(e, EXIT_SAVE_FAILED)
   print(json.dumps(summary, indent=2, sort_keys=True))
 
 
@@ -191,15 +197,38 @@ def _missing(stage: str) -> str:
 
 
 def configure_logging():
-  """Our INFO lines on stderr; libraries (orbax, jax) only from WARNING up."""
+  """Our INFO lines on stderr; libraries (orbax, jax) only from WARNING up, less the noise of a
+  failed checkpoint read or write (which the run reports itself, in one line)."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.get_absl_logger().addFilter(_not_an_orbax_error)
+  sys.unraisablehook = _unless_failed_checkpoint_io
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
   ours = logging.getLogger("research")
   ours.handlers[:] = [handler]
   ours.setLevel(logging.INFO)
   ours.propagate = False
+
+
+def _not_an_orbax_error(record) -> bool:
+  """orbax logs a failed read or write at ERROR, with tracebacks, from each of its threads; the
+  run reports those failures itself, in one line (a damaged checkpoint, `SaveFailed`)."""
+  return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _unless_failed_checkpoint_io(unraisable):
+  """After a failed checkpoint read or write, orbax's other reads/writes of that checkpoint are
+  abandoned: their coroutines end in errors nobody awaits ('Exception ignored in: <coroutine
+  ...>'), and tensorstore posts their results to an event loop already closed ('Event loop is
+  closed'). Those are dropped (the run reports the failure in one line); any other unraisable
+  exception is shown as usual."""
+  error, where = unraisable.exc_value, unraisable.object
+  closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+  code = getattr(where, "cr_code", None)
+  orbax_coroutine = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+  if not (closed_loop or orbax_coroutine):
+    sys.__unraisablehook__(unraisable)
 
 
 def _suggest(arg: str) -> str:

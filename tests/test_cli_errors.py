@@ -163,6 +163,8 @@ BAD_INPUTS = [
     ("--config.data.source={root}/binary.txt", ("binary.txt", "looks binary")),
     ("--config.data.tokenizer={root}/tokenizer.json", ("tokenizer.json", "not a tokenizer.json")),
     ("--config.optim.no_decay=('[',)", ("bad regex '['",)),
+    # Resuming with a changed config (not a run-length field) names what differs.
+    ("--config.train.seed=9", ("different config", "train.seed: 0 -> 9", "new --workdir")),
 ]
 
 

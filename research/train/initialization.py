@@ -1,7 +1,8 @@
 """The one initialisation policy, in order:
 
-  1. the workdir's own latest checkpoint (full state and data position: a resumed run),
-  2. `init.resume`: the full state of another run's latest checkpoint,
+  1. the workdir's own latest valid checkpoint (full state and data position: a resumed run;
+     damaged newer ones are moved to WORKDIR/checkpoints.damaged/),
+  2. `init.resume`: the full state of another run's latest valid checkpoint,
   3. `init.weights`: weights only, from a workdir of ours or 'hf:DIR' (a transformers
      checkpoint), every parameter whose path and shape match, minus `init.exclude` regexes,
   4. from scratch.
@@ -61,16 +62,27 @@ def check_sources(config, resuming: bool):
 
 
 def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings):
-  """(state, data_state, description) by the policy; `fresh` is the scratch state."""
-  latest = own.latest_step()
-  if latest is not None:
-    state, data_state = own.restore(latest, abstract)
-    return state, data_state, f"resumed from step {latest}"
+  """(state, data_state, description) by the policy; `fresh` is the scratch state.
+
+  A damaged checkpoint of our own workdir is moved aside and the one before it used; if none is
+  left the run stops (one line naming what was moved) rather than silently start over."""
+  step, restored = own.restore_newest(lambda s: own.restore(s, abstract), set_aside=True)
+  if step is not None:
+    state, data_state = restored
+    return state, data_state, f"resumed from step {step}"
+  if own.moved_aside:
+    raise UserError(f"no checkpoint in {own.directory!r} can be restored; moved aside: "
+                    f"{'; '.join(own.moved_aside)}. Rerun the same command to start this run "
+                    "afresh in this workdir, or use a new --workdir")
   if config.init.resume:
     other = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_of(config.init.resume, "init.resume"),
                                   use_async=False)
-    state, data_state = other.restore(other.latest_step(), abstract)
-    return state, data_state, f"init.resume {config.init.resume}"
+    step, restored = other.restore_newest(lambda s: other.restore(s, abstract))
+    if step is None:
+      raise UserError(f"init.resume: no checkpoint in {other.directory!r} can be restored (each "
+                      "is damaged: see the warnings above)")
+    state, data_state = restored
+    return state, data_state, f"init.resume {config.init.resume} (step {step})"
   if config.init.weights:
     state, loaded, total = load_weights(fresh, weights_of(config.init.weights),
                                         config.init.exclude, shardings)

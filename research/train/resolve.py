@@ -1,14 +1,18 @@
 """Resolve a run's config in one place, before anything is written; then freeze it.
 
-`resolve(config, workdir) -> Run` checks the values, applies what the initialisation source
-implies (`init.weights` from HF: the model's shape and tokenizer), derives
-`objective.max_predictions`, reads the data into the `TaskSet`, takes `model.vocab_size` from
-the tokenizer and `model.heads` from the tasks, builds the mesh, checks the batch against it,
-the optimizer settings, and a checkpoint already in the workdir against the model. Every bad
-input raises `UserError` here, so a failing run leaves the workdir as it was. The config that
-comes out is a `FrozenConfigDict`: nothing later changes it.
+`resolve(config, workdir) -> Run` checks that no live run holds the workdir, checks the values,
+applies what the initialisation source implies (`init.weights` from HF: the model's shape and
+tokenizer), derives `objective.max_predictions`, reads the data into the `TaskSet`, takes
+`model.vocab_size` from the tokenizer and `model.heads` from the tasks, builds the mesh, checks
+the batch against it, the optimizer settings, and a checkpoint already in the workdir against
+the model and the rest of the config (`checkpoint.check_same_run`). A damaged newest checkpoint
+is only skipped here (the newest one whose metadata reads is the one compared); the trainer's
+`build_state` moves it aside, since this phase writes nothing. Every bad input raises
+`UserError` here, so a failing run leaves the workdir as it was. The config that comes out is a
+`FrozenConfigDict`: nothing later changes it.
 """
 import dataclasses
+import json
 import math
 import os
 
@@ -20,6 +24,7 @@ from research import models, sharding, tasks, validation
 from research.errors import UserError
 from research import objectives
 from research.train import initialization, optim
+from research.workdir import check_not_in_use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +34,17 @@ class Run:
   task_set: tasks.TaskSet
   mesh: jax.sharding.Mesh
   rules: tuple
-  latest_step: int | None  # the workdir's own latest checkpoint (None: a new run)
+  latest_step: int | None  # the workdir's own newest readable checkpoint (None: a new run)
 
 
 def resolve(config, workdir: str) -> Run:
+  check_not_in_use(workdir, jax.process_index())
   config = config.copy_and_resolve_references()
   validation.check_config(config)
   mesh = sharding.make_mesh(config.mesh)
   check_batch(config, mesh)
-  latest = ckpt_lib.Checkpointer.latest_in(os.path.join(workdir, "checkpoints"))
+  own = os.path.join(workdir, "checkpoints")
+  latest = ckpt_lib.Checkpointer.latest_in(own)  # newest readable; damaged ones: build_state
   initialization.check_sources(config, resuming=latest is not None)
   initialization.configure(config)
   resolve_max_predictions(config)
@@ -46,15 +53,20 @@ def resolve(config, workdir: str) -> Run:
   resolve_heads(config, task_set)
   model_cfg = models.ModelConfig.from_dict(config.model)
   optim.build(config)  # its settings fail here, not after the workdir is written
-  if latest is not None:
-    saved = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False)
-    ckpt_lib.check_same_shapes(saved.saved_config(latest)["model"], config.model.to_dict(),
-                               f"workdir {workdir!r}")
+  if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
+    saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
+    where = f"workdir {workdir!r}"
+    ckpt_lib.check_same_shapes(saved["model"], config.model.to_dict(), where)
+    ckpt_lib.check_same_run(saved, json.loads(config.to_json_best_effort()), where)
   elif config.init.resume:
     other = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_of(config.init.resume, "init.resume"),
                                   use_async=False)
-    ckpt_lib.check_same_shapes(other.saved_config(other.latest_step())["model"],
-                               config.model.to_dict(), f"init.resume {config.init.resume!r}")
+    step = other.newest_readable()
+    if step is None:
+      raise UserError(f"init.resume: no checkpoint in {other.directory!r} has readable metadata "
+                      "(each is damaged)")
+    ckpt_lib.check_same_shapes(other.saved_config(step)["model"], config.model.to_dict(),
+                               f"init.resume {config.init.resume!r}")
   return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
              sharding.rules_of(config), latest)
 

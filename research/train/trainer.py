@@ -3,7 +3,8 @@
 Reads top to bottom in phases:
   resolve       (research.train.resolve) the config, the data as a TaskSet, the mesh: every check
                 of the input, nothing written
-  write         the workdir's config.json, tokenizer.json, labels.json
+  write         the workdir's lock (research.workdir: one live run per workdir), then its
+                config.json, tokenizer.json, labels.json
   build_state   model, optimizer, sharded state, the initialisation policy
   compile       the jitted train step of each task and its eval step
   train         the loop: log, evaluate, keep the best, checkpoint, stop early
@@ -30,6 +31,7 @@ from research.train import initialization, optim
 from research.train import state as state_lib
 from research.train.resolve import Run, resolve
 from research.train.step import TrainState, derive_dropout_key, make_eval_step, make_train_step
+from research.workdir import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,15 @@ def run(config, workdir: str) -> dict:
   wall_start = time.time()
   r = resolve(config, workdir)
   check_writable(workdir)
-  write_run_files(r, workdir)
-  built = build_state(r, workdir)
-  steps = compile_steps(r, built)
-  trained = train(r, built, steps, workdir)
-  return finish(r, built, steps, trained, workdir, wall_start)
+  lock = WorkdirLock(workdir, jax.process_index())  # a second run on this workdir stops here
+  try:
+    write_run_files(r, workdir)
+    built = build_state(r, workdir)
+    steps = compile_steps(r, built)
+    trained = train(r, built, steps, workdir)
+    return finish(r, built, steps, trained, workdir, wall_start)
+  finally:
+    lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +100,8 @@ def build_state(r: Run, workdir: str) -> Built:
   fresh, abstract, shardings = state_lib.create_sharded_state(model, tx, config, r.mesh, r.rules,
                                                               init_key)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               keep=config.ckpt.keep, use_async=config.ckpt.use_async)
+                               keep=config.ckpt.keep, use_async=config.ckpt.use_async,
+                               clean_unfinished=True)
   state, data_state, source = initialization.initial_state(config, ckpt, fresh, abstract,
                                                            shardings)
   if int(data_state["next_step"]) != int(state.step):
