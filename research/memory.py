@@ -81,24 +81,16 @@ def abstract_batch(config, mesh, rows):
                       bench.synthetic_batch(w, state_lib.max_predictions(config))), batch_sharding
 
 
-def saved_activation_bytes(loss_fn, objectives, dropout_key, state, batch, shardings) -> int:
+def saved_activation_bytes(loss_fn, objectives, dropout_key, state, batch, bigger_batch,
+                           shardings) -> int:
   """Per-device bytes the backward pass keeps from the forward (what `model.remat` trades for
   recomputation): the residuals of `jax.vjp` of the step's loss, other than the parameters
   themselves, measured as the outputs of a program that computes them from the step's sharded
-  inputs. Residuals whose leading dimension is the batch are split over the batch axes, as the
-  model's activations are (`act_batch`); XLA places their other dimensions. This is JAX's
-  choice of residuals, so it holds on any backend, where XLA:CPU's buffer assignment of the
-  whole step (`temp`) does not show remat: XLA:CPU drops the barriers that keep a
-  recomputation from being merged back into the forward pass."""
-  batch_sharding = shardings[1]
-  rows = jax.tree.leaves(batch)[0].shape[0]
-
-  def split_rows(x):
-    if x.ndim == 0 or x.shape[0] != rows:
-      return x
-    spec = PartitionSpec(sharding.BATCH_AXES, *[PartitionSpec.UNCONSTRAINED] * (x.ndim - 1))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(batch_sharding.mesh, spec))
-
+  inputs. Each residual's batch dimension (the one that grows from `batch` to `bigger_batch`)
+  is split over the batch axes, as the step's activations are (`act_batch`), and XLA places
+  the rest. These are JAX's residuals, so they hold on any backend, where XLA:CPU's buffer
+  assignment of the whole step (`temp`) does not show remat: XLA:CPU drops the barriers that
+  keep a recomputation from being merged back into the forward pass."""
   def residuals(state, batch):  # the loss as `make_train_step` differentiates it
     rng = jax.random.fold_in(dropout_key, state.step)
     counts = objectives_lib.counts(objectives, batch)
@@ -106,9 +98,25 @@ def saved_activation_bytes(loss_fn, objectives, dropout_key, state, batch, shard
     kept = {id(x): x for x in jax.tree.leaves(vjp_fn)}  # each residual once
     for x in jax.tree.leaves(state.params):
       kept.pop(id(x), None)
-    return [split_rows(x) for x in kept.values()]
+    return list(kept.values())
 
-  compiled = jax.jit(residuals, in_shardings=shardings).lower(state, batch).compile()
+  small, big = jax.eval_shape(residuals, state, batch), jax.eval_shape(residuals, state,
+                                                                        bigger_batch)
+  batch_dims = [next((d for d, (a, b) in enumerate(zip(x.shape, y.shape)) if a != b), None)
+                for x, y in zip(small, big)]
+  mesh = shardings[1].mesh
+
+  def split_batch(x, dim):
+    if dim is None:  # of the parameters alone (e.g. a bf16 copy of a weight)
+      return x
+    spec = [PartitionSpec.UNCONSTRAINED] * x.ndim
+    spec[dim] = sharding.BATCH_AXES
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+  def split_residuals(state, batch):
+    return [split_batch(x, d) for x, d in zip(residuals(state, batch), batch_dims)]
+
+  compiled = jax.jit(split_residuals, in_shardings=shardings).lower(state, batch).compile()
   return compiled.memory_analysis().output_size_in_bytes
 
 
@@ -133,10 +141,11 @@ def train_step_memory(config, mesh) -> dict:
     compiled = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                        out_shardings=(shardings, None), donate_argnums=0
                        ).lower(state, batch).compile()
-    microbatch = batch if accum == 1 else abstract_batch(
-        config, mesh, config.train.batch_size // accum)[0]
-    saved = saved_activation_bytes(make_loss_fn(model, step_objectives), step_objectives,
-                                   dropout_key, state, microbatch, (shardings, batch_sharding))
+    rows = config.train.batch_size // accum  # the backward pass of one microbatch at a time
+    saved = saved_activation_bytes(
+        make_loss_fn(model, step_objectives), step_objectives, dropout_key, state,
+        abstract_batch(config, mesh, rows)[0], abstract_batch(config, mesh, 2 * rows)[0],
+        (shardings, batch_sharding))
   stats = compiled.memory_analysis()
   out = {"params": shard_bytes(state.params), "optimizer": shard_bytes(state.opt_state),
          "state": shard_bytes(state), "batch_shard": shard_bytes(batch), "activations": saved}

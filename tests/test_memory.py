@@ -86,6 +86,10 @@ def test_command_compiles_the_step_on_the_state_and_batch_shards():
     assert row["alias"] == row["state"]  # the donated state is reused for the new state
     assert row["total"] == row["argument"] + row["output"] - row["alias"] + row["temp"]
   assert data["batch_shard"] == fsdp["batch_shard"]  # 16 rows over 8 data-parallel devices
+  # Each of 8 data-parallel devices keeps the activations of its 2 rows: those of 1 device
+  # training 2 rows.
+  (one,) = run_memory(*TINY, "--batch=2", "--meshes=1x1x1", "--remat=none", "--devices=1")
+  assert data["activations"] == one["activations"]
 
 
 @pytest.mark.slow
