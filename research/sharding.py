@@ -78,5 +78,21 @@ def rules_of(config) -> tuple:
 
 
 def shardings_of(abstract_boxed_tree, mesh: Mesh, rules):
-  """NamedShardings for a tree whose leaves carry logical names (`nn.LogicallyPartitioned`)."""
-  return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_boxed_tree), mesh, rules)
+  """NamedShardings for a tree whose leaves carry logical names (`nn.LogicallyPartitioned`).
+
+  Raises UserError naming the first array the mesh cannot split evenly (e.g. 12 attention heads
+  over tensor=8), where jax would fail with a traceback when the state is created."""
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_boxed_tree), mesh, rules)
+  jax.tree_util.tree_map_with_path(_check_divisible, nn.unbox(abstract_boxed_tree), shardings)
+  return shardings
+
+
+def _check_divisible(path, array, named_sharding):
+  for dim, (size, axes) in enumerate(zip(array.shape, named_sharding.spec)):
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    ways = math.prod(named_sharding.mesh.shape[a] for a in axes)
+    if size % ways:
+      name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+      raise UserError(f"mesh {dict(named_sharding.mesh.shape)} cannot split {name} of shape "
+                      f"{tuple(array.shape)}: its dimension {dim} ({size}) over "
+                      f"{' x '.join(axes)} ({ways} ways); choose mesh sizes that divide it")

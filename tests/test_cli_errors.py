@@ -105,6 +105,14 @@ def test_batch_not_divisible_by_data_parallel_size(tmp_path):
   _fails_with(proc, "batch_size (12)", "data-parallel size")
 
 
+def test_mesh_that_cannot_split_the_heads(tmp_path):
+  # The runlocal model's 2 attention heads over tensor=8 (jax alone: an IndivisibleError traceback).
+  proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", *TINY,
+                 "--config.mesh.data=1", "--config.mesh.tensor=8",
+                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  _fails_with(proc, "cannot split params/backbone/layer_0/attention/", "over tensor (8 ways)")
+
+
 def test_empty_dataset(tmp_path):
   empty = tmp_path / "empty.txt"
   empty.write_text("\n\n\n")

@@ -444,6 +444,9 @@ NOT_RUN = {
                                         "is tests/test_bench.py",
     "research.bench --workloads --sweep --max-batch --profile": "GPU workloads",
     "research.bench --smoke --peer --pipeline": "tests/test_bench.py runs the smoke mode",
+    "research.memory --kinds": "base-size compiles take minutes; tests/test_memory.py runs the "
+                               "command at tiny sizes",
+    "research.memory --kinds --batch": "the same, for the decoder",
 }
 # Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
 NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),
