@@ -110,7 +110,8 @@ def test_mesh_that_cannot_split_the_heads(tmp_path):
   proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", *TINY,
                  "--config.mesh.data=1", "--config.mesh.tensor=8",
                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-  _fails_with(proc, "cannot split params/backbone/layer_0/attention/", "over tensor (8 ways)")
+  _fails_with(proc, "cannot split backbone/layer_0/attention/", "over tensor (8 ways)")
+  assert not os.path.exists(tmp_path / "w")  # refused in resolve, before the first write
 
 
 def test_empty_dataset(tmp_path):

@@ -24,6 +24,7 @@ from research import models, sharding, tasks, validation
 from research.errors import UserError
 from research import objectives
 from research.train import initialization, optim
+from research.train import state as state_lib
 from research.workdir import check_not_in_use
 
 
@@ -53,6 +54,8 @@ def resolve(config, workdir: str) -> Run:
   resolve_heads(config, task_set)
   model_cfg = models.ModelConfig.from_dict(config.model)
   optim.build(config)  # its settings fail here, not after the workdir is written
+  rules = sharding.rules_of(config)
+  state_lib.check_shardable(models.build(model_cfg), config, mesh, rules)
   if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
     saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
     where = f"workdir {workdir!r}"

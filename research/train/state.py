@@ -29,6 +29,16 @@ def max_predictions(config) -> int:
   return config.objective.max_predictions if config.get("objective") else 1
 
 
+def check_shardable(model, config, mesh, rules):
+  """Raises UserError if `mesh` cannot split a parameter evenly (e.g. 12 heads over tensor=8):
+  shapes only (`jax.eval_shape`), so `resolve` can refuse the mesh before the first write."""
+  def init(rng):
+    inputs = dummy_inputs(config)
+    return model.init({"params": rng, "dropout": rng}, inputs.pop("input_ids"), **inputs)["params"]
+  with nn.logical_axis_rules(rules):
+    sharding.shardings_of(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
+
+
 def create_sharded_state(model, tx, config, mesh, rules, rng):
   """Returns (state, abstract_state, shardings); parameters are born on their shards."""
   def init(rng):
