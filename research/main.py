@@ -19,6 +19,8 @@ Flags:
 
 Everything here is `research.train.run(config, workdir)`, which tests and notebooks call directly.
 Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
+A SIGTERM/SIGINT saves a checkpoint at the next step and exits with 3 (rerun to resume); a
+divergence exits with 4 without saving; a second signal exits at once with 5 (research/errors.py).
 """
 import difflib
 import json
@@ -32,7 +34,7 @@ import threading
 from absl import app, flags
 from ml_collections import config_flags
 
-from research.errors import UserError, exit_now, exit_with
+from research.errors import RunStopped, UserError, exit_now, exit_with
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal.",
@@ -134,6 +136,9 @@ def main(argv):
     if FLAGS.verbose:
       raise
     fail(e)
+  except RunStopped as stop:  # preempted (saved) or diverged (not saved): its own exit code
+    print(stop, file=sys.stderr, flush=True)
+    sys.exit(stop.exit_code)
   print(json.dumps(summary, indent=2, sort_keys=True))
 
 

@@ -1,0 +1,87 @@
+"""Non-finite losses and gradients: the `train.nonfinite` policy, 'stop' (default) or 'skip'.
+
+Inside the jitted step (research/train/step.py) an update whose loss, gradients or resulting
+parameters are not finite is dropped (parameters and optimizer state stay as they were) and counted in `Health`, which the
+train state carries: no host sync. The host reads `Health` where it syncs anyway, when it fetches
+a step's metrics (every `logging.every_steps`) and before every checkpoint save (`check`). Once a
+run of consecutive non-finite steps reaches `limit` (1 for 'stop', `train.max_consecutive_skips`
+for 'skip') `Health` stops changing and `check` raises `Diverged`, naming that run's first step
+and the first value that was not finite there. So no checkpoint is written after a divergence,
+and a checkpoint with skipped updates holds finite parameters.
+"""
+import flax
+import jax
+import jax.numpy as jnp
+
+from research import params as params_lib
+from research.errors import Diverged
+
+POLICIES = ("stop", "skip")
+
+
+@flax.struct.dataclass
+class Health:
+  skipped: jax.Array      # int32: updates dropped so far
+  consecutive: jax.Array  # int32: non-finite steps in a row, up to the latest
+  first_step: jax.Array   # int32: the first step of that run (numbered from 1, as metrics are)
+  first_what: jax.Array   # int32: index into `quantities(params)` of its first non-finite value
+
+  @classmethod
+  def fresh(cls):
+    zero, none = jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32)
+    return cls(skipped=zero, consecutive=zero, first_step=none, first_what=none)
+
+
+def limit(train_config) -> int:
+  """Consecutive non-finite steps that stop the run."""
+  return 1 if train_config.nonfinite == "stop" else train_config.max_consecutive_skips
+
+
+def quantities(params) -> list[str]:
+  """What `first_nonfinite` checks, in order: the loss, the gradient norm, each gradient, each
+  updated parameter."""
+  paths = list(params_lib.flatten(params))
+  return (["train/loss", "train/grad_norm"] + [f"the gradient of {p}" for p in paths] +
+          [f"the updated parameter {p}" for p in paths])
+
+
+def first_nonfinite(loss, grad_norm, grads, new_params):
+  """Index into `quantities` of the first non-finite value, or -1 (int32, on device)."""
+  leaves = list(params_lib.flatten(grads).values()) + list(params_lib.flatten(new_params).values())
+  finite = jnp.stack([jnp.isfinite(loss), jnp.isfinite(grad_norm)] +
+                     [jnp.all(jnp.isfinite(x)) for x in leaves])
+  return jnp.where(jnp.all(finite), -1, jnp.argmin(finite.astype(jnp.int32))).astype(jnp.int32)
+
+
+def update(health: Health, what, step, stop_limit: int) -> Health:
+  """`health` after step `step` (0-based) whose first non-finite value is `what` (-1: none)."""
+  bad = what >= 0
+  starts_run = bad & (health.consecutive == 0)
+  new = Health(skipped=health.skipped + bad.astype(jnp.int32),
+               consecutive=jnp.where(bad, health.consecutive + 1, 0),
+               first_step=jnp.where(starts_run, step + 1, jnp.where(bad, health.first_step, -1)),
+               first_what=jnp.where(starts_run, what, jnp.where(bad, health.first_what, -1)))
+  reached = health.consecutive >= stop_limit  # latched: the host is to see that run
+  return jax.tree.map(lambda old, n: jnp.where(reached, old, n), health, new)
+
+
+def keep_if_finite(what, new, old):
+  """`new` (parameters, optimizer state) if the step was finite, else `old`."""
+  return jax.tree.map(lambda n, o: jnp.where(what < 0, n, o), new, old)
+
+
+def check(health: Health, params, train_config, latest_checkpoint):
+  """Raises `Diverged` if `health` (host values) reached the limit; `params` names the gradient."""
+  stop_limit = limit(train_config)
+  if int(health.consecutive) < stop_limit:
+    return
+  step, what = int(health.first_step), quantities(params)[int(health.first_what)]
+  if train_config.nonfinite == "stop":
+    why = "(train.nonfinite=stop)"
+  else:
+    why = (f"after {stop_limit} consecutive skipped updates "
+           f"(train.max_consecutive_skips={stop_limit})")
+  kept = ("no checkpoint was written yet" if latest_checkpoint is None
+          else f"the latest checkpoint, step {latest_checkpoint}, is intact")
+  raise Diverged(f"diverged at step {step}: {what} is not finite; stopped {why} without saving; "
+                 f"{kept}", step)
