@@ -5,11 +5,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from conftest import REPO
-from research.errors import EXIT_ABORTED
+from research.errors import EXIT_ABORTED, EXIT_PREEMPTED
 from research.train import preemption
 
 
@@ -43,3 +44,34 @@ def test_a_second_signal_exits_at_once_with_its_own_code():
   assert proc.stderr.strip().splitlines()[-1] == (
       "SIGINT again: stopped at once, without saving; rerun the same command to resume from the "
       "latest checkpoint")
+
+
+MULTI = ["--config=configs/mlm.py:runlocal", "--config.train.steps=40",
+         "--config.train.batch_size=16", "--config.data.vocab_size=2048",
+         "--config.data.seq_len=64", "--config.evals.every_steps=40", "--config.evals.batches=2",
+         "--config.ckpt.every_steps=10", "--config.logging.every_steps=1",
+         "--config.logging.progress=False", "--config.logging.tensorboard=False"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_the_same_step_on_every_process(tmp_path):
+  """jax's preemption service tells the other process; orbax's sync point picks one step."""
+  from process_group import ProcessGroup  # pylint: disable=g-import-not-at-top
+  from research import tracking  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "w")
+  group = ProcessGroup([*MULTI, f"--workdir={workdir}"], num_processes=2, devices=2,
+                       distributed_timeout_s=60, deadline_s=300).start()
+  deadline = time.time() + 240
+  while len(tracking.read_metrics(workdir)) < 13 and time.time() < deadline:
+    time.sleep(0.05)
+  group.send_signal(1, signal.SIGTERM)
+  result = group.wait()
+  codes = [p.returncode for p in result.processes]
+  assert codes == [EXIT_PREEMPTED, EXIT_PREEMPTED], result.report()
+  lines = [p.stderr.strip().splitlines()[-1] for p in result.processes]
+  step = max(r["step"] for r in tracking.read_metrics(workdir))
+  saved = os.path.join(workdir, "checkpoints", str(step))
+  for line in lines:
+    assert line == (f"preempted (SIGTERM) at step {step}: saved {saved}; rerun the same command "
+                    "to resume"), result.report()
+  assert os.path.isdir(saved)
