@@ -11,17 +11,17 @@ import pytest
 
 from conftest import run_cli
 from research import checkpoint, models, params as params_lib, tracking
-from research.errors import EXIT_DIVERGED, Diverged
+from research.errors import EXIT_DIVERGED
 from research.train import nonfinite
 from research.train.step import TrainState, make_train_step
 from test_accumulation import mlm_case
 
 
-def scaled_updates(factor):
-  """SGD whose updates are `factor` x the gradients (NaN: every new parameter is NaN)."""
+def scaled_sgd():
+  """SGD whose learning rate is its state: a NaN one makes every updated parameter NaN."""
   return optax.GradientTransformation(
-      lambda params: optax.EmptyState(),
-      lambda grads, state, params=None: (jax.tree.map(lambda g: -factor * g, grads), state))
+      lambda params: jnp.float32(0.1),
+      lambda grads, lr, params=None: (jax.tree.map(lambda g: -lr * g, grads), lr))
 
 
 def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
@@ -30,12 +30,11 @@ def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
   batch = jax.tree.map(jnp.asarray, batch)
   params = model.init(jax.random.key(0), batch["input_ids"][:1],
                       masked_positions=batch["masked_positions"][:1])["params"]
-  def step_of(factor):
-    return jax.jit(make_train_step(model, (objective,), scaled_updates(factor),
-                                   optax.constant_schedule(0.0), jax.random.key(1),
-                                   nonfinite_limit=3))
-  nan_step, good_step = step_of(jnp.nan), step_of(0.1)
-  state = TrainState.create(params, optax.EmptyState())
+  step = jax.jit(make_train_step(model, (objective,), scaled_sgd(), optax.constant_schedule(0.0),
+                                 jax.random.key(1), nonfinite_limit=3))
+  nan_step = lambda state, batch: step(state.replace(opt_state=jnp.float32(jnp.nan)), batch)
+  good_step = lambda state, batch: step(state.replace(opt_state=jnp.float32(0.1)), batch)
+  state = TrainState.create(params, jnp.float32(0.1))
 
   state, metrics = nan_step(state, batch)  # step 1: dropped
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params),
@@ -53,11 +52,12 @@ def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
 
   train = ml_collections.ConfigDict(dict(nonfinite="skip", max_consecutive_skips=3))
   for _ in range(3):  # steps 3, 4, 5: three in a row reach the limit
-    nonfinite.check(jax.device_get(state.health), params, train, latest_checkpoint=2)
+    assert not nonfinite.reached(jax.device_get(state.health), train)
     state, _ = nan_step(state, batch)
-  with pytest.raises(Diverged) as stop:
-    nonfinite.check(jax.device_get(state.health), params, train, latest_checkpoint=2)
-  assert str(stop.value) == (
+  assert nonfinite.reached(jax.device_get(state.health), train)
+  stop = nonfinite.divergence(jax.device_get(state.health), params, train, latest_checkpoint=2)
+  assert stop.step == 3 and stop.exit_code == EXIT_DIVERGED
+  assert str(stop) == (
       f"diverged at step 3: the updated parameter {first_param} is not finite; stopped after 3 "
       "consecutive skipped updates (train.max_consecutive_skips=3) without saving; the latest "
       "checkpoint, step 2, is intact")

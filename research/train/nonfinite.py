@@ -3,9 +3,9 @@
 Inside the jitted step (research/train/step.py) an update whose loss, gradients or resulting
 parameters are not finite is dropped (parameters and optimizer state stay as they were) and counted in `Health`, which the
 train state carries: no host sync. The host reads `Health` where it syncs anyway, when it fetches
-a step's metrics (every `logging.every_steps`) and before every checkpoint save (`check`). Once a
-run of consecutive non-finite steps reaches `limit` (1 for 'stop', `train.max_consecutive_skips`
-for 'skip') `Health` stops changing and `check` raises `Diverged`, naming that run's first step
+a step's metrics (every `logging.every_steps`) and before every checkpoint save. Once a run of
+consecutive non-finite steps reaches `limit` (1 for 'stop', `train.max_consecutive_skips` for
+'skip') `Health` stops changing (`reached`) and the run stops with `divergence`: `Diverged`, naming that run's first step
 and the first value that was not finite there. So no checkpoint is written after a divergence,
 and a checkpoint with skipped updates holds finite parameters.
 """
@@ -70,11 +70,14 @@ def keep_if_finite(what, new, old):
   return jax.tree.map(lambda n, o: jnp.where(what < 0, n, o), new, old)
 
 
-def check(health: Health, params, train_config, latest_checkpoint):
-  """Raises `Diverged` if `health` (host values) reached the limit; `params` names the gradient."""
+def reached(health: Health, train_config) -> bool:
+  """Whether `health` (host values) holds a run of non-finite steps that stops training."""
+  return int(health.consecutive) >= limit(train_config)
+
+
+def divergence(health: Health, params, train_config, latest_checkpoint) -> Diverged:
+  """The error to stop with once `reached`; `params` names the gradient or parameter."""
   stop_limit = limit(train_config)
-  if int(health.consecutive) < stop_limit:
-    return
   step, what = int(health.first_step), quantities(params)[int(health.first_what)]
   if train_config.nonfinite == "stop":
     why = "(train.nonfinite=stop)"
@@ -83,5 +86,5 @@ def check(health: Health, params, train_config, latest_checkpoint):
            f"(train.max_consecutive_skips={stop_limit})")
   kept = ("no checkpoint was written yet" if latest_checkpoint is None
           else f"the latest checkpoint, step {latest_checkpoint}, is intact")
-  raise Diverged(f"diverged at step {step}: {what} is not finite; stopped {why} without saving; "
-                 f"{kept}", step)
+  return Diverged(f"diverged at step {step}: {what} is not finite; stopped {why} without saving; "
+                  f"{kept}", step)

@@ -236,12 +236,11 @@ class Saver:
     self.config_dict = json.loads(r.config.to_json_best_effort())
 
   def diverged(self, state) -> Diverged | None:
-    try:
-      nonfinite.check(jax.device_get(state.health), state.params, self.train_config,
-                      self.ckpt.latest_step())
-    except Diverged as e:
-      return e
-    return None
+    """The divergence `state` stops on, or None (waits for the step: call where it is synced)."""
+    health = jax.device_get(state.health)
+    if not nonfinite.reached(health, self.train_config):
+      return None
+    return nonfinite.divergence(health, state.params, self.train_config, self.ckpt.latest_step())
 
   def save(self, done: int, state, stopped: bool):
     diverged = self.diverged(state)
