@@ -12,16 +12,16 @@ import pytest
 from conftest import run_cli
 from research import checkpoint, models, params as params_lib, tracking
 from research.errors import EXIT_DIVERGED
+from research.objectives.base import Regularizer
 from research.train import nonfinite
 from research.train.step import TrainState, make_train_step
 from test_accumulation import mlm_case
 
 
-def scaled_sgd():
-  """SGD whose learning rate is its state: a NaN one makes every updated parameter NaN."""
-  return optax.GradientTransformation(
-      lambda params: jnp.float32(0.1),
-      lambda grads, lr, params=None: (jax.tree.map(lambda g: -lr * g, grads), lr))
+def poisoned(path):
+  """A regularizer worth 0 whose gradient is infinite at parameter `path`: sqrt'(0)."""
+  leaf = lambda params: params_lib.flatten(params)[path]
+  return Regularizer("poison", lambda params: jnp.sqrt(jnp.abs(leaf(params).ravel()[0] * 0.0)))
 
 
 def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
@@ -30,19 +30,20 @@ def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
   batch = jax.tree.map(jnp.asarray, batch)
   params = model.init(jax.random.key(0), batch["input_ids"][:1],
                       masked_positions=batch["masked_positions"][:1])["params"]
-  step = jax.jit(make_train_step(model, (objective,), scaled_sgd(), optax.constant_schedule(0.0),
-                                 jax.random.key(1), nonfinite_limit=3))
-  nan_step = lambda state, batch: step(state.replace(opt_state=jnp.float32(jnp.nan)), batch)
-  good_step = lambda state, batch: step(state.replace(opt_state=jnp.float32(0.1)), batch)
-  state = TrainState.create(params, jnp.float32(0.1))
+  target = list(params_lib.flatten(params))[3]
+  def step_of(regularizers):
+    return jax.jit(make_train_step(model, (objective,), optax.sgd(0.1),
+                                   optax.constant_schedule(0.0), jax.random.key(1),
+                                   regularizers=regularizers, nonfinite_limit=3))
+  nan_step, good_step = step_of((poisoned(target),)), step_of(())
+  state = TrainState.create(params, optax.sgd(0.1).init(params))
 
   state, metrics = nan_step(state, batch)  # step 1: dropped
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params),
                                                  jax.tree.leaves(params)))
   assert int(metrics["train/skipped_steps"]) == 1 and np.isfinite(metrics["train/loss"])
   names = nonfinite.quantities(params)
-  first_param = next(iter(params_lib.flatten(params)))
-  assert names[int(state.health.first_what)] == f"the updated parameter {first_param}"
+  assert names[int(state.health.first_what)] == f"the gradient of {target}"
   assert (int(state.health.first_step), int(state.health.consecutive)) == (1, 1)
 
   state, _ = good_step(state, batch)  # step 2: applied, the run of non-finite steps ends
@@ -58,7 +59,7 @@ def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
   stop = nonfinite.divergence(jax.device_get(state.health), params, train, latest_checkpoint=2)
   assert stop.step == 3 and stop.exit_code == EXIT_DIVERGED
   assert str(stop) == (
-      f"diverged at step 3: the updated parameter {first_param} is not finite; stopped after 3 "
+      f"diverged at step 3: the gradient of {target} is not finite; stopped after 3 "
       "consecutive skipped updates (train.max_consecutive_skips=3) without saving; the latest "
       "checkpoint, step 2, is intact")
   latched = jax.device_get(state.health)

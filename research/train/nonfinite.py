@@ -1,13 +1,13 @@
 """Non-finite losses and gradients: the `train.nonfinite` policy, 'stop' (default) or 'skip'.
 
-Inside the jitted step (research/train/step.py) an update whose loss, gradients or resulting
-parameters are not finite is dropped (parameters and optimizer state stay as they were) and counted in `Health`, which the
-train state carries: no host sync. The host reads `Health` where it syncs anyway, when it fetches
-a step's metrics (every `logging.every_steps`) and before every checkpoint save. Once a run of
-consecutive non-finite steps reaches `limit` (1 for 'stop', `train.max_consecutive_skips` for
-'skip') `Health` stops changing (`reached`) and the run stops with `divergence`: `Diverged`, naming that run's first step
-and the first value that was not finite there. So no checkpoint is written after a divergence,
-and a checkpoint with skipped updates holds finite parameters.
+Inside the jitted step (research/train/step.py) an update whose loss or gradients are not finite
+is dropped (a branch: parameters and optimizer state stay as they were) and counted in `Health`,
+which the train state carries: no host sync. The host reads `Health` where it syncs anyway, when
+it fetches a step's metrics (every `logging.every_steps`) and before every checkpoint save. Once a
+run of consecutive non-finite steps reaches `limit` (1 for 'stop', `train.max_consecutive_skips`
+for 'skip') `Health` stops changing (`reached`) and the run stops with `divergence`: `Diverged`,
+naming that run's first step and the first value that was not finite there. So no checkpoint is
+written after a divergence, and one with skipped updates holds the last finite step's parameters.
 """
 import flax
 import jax
@@ -38,19 +38,21 @@ def limit(train_config) -> int:
 
 
 def quantities(params) -> list[str]:
-  """What `first_nonfinite` checks, in order: the loss, the gradient norm, each gradient, each
-  updated parameter."""
-  paths = list(params_lib.flatten(params))
-  return (["train/loss", "train/grad_norm"] + [f"the gradient of {p}" for p in paths] +
-          [f"the updated parameter {p}" for p in paths])
+  """What `grad_norm_and_first_nonfinite` checks, in order: the loss, each parameter's gradient,
+  the gradients' global norm."""
+  return (["train/loss"] + [f"the gradient of {p}" for p in params_lib.flatten(params)] +
+          ["train/grad_norm"])
 
 
-def first_nonfinite(loss, grad_norm, grads, new_params):
-  """Index into `quantities` of the first non-finite value, or -1 (int32, on device)."""
-  leaves = list(params_lib.flatten(grads).values()) + list(params_lib.flatten(new_params).values())
-  finite = jnp.stack([jnp.isfinite(loss), jnp.isfinite(grad_norm)] +
-                     [jnp.all(jnp.isfinite(x)) for x in leaves])
-  return jnp.where(jnp.all(finite), -1, jnp.argmin(finite.astype(jnp.int32))).astype(jnp.int32)
+def grad_norm_and_first_nonfinite(loss, grads):
+  """(the gradients' global norm, as `optax.global_norm`; the index into `quantities` of the first
+  non-finite value, or -1). A gradient is checked through its own sum of squares, the norm's
+  terms, so the check adds no pass over the gradients."""
+  squares = [jnp.sum(jnp.square(g)) for g in params_lib.flatten(grads).values()]
+  grad_norm = jnp.sqrt(sum(squares))
+  finite = jnp.stack([jnp.isfinite(x) for x in [loss, *squares, grad_norm]])
+  what = jnp.where(jnp.all(finite), -1, jnp.argmin(finite.astype(jnp.int32)))
+  return grad_norm, what.astype(jnp.int32)
 
 
 def update(health: Health, what, step, stop_limit: int) -> Health:
@@ -63,11 +65,6 @@ def update(health: Health, what, step, stop_limit: int) -> Health:
                first_what=jnp.where(starts_run, what, jnp.where(bad, health.first_what, -1)))
   reached = health.consecutive >= stop_limit  # latched: the host is to see that run
   return jax.tree.map(lambda old, n: jnp.where(reached, old, n), health, new)
-
-
-def keep_if_finite(what, new, old):
-  """`new` (parameters, optimizer state) if the step was finite, else `old`."""
-  return jax.tree.map(lambda n, o: jnp.where(what < 0, n, o), new, old)
 
 
 def reached(health: Health, train_config) -> bool:

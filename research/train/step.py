@@ -4,7 +4,7 @@
 step's result depends only on (state, batch); gradients can be accumulated over microbatches
 with `lax.scan`. The loss is a task's objectives (`research.objectives`), divided once by the
 global batch's counts, so accumulation gives exactly the full-batch loss and gradients.
-An update whose loss, gradients or new parameters are not finite is dropped and counted in `state.health`
+An update whose loss or gradients are not finite is dropped and counted in `state.health`
 (research/train/nonfinite.py). `eval_step(params, batch)` returns the task's
 `eval_outputs(outputs, batch)`. Both stay on device: nothing here forces a host sync.
 """
@@ -103,12 +103,13 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
       value, reg_grads = jax.value_and_grad(r.fn)(state.params)
       loss, grads = loss + value, jax.tree.map(jnp.add, grads, reg_grads)
       metrics[f"train/{r.name}"] = value
-    grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    what = nonfinite.first_nonfinite(loss, grad_norm, grads, params)
-    params, opt_state = nonfinite.keep_if_finite(what, (params, opt_state),
-                                                 (state.params, state.opt_state))
+    grad_norm, what = nonfinite.grad_norm_and_first_nonfinite(loss, grads)
+    def apply_update():
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state
+    # A non-finite step's update is dropped: a branch, not a select, so finite steps pay nothing.
+    params, opt_state = jax.lax.cond(what < 0, apply_update,
+                                     lambda: (state.params, state.opt_state))
     health = nonfinite.update(state.health, what, state.step, nonfinite_limit)
     metrics.update({"train/loss": loss, "train/lr": lr_schedule(state.step),
                     "train/grad_norm": grad_norm, "train/skipped_steps": health.skipped})
