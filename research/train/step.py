@@ -107,7 +107,7 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
     def apply_update():
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       return optax.apply_updates(state.params, updates), opt_state
-    # A non-finite step's update is dropped: a branch, not a select, so finite steps pay nothing.
+    # A non-finite step's update is dropped: a branch, not a select over the whole state.
     params, opt_state = jax.lax.cond(what < 0, apply_update,
                                      lambda: (state.params, state.opt_state))
     health = nonfinite.update(state.health, what, state.step, nonfinite_limit)
