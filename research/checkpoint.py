@@ -92,10 +92,29 @@ class Checkpointer:
     self.pending = step
 
   def restore(self, step: int, abstract_state):
-    """Restores (state, data_state) at `step`, laid out as `abstract_state`'s shardings say."""
+    """Restores (state, data_state) at `step`, laid out as `abstract_state`'s shardings say.
+
+    A checkpoint written before the train state carried `health` (non-finite step counts) is
+    restored without it and gets a fresh one: such runs resume, they are not damaged."""
+    saved_fields = self.saved_state_fields(step)
+    target = abstract_state
+    if saved_fields and "health" not in saved_fields:
+      target = {k: getattr(abstract_state, k) for k in saved_fields}
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return out["state"], out["data"]
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    state = out["state"]
+    if target is not abstract_state:
+      state = abstract_state.replace(
+          **state, health=jax.tree.map(lambda fresh, a: jax.device_put(np.asarray(fresh), a.sharding),
+                                       type(abstract_state.health).fresh(), abstract_state.health))
+    return state, out["data"]
+
+  def saved_state_fields(self, step: int) -> list:
+    """The top-level fields of the train state saved at `step` (from its metadata only)."""
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state")
+    tree = getattr(metadata, "tree", None)
+    return list(tree) if isinstance(tree, dict) else []
 
   def restore_raw_state(self, step: int):
     """The saved train state as host arrays, whatever model it belongs to (weights-only init)."""
@@ -239,12 +258,12 @@ RESUMABLE_FIELDS = ("train.steps", "logging.", "ckpt.every_steps", "ckpt.keep", 
 
 def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4):
   """Raises `UserError` listing `key: saved -> new` for the fields (other than
-  `RESUMABLE_FIELDS`) where this run's resolved config differs from its checkpoint's."""
+  `RESUMABLE_FIELDS`) where this run's resolved config differs from its checkpoint's. Only fields
+  both configs have are compared: one the other lacks comes from another version of this library
+  (a field added or renamed since the checkpoint was written), not from the user."""
   saved, new = _flat(saved_config), _flat(config)
-  show = lambda d, k: repr(d[k]) if k in d else "(absent)"
-  diff = [f"{k}: {show(saved, k)} -> {show(new, k)}"
-          for k in sorted(set(saved) | set(new))
-          if saved.get(k, _ABSENT) != new.get(k, _ABSENT)
+  diff = [f"{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(set(saved) & set(new))
+          if saved[k] != new[k]
           and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
   if diff:
     more = f" (and {len(diff) - shown} more)" if len(diff) > shown else ""
@@ -252,9 +271,6 @@ def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4)
     raise UserError(f"{where} holds a run with a different config: {'; '.join(diff[:shown])}"
                     f"{more}. Use a new --workdir, or restore these values (a resumed run may "
                     f"change only {may_change})")
-
-
-_ABSENT = object()
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -79,7 +79,10 @@ def train(steps: int, batch_size: int):
       steps=steps, batch_size=batch_size, grad_accum_steps=1, seed=0,
       # Dropout's random bits: 'threefry' (the same bits on any mesh) or 'rbg' (XLA's
       # RngBitGenerator: cheaper on GPUs and TPUs, but the bits depend on the sharding).
-      dropout_prng="threefry"))
+      dropout_prng="threefry",
+      # A step whose loss or gradients are not finite: 'stop' the run there (exit code 4, no
+      # save), or 'skip' its update and stop after `max_consecutive_skips` such steps in a row.
+      nonfinite="stop", max_consecutive_skips=5))
 
 
 def common(config):

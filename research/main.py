@@ -18,9 +18,11 @@ Flags:
                coordinator, the process and the timeout (default 300).
 
 Everything here is `research.train.run(config, workdir)`, which tests and notebooks call directly.
-Bad input ends with one line on stderr and exit code 2; nothing already written is touched. A
-checkpoint that cannot be written (disk full, unwritable) ends the run with one line and exit
-code 5 (`errors.EXIT_SAVE_FAILED`); the checkpoints before it are intact.
+Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
+A SIGTERM/SIGINT saves a checkpoint at the next step and exits with 3 (rerun to resume); a
+divergence exits with 4 without saving; a checkpoint that cannot be written (disk full,
+unwritable) exits with 5, the checkpoints before it intact; a second signal exits at once
+with 6 (research/errors.py).
 """
 import difflib
 import json
@@ -34,7 +36,8 @@ import threading
 from absl import app, flags
 from ml_collections import config_flags
 
-from research.errors import EXIT_SAVE_FAILED, SaveFailed, UserError, exit_now, exit_with
+from research.errors import (EXIT_SAVE_FAILED, RunStopped, SaveFailed, UserError, exit_now,
+                             exit_with)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal.",
@@ -140,6 +143,9 @@ def main(argv):
     if FLAGS.verbose:
       raise
     exit_now(e, EXIT_SAVE_FAILED)
+  except RunStopped as stop:  # preempted (saved) or diverged (not saved): its own exit code
+    print(stop, file=sys.stderr, flush=True)
+    sys.exit(stop.exit_code)
   print(json.dumps(summary, indent=2, sort_keys=True))
 
 

@@ -1,8 +1,15 @@
-"""Experiment tracking: metrics.jsonl, TensorBoard, a progress bar, summary.json, a loss plot.
+"""Experiment tracking: metrics.jsonl, TensorBoard, a progress bar, summaries, a loss plot.
 
 Only process 0 writes. On resume, records past the resumed step (written by the interrupted run
-after its last checkpoint) are dropped, so metrics.jsonl holds each step once.
+after its last checkpoint) are dropped, so metrics.jsonl holds each step once. A value that is
+missing or not finite is written as null and shown as such; it never stops the run.
+
+summary.json is the summary of the run that trained the weights in the workdir: an invocation
+that trains no step (a rerun of a finished run) leaves it as it is. summaries.jsonl gets one line
+per invocation that finished or stopped (`outcome`: finished, preempted, diverged), with the step
+it started from and the time it ended, so each invocation's figures are kept.
 """
+import datetime
 import json
 import math
 import os
@@ -10,7 +17,8 @@ import os
 import jax
 import tqdm
 
-METRICS_FILE, SUMMARY_FILE, PLOT_FILE = "metrics.jsonl", "summary.json", "loss.png"
+METRICS_FILE, SUMMARY_FILE, SUMMARIES_FILE, PLOT_FILE = (
+    "metrics.jsonl", "summary.json", "summaries.jsonl", "loss.png")
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -22,14 +30,40 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def _json_value(v):
+  """A finite float, or None (missing, NaN, inf: JSON has no NaN)."""
+  if v is None:
+    return None
   v = float(v)
   return None if math.isnan(v) or math.isinf(v) else v
+
+
+def _shown(v, spec: str) -> str:
+  return "null" if v is None else format(v, spec)
+
+
+def append_summary(workdir: str, outcome: str, start_step: int, summary: dict):
+  """One line of summaries.jsonl: this invocation's `summary`, how it ended, where it started."""
+  if jax.process_index() != 0:
+    return
+  line = {"outcome": outcome, "start_step": start_step,
+          "ended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          **summary}
+  with open(os.path.join(workdir, SUMMARIES_FILE), "a") as f:
+    f.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def read_summaries(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, SUMMARIES_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 class Tracker:
   def __init__(self, workdir: str, *, start_step: int, total_steps: int, tensorboard: bool = True,
                progress: bool = True):
-    self.workdir = workdir
+    self.workdir, self.start_step = workdir, start_step
     self.is_writer = jax.process_index() == 0
     self.history = [r for r in read_metrics(workdir) if r["step"] <= start_step]
     self.tb = self.bar = None
@@ -51,8 +85,7 @@ class Tracker:
     os.replace(path + ".tmp", path)
 
   def write(self, step: int, metrics: dict):
-    record = {"step": int(step), **{k: _json_value(v) if v is not None else None
-                                    for k, v in sorted(metrics.items())}}
+    record = {"step": int(step), **{k: _json_value(v) for k, v in sorted(metrics.items())}}
     self.history.append(record)
     if not self.is_writer:
       return
@@ -63,8 +96,8 @@ class Tracker:
         if k != "step" and v is not None:
           self.tb.add_scalar(k, v, step)
     if self.bar and "train/loss" in record:
-      self.bar.set_postfix(loss=f"{record['train/loss']:.3f}",
-                           tok_s=f"{record.get('perf/tokens_per_sec') or 0:.0f}")
+      self.bar.set_postfix(loss=_shown(record["train/loss"], ".3f"),
+                           tok_s=_shown(record.get("perf/tokens_per_sec"), ".0f"))
 
   def advance(self, steps: int):
     if self.bar:
@@ -77,16 +110,26 @@ class Tracker:
       out.update({k: v for k, v in record.items() if k.startswith(prefix)})
     return out
 
-  def finish(self, summary: dict):
-    if not self.is_writer:
+  def close(self):
+    """Ends the progress bar and closes the files (again: a no-op)."""
+    if not self.is_writer or self.file.closed:
       return
     if self.bar:
       self.bar.close()
     self.file.close()
     if self.tb:
       self.tb.close()
-    with open(os.path.join(self.workdir, SUMMARY_FILE), "w") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
+
+  def finish(self, summary: dict):
+    """Closes; writes summary.json if this invocation trained, appends to summaries.jsonl."""
+    if not self.is_writer:
+      return
+    self.close()
+    path = os.path.join(self.workdir, SUMMARY_FILE)
+    if summary["step"] > self.start_step or not os.path.exists(path):
+      with open(path, "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    append_summary(self.workdir, "finished", self.start_step, summary)
     plot_losses(self.history, os.path.join(self.workdir, PLOT_FILE))
 
 

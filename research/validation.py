@@ -8,9 +8,11 @@ allowed.
 import re
 
 from research.errors import UserError
+from research.train.nonfinite import POLICIES
 from research.train.optim import DECAYS
 
-_AT_LEAST_ONE = ("train.steps", "train.batch_size", "train.grad_accum_steps", "data.seq_len",
+_AT_LEAST_ONE = ("train.steps", "train.batch_size", "train.grad_accum_steps",
+                 "train.max_consecutive_skips", "data.seq_len",
                  "logging.every_steps", "evals.every_steps", "ckpt.every_steps", "ckpt.keep")
 
 RULES = [(key, ">= 1", lambda v: v >= 1) for key in _AT_LEAST_ONE] + [
@@ -25,6 +27,7 @@ RULES = [(key, ">= 1", lambda v: v >= 1) for key in _AT_LEAST_ONE] + [
     ("schedule.warmup_steps", ">= 0", lambda v: v >= 0),
     ("schedule.end_factor", ">= 0", lambda v: v >= 0),
     ("schedule.decay", f"one of {', '.join(DECAYS)}", lambda v: v in DECAYS),
+    ("train.nonfinite", f"one of {', '.join(POLICIES)}", lambda v: v in POLICIES),
     ("data.eval_fraction", "in (0, 1)", lambda v: 0 < v < 1),
     ("evals.batches", ">= 0 (0 = one pass)", lambda v: v >= 0),
 ]

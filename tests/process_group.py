@@ -140,6 +140,10 @@ class ProcessGroup:
       self._running.append(_Running(index, argv, proc, out, err, time.time()))
     return self
 
+  def send_signal(self, index: int, signum: int):
+    """Sends `signum` to process `index` alone (not its session)."""
+    next(r for r in self._running if r.index == index).proc.send_signal(signum)
+
   def wait(self) -> GroupResult:
     """Waits for every process, at most `deadline_s` from the start; kills what is left."""
     try:

@@ -72,7 +72,7 @@ def run_step(model_cfg, objective, batch, accum):
   tx = gradient_recorder()
   step = jax.jit(make_train_step(model, (objective,), tx, optax.constant_schedule(0.0),
                                  jax.random.key(1), grad_accum_steps=accum))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  state = TrainState.create(params, tx.init(params))
   new_state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
   return float(metrics["train/loss"]), float(metrics[f"train/{objective.name}/loss"]), \
       new_state.opt_state

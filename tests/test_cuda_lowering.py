@@ -7,7 +7,6 @@ program on the CPU. cuDNN's version check (which needs the library) is stubbed; 
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,8 +27,7 @@ def lower_for_cuda(model_cfg, batch, monkeypatch):
                           )["params"]
   params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
                         is_leaf=lambda x: hasattr(x, "value"))
-  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                     opt_state=jax.eval_shape(tx.init, params))
+  state = jax.eval_shape(lambda p: TrainState.create(p, tx.init(p)), params)
   step = jax.jit(make_train_step(model, (objective,), tx, lr, jax.random.key(1)))
   return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 

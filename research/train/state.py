@@ -44,8 +44,7 @@ def create_sharded_state(model, tx, config, mesh, rules, rng):
   def init(rng):
     inputs = dummy_inputs(config)
     boxed = model.init({"params": rng, "dropout": rng}, inputs.pop("input_ids"), **inputs)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=boxed,
-                      opt_state=_unbox_masked(tx.init(boxed)))
+    return TrainState.create(boxed, _unbox_masked(tx.init(boxed)))
 
   # No mesh context here: flax's DenseGeneral would constrain its flat (pre-reshape) kernel.
   with nn.logical_axis_rules(rules):

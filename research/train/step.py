@@ -4,8 +4,9 @@
 step's result depends only on (state, batch); gradients can be accumulated over microbatches
 with `lax.scan`. The loss is a task's objectives (`research.objectives`), divided once by the
 global batch's counts, so accumulation gives exactly the full-batch loss and gradients.
-`eval_step(params, batch)` returns the task's `eval_outputs(outputs, batch)`.
-Both stay on device: nothing here forces a host sync.
+An update whose loss or gradients are not finite is dropped and counted in `state.health`
+(research/train/nonfinite.py). `eval_step(params, batch)` returns the task's
+`eval_outputs(outputs, batch)`. Both stay on device: nothing here forces a host sync.
 """
 from typing import Any
 
@@ -16,6 +17,7 @@ import optax
 
 from research import objectives as objectives_lib
 from research.errors import UserError
+from research.train import nonfinite
 
 
 @flax.struct.dataclass
@@ -23,6 +25,13 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  health: nonfinite.Health  # non-finite steps: counted, their updates dropped
+
+  @classmethod
+  def create(cls, params, opt_state):
+    """The state at step 0."""
+    return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+               health=nonfinite.Health.fresh())
 
 
 def model_inputs(batch) -> dict:
@@ -61,13 +70,14 @@ def derive_dropout_key(key, prng: str):
 
 
 def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_steps=1,
-                    regularizers=()):
+                    regularizers=(), nonfinite_limit=1):
   """The train step of `objectives` (a task's loss terms, see research.objectives.base).
 
   Every objective's count is taken over the whole batch first; each microbatch's loss is its sum
   divided by those global counts, so the accumulated loss and gradients are the full batch's.
   `regularizers` are `Regularizer`s: loss terms of the parameters alone (e.g. a continual-
-  learning penalty), added once per step.
+  learning penalty), added once per step. `nonfinite_limit`: consecutive non-finite steps after
+  which `state.health` stops changing, for the host to stop the run (`nonfinite.limit`).
   """
   grad_fn = jax.value_and_grad(make_loss_fn(model, objectives), has_aux=True)
 
@@ -93,11 +103,18 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
       value, reg_grads = jax.value_and_grad(r.fn)(state.params)
       loss, grads = loss + value, jax.tree.map(jnp.add, grads, reg_grads)
       metrics[f"train/{r.name}"] = value
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    grad_norm, what = nonfinite.grad_norm_and_first_nonfinite(loss, grads)
+    def apply_update():
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state
+    # A non-finite step's update is dropped: a branch, not a select over the whole state.
+    params, opt_state = jax.lax.cond(what < 0, apply_update,
+                                     lambda: (state.params, state.opt_state))
+    health = nonfinite.update(state.health, what, state.step, nonfinite_limit)
     metrics.update({"train/loss": loss, "train/lr": lr_schedule(state.step),
-                    "train/grad_norm": optax.global_norm(grads)})
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+                    "train/grad_norm": grad_norm, "train/skipped_steps": health.skipped})
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      health=health), metrics
 
   return train_step
 

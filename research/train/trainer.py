@@ -7,7 +7,8 @@ Reads top to bottom in phases:
                 config.json, tokenizer.json, labels.json
   build_state   model, optimizer, sharded state, the initialisation policy
   compile       the jitted train step of each task and its eval step
-  train         the loop: log, evaluate, keep the best, checkpoint, stop early
+  train         the loop: log, evaluate, keep the best, checkpoint, stop early; stop on a
+                preemption signal (saved) or a divergence (not saved)
   finish        held-out evaluation, reports, summary
 The trainer drives tasks only through the `TaskSet` interface (research.tasks.taskset).
 """
@@ -25,9 +26,9 @@ import numpy as np
 from research import checkpoint as ckpt_lib
 from research import data as data_lib
 from research import models, perf, sharding, tracking
-from research.errors import UserError
+from research.errors import Diverged, Preempted, RunStopped, UserError
 from research.tasks import EvalContext
-from research.train import initialization, optim
+from research.train import initialization, nonfinite, optim, preemption
 from research.train import state as state_lib
 from research.train.resolve import Run, resolve
 from research.train.step import TrainState, derive_dropout_key, make_eval_step, make_train_step
@@ -46,7 +47,12 @@ def run(config, workdir: str) -> dict:
     write_run_files(r, workdir)
     built = build_state(r, workdir)
     steps = compile_steps(r, built)
-    trained = train(r, built, steps, workdir)
+    try:
+      trained = train(r, built, steps, workdir)
+    except RunStopped as stop:
+      tracking.append_summary(workdir, stop.outcome, int(built.data_state["next_step"]),
+                              {"step": stop.step, "wall_seconds": time.time() - wall_start})
+      raise
     return finish(r, built, steps, trained, workdir, wall_start)
   finally:
     lock.release()
@@ -129,7 +135,8 @@ def compile_steps(r: Run, b: Built) -> Steps:
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     train_steps = [jax.jit(
         make_train_step(b.model, task.objectives, b.tx, b.lr_schedule, b.dropout_key,
-                        r.config.train.grad_accum_steps, r.task_set.regularizers),
+                        r.config.train.grad_accum_steps, r.task_set.regularizers,
+                        nonfinite.limit(r.config.train)),
         in_shardings=(b.shardings, batch_sharding), out_shardings=(b.shardings, None),
         donate_argnums=0) for task in tasks]
     eval_steps = [jax.jit(make_eval_step(b.model, task.eval_outputs),
@@ -176,6 +183,8 @@ class Trained:
 
 
 def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
+  """Steps from the data position to `train.steps`. A preemption signal saves and raises
+  `Preempted`; a divergence (`train.nonfinite`) raises `Diverged` without saving."""
   config, state, total = r.config, b.state, r.config.train.steps
   start = int(b.data_state["next_step"])
   tracker = tracking.Tracker(workdir, start_step=start, total_steps=total,
@@ -187,29 +196,67 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
                                    config.evals.best_mode, config.evals.patience, tracker.history)
   stopped = bool(b.data_state.get("stopped_early"))
   throughput = Throughput(r, start)
-  config_dict = json.loads(config.to_json_best_effort())
-  with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
-    for step, (task_index, batch) in data_lib.device_batches(
-        r.task_set.train_batch, start, start if stopped else total, steps.batch_sharding):
-      state, metrics = steps.train[task_index](state, batch)
-      done = step + 1
-      record = throughput.record(done, metrics, log_now=(
-          done % config.logging.every_steps == 0 or done == total or done == start + 1))
-      if done % config.evals.every_steps == 0 or done == total:
-        record.update(evaluate(r, steps, state.params))
-        if best is not None:
-          best.update(done, record, state.params)
-          stopped = best.should_stop
-      if record:
-        tracker.write(done, record)
-      if done % config.ckpt.every_steps == 0 or done == total or stopped:
-        b.ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, config_dict)
-      tracker.advance(1)
-      if stopped:
-        log.info("early stopping at step %d: %s has not improved for %d evaluations", done,
-                 best.metric, best.stale)
-        break
+  saver = Saver(r, b)
+  try:
+    with preemption.Preemption(b.ckpt.manager.reached_preemption) as preempt, \
+        jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
+      for step, (task_index, batch) in data_lib.device_batches(
+          r.task_set.train_batch, start, start if stopped else total, steps.batch_sharding):
+        state, metrics = steps.train[task_index](state, batch)
+        done = step + 1
+        record = throughput.record(done, metrics, log_now=(
+            done % config.logging.every_steps == 0 or done == total or done == start + 1))
+        evaluate_now = done % config.evals.every_steps == 0 or done == total
+        diverged = saver.diverged(state) if record or evaluate_now else None  # synced already
+        if evaluate_now and not diverged:
+          record.update(evaluate(r, steps, state.params))
+          if best is not None:
+            best.update(done, record, state.params)
+            stopped = best.should_stop
+        if record:
+          tracker.write(done, record)
+        if diverged:
+          raise diverged
+        preempted = preempt.requested(done)
+        if done % config.ckpt.every_steps == 0 or done == total or stopped or preempted:
+          saver.save(done, state, stopped)
+        tracker.advance(1)
+        if preempted:
+          raise Preempted(f"preempted ({preempt.signal_name}) at step {done}: saved "
+                          f"{saver.path(done)}; rerun the same command to resume", done)
+        if stopped:
+          log.info("early stopping at step %d: %s has not improved for %d evaluations", done,
+                   best.metric, best.stale)
+          break
+  except RunStopped:
+    b.ckpt.wait()  # the last save (a preemption's, or an earlier one) is complete on disk
+    tracker.close()
+    raise
   return Trained(state, tracker, best, stopped, throughput.compile_seconds)
+
+
+class Saver:
+  """The loop's checkpoint saves, each after checking the state is finite (`nonfinite.check`)."""
+
+  def __init__(self, r: Run, b: Built):
+    self.ckpt, self.train_config = b.ckpt, r.config.train
+    self.config_dict = json.loads(r.config.to_json_best_effort())
+
+  def diverged(self, state) -> Diverged | None:
+    """The divergence `state` stops on, or None (waits for the step: call where it is synced)."""
+    health = jax.device_get(state.health)
+    if not nonfinite.reached(health, self.train_config):
+      return None
+    return nonfinite.divergence(health, state.params, self.train_config, self.ckpt.latest_step())
+
+  def save(self, done: int, state, stopped: bool):
+    diverged = self.diverged(state)
+    if diverged:
+      raise diverged
+    self.ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, self.config_dict)
+
+  def path(self, step: int) -> str:
+    return os.path.join(self.ckpt.directory, str(step))
 
 
 class Throughput:
