@@ -1,7 +1,7 @@
 r"""Benchmark harness: our real train step against HF transformers (PyTorch) on the same shapes.
 
   python -m research.bench [--workloads=bert-base-mlm-s128,...] [--peer=hf] [--smoke] [--pipeline]
-                          [--set=KEY=VALUE ...] [--batch=N] [--profile=DIR]
+                          [--set=KEY=VALUE ...] [--batch=N] [--profile=DIR] [--depths=2,6,...]
 
 Prints one JSON line per workload: workload, batch, seq, tokens_per_sec, step_ms, mfu,
 peak_memory_gb, compile_s (ours), and with --peer=hf the same under 'hf_*' plus
@@ -34,6 +34,10 @@ matrix multiply in the compute dtype on this device (8192^3 bf16 on a GPU); `cei
 the step's achieved model FLOP/s / that ceiling, i.e. how close the step is to pure matmul speed.
 `--profile DIR` writes a `jax.profiler` trace of the timed steps (open with TensorBoard's or
 Perfetto's trace viewer) to see where the step's time goes.
+
+Depth: `--depths=2,6,12` replaces each workload's row by one row per depth and blocks layout
+(`num_layers` = each depth, `scan_layers` false then true), so compile_s and step_ms show how
+compile time grows with depth unrolled and scanned (`model.scan_layers`).
 """
 import collections
 import dataclasses
@@ -326,6 +330,18 @@ def run_pipeline(w: Workload, seconds: float = 5.0) -> float:
     return n / (time.perf_counter() - start)
 
 
+def depth_overrides(depths: str, overrides: dict) -> list:
+  """'2,6' -> `overrides` with num_layers 2 unrolled, 2 scanned, 6 unrolled, 6 scanned."""
+  try:
+    sizes = [int(d) for d in depths.split(",")]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise SystemExit(f"error: --depths wants positive layer counts like 2,6,12, got {depths!r}")
+  return [{**overrides, "num_layers": n, "scan_layers": scan}
+          for n in sizes for scan in (False, True)]
+
+
 SWEEP = ("attention_impl=xla", "remat=dots", "remat=full", "dropout_prng=rbg", "dtype=float32")
 
 
@@ -388,6 +404,8 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=0, help="every workload's batch (both sides)")
   parser.add_argument("--profile", default="", metavar="DIR",
                       help="write a jax.profiler trace of our timed steps under DIR")
+  parser.add_argument("--depths", default="", metavar="N,N,...",
+                      help="one row per depth, blocks unrolled then scanned (model.scan_layers)")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--warmup", type=int, default=3)
   args = parser.parse_args(argv)
@@ -395,6 +413,10 @@ def main(argv=None):
   overrides = parse_overrides(args.overrides)
   ceilings = {}
   for w in workloads(args.workloads, args.smoke, args.batch):
+    if args.depths:
+      for overrides_at_depth in depth_overrides(args.depths, overrides):
+        print(json.dumps(measure(w, args, steps, overrides_at_depth, ceilings)), flush=True)
+      continue
     row = measure(w, args, steps, overrides, ceilings)
     if args.max_batch:
       row.update(largest_batch(w, max(2, steps // 4), 1, overrides))

@@ -1,0 +1,115 @@
+"""`model.scan_layers`: the scanned blocks compute what the unrolled ones do on the same weights,
+their parameters are stacked and sharded as the rules say, and every reader of weights (HF import
+and export, `init.weights`) takes either layout; a resume keeps its layout."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from research import models, sharding
+from research.models import layers, layout
+
+ENCODER = dict(kind="encoder", vocab_size=300, hidden_size=32, num_layers=3, num_heads=4,
+               mlp_dim=64, max_len=64, heads=("mlm", "sentence_pair"), dtype="float32")
+GPT2 = dict(kind="decoder", vocab_size=300, hidden_size=32, num_layers=3, num_heads=4,
+            mlp_dim=64, max_len=64, type_vocab_size=0, heads=("lm",), dtype="float32",
+            activation="gelu_tanh", layer_norm_eps=1e-5, pooler=False)
+LLAMA = dict(GPT2, norm="rmsnorm", activation="silu", gated_mlp=True, use_bias=False,
+             position_embedding="rotary", num_kv_heads=2, tie_embeddings=False)
+
+
+def _loss(model, params, ids, mask, masked):
+  out = model.apply({"params": params}, ids, attention_mask=mask, masked_positions=masked)
+  return sum(jnp.mean(v.astype(jnp.float32) ** 2) for v in out.values()), out
+
+
+@pytest.mark.parametrize("arch, remat", [("encoder", "none"), ("encoder", "full"),
+                                         ("gpt2", "full"), ("llama", "none")])
+def test_scanned_model_matches_unrolled_on_restacked_weights(arch, remat):
+  cfg = dict({"encoder": ENCODER, "gpt2": GPT2, "llama": LLAMA}[arch], remat=remat)
+  ids = jax.random.randint(jax.random.key(1), (2, 12), 5, 300)
+  mask = jnp.array([[1] * 12, [1] * 8 + [0] * 4])
+  masked = jnp.array([[1, 4, 7], [0, 2, 5]])
+  unrolled = models.build(cfg)
+  params = nn.meta.unbox(jax.jit(unrolled.init)(jax.random.key(0), ids, masked_positions=masked))
+  params = params["params"]
+  scanned = models.build(dict(cfg, scan_layers=True))
+  scanned_init = nn.meta.unbox(jax.eval_shape(scanned.init, jax.random.key(0), ids,
+                                              masked_positions=masked))["params"]
+  stacked = layout.stack_layers(params)
+  # The scanned model's own tree, each block at its index on the leading axis.
+  assert jax.tree.map(np.shape, stacked) == jax.tree.map(np.shape, scanned_init)
+  assert "layer_0" not in scanned_init["backbone"]
+  grad = lambda m: jax.value_and_grad(lambda p: _loss(m, p, ids, mask, masked), has_aux=True)
+  (value, out), grads = jax.jit(grad(unrolled))(params)
+  (scanned_value, scanned_out), scanned_grads = jax.jit(grad(scanned))(stacked)
+  for key in out:
+    np.testing.assert_allclose(scanned_out[key], out[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  np.testing.assert_allclose(scanned_value, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               scanned_grads, layout.stack_layers(grads))
+  # The scanned step traces one block (a scan), the unrolled one every block.
+  def primitives(m, p):
+    return [e.primitive.name for e in jax.make_jaxpr(grad(m))(p).jaxpr.eqns]
+  assert "scan" in primitives(scanned, stacked) and "scan" not in primitives(unrolled, params)
+
+
+def test_layouts_round_trip_and_keep_block_order():
+  blocks = {f"layer_{i}": {"mlp": {"kernel": np.full((2, 3), i, np.float32)}} for i in range(12)}
+  params = {"token_embed": {"embedding": np.ones((4, 2))}, "backbone": {**blocks, "ln": {}}}
+  stacked = layout.stack_layers(params)
+  assert layout.is_stacked(stacked) and not layout.is_stacked(params)
+  # Block 10 at index 10 (not after block 1, as sorting the names would put it).
+  np.testing.assert_array_equal(stacked["backbone"]["layers"]["mlp"]["kernel"][:, 0, 0],
+                                np.arange(12))
+  assert layout.as_layout(stacked, scan_layers=True) is stacked
+  back = layout.as_layout(stacked, scan_layers=False)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_stacked_parameters_shard_on_fsdp_and_tensor_not_on_layers():
+  ids = jnp.ones((1, 8), jnp.int32)
+  cfg = dict(GPT2, scan_layers=True)
+  abstract = jax.eval_shape(lambda: models.build(cfg).init(jax.random.key(0), ids))["params"]
+  query = abstract["backbone"]["layers"]["attention"]["query"]["kernel"]
+  assert query.names == ("layers", "embed", "heads", "kv") and query.value.shape == (3, 32, 4, 8)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+  specs = sharding.shardings_of(abstract, mesh, sharding.DEFAULT_RULES)
+  assert specs["backbone"]["layers"]["attention"]["query"]["kernel"].spec == \
+      jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  assert specs["backbone"]["layers"]["mlp"]["down"]["kernel"].spec == \
+      jax.sharding.PartitionSpec(None, "tensor", "fsdp")
+
+
+def test_each_scanned_block_draws_its_own_dropout():
+  """Blocks whose projections are zero add dropout(bias) to the residual: out = sum over blocks
+  of their dropout masks (x 2 at rate 0.5). Shared random bits would make every block's mask the
+  same, so each element would be kept by no block or by all of them."""
+  num_layers = 4
+  cfg = models.ModelConfig(**dict(GPT2, num_layers=num_layers, scan_layers=True,
+                                  dropout_rate=0.5))
+
+  class Blocks(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      mask = layers.AttentionMask(None, None, causal=True)
+      positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+      return layers.transformer_blocks(cfg, x, mask, positions, False, pre_norm=True)
+
+  x = jnp.zeros((2, 16, 32))
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  shapes = nn.meta.unbox(jax.eval_shape(Blocks().init, rngs, x)["params"])
+  ones = lambda path: path[-1].key == "scale" or (path[-1].key == "bias" and
+                                                  path[-2].key in ("out", "down"))
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, p: (jnp.ones if ones(path) else jnp.zeros)(p.shape, p.dtype), shapes)
+  out = jax.jit(Blocks().apply)({"params": params}, x, rngs={"dropout": jax.random.key(2)})
+  kept = np.asarray(out) / 2  # how many of the 2 x num_layers dropouts kept each element
+  np.testing.assert_array_equal(kept, np.round(kept))
+  assert set(np.unique(kept)) - {0, num_layers, 2 * num_layers}, np.unique(kept)
