@@ -10,8 +10,9 @@ the full workloads are meant for one GPU. --pipeline also times the real input p
 (embedded corpus, tokenizer, MLM masking) building batches of the workload's shape, and reports
 pipeline_ratio = batches it builds per second / steps the model takes per second.
 
-Timing: our step is compiled ahead of time (compile_s; the peer's first step, which compiles),
-then `--warmup` steps, then `--steps` steps without a host sync between them, timed to
+Timing: our step is compiled ahead of time (compile_s, and compile_cpu_s: the CPU seconds this
+process spent on it, which a shared machine's load inflates less; the peer's first step, which
+compiles), then `--warmup` steps, then `--steps` steps without a host sync between them, timed to
 `block_until_ready` (CUDA synchronize for the peer). peak_memory_gb is the device allocator's
 peak so far in this process; step_memory_gb is what XLA's buffer assignment gives our step
 (arguments + outputs + temporaries - donated), so it compares levers within one process.
@@ -216,12 +217,12 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   train_step = make_train_step(model, objectives.pretraining(config.objective)[0], tx, lr,
                                derive_dropout_key(dropout_key, config.train.dropout_prng),
                                config.train.grad_accum_steps)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, None), donate_argnums=0
                    ).lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
   memory = step.memory_analysis()  # this program's own buffers, unlike the process-wide peak
   step_memory = memory and (memory.argument_size_in_bytes + memory.output_size_in_bytes +
                             memory.temp_size_in_bytes - memory.alias_size_in_bytes)
@@ -246,9 +247,10 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
           "mfu": flops / step_s / (peak * jax.device_count()) if peak else None,
           "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
           "step_memory_gb": step_memory / 2**30 if step_memory else None,
-          "compile_s": compile_s, "loss": float(metrics["train/loss"]), "_flops": flops,
+          "compile_s": compile_s, "compile_cpu_s": compile_cpu_s, "loss": float(metrics["train/loss"]), "_flops": flops,
           **profile, "_dtype": cfg.dtype, "_devices": jax.device_count(),
           "attention_impl": layers.attention_impl(cfg), "remat": cfg.remat,
+          "scan_layers": cfg.scan_layers,
           "dropout_prng": config.train.dropout_prng, "_predictions": num_predictions}
 
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from research import models, sharding
 from research.models import layers, layout
 
@@ -113,3 +112,49 @@ def test_each_scanned_block_draws_its_own_dropout():
   kept = np.asarray(out) / 2  # how many of the 2 x num_layers dropouts kept each element
   np.testing.assert_array_equal(kept, np.round(kept))
   assert set(np.unique(kept)) - {0, num_layers, 2 * num_layers}, np.unique(kept)
+
+
+def _run(workdir, **overrides):
+  """A 2-step tiny MLM run (`configs/mlm.py:runlocal`, shrunk); returns its summary."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from research import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config("mlm", steps=2, **{"train.batch_size": 8, "data.seq_len": 32,
+                                          "data.vocab_size": 1024, "logging.tensorboard": False,
+                                          **overrides})
+  return train.run(config, workdir)
+
+
+def test_workdirs_of_either_layout_load_into_either_and_export_the_same_hf_files(tmp_path):
+  """A scanned run -> init.weights of an unrolled run (learning rate 0: its weights are the
+  source's, unstacked) -> both exported to HF give the same tensors; importing that export
+  stacked gives the scanned run's weights back; resuming the scanned run unrolled is refused."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  from research.convert.__main__ import export_hf  # pylint: disable=g-import-not-at-top
+  from research.errors import UserError  # pylint: disable=g-import-not-at-top
+  scanned, unrolled = str(tmp_path / "scanned"), str(tmp_path / "unrolled")
+  _run(scanned, **{"model.scan_layers": True})
+  summary = _run(unrolled, **{"init.weights": scanned, "optim.learning_rate": 0.0,
+                              "train.steps": 1})
+  source, target = checkpoint.workdir_params(scanned), checkpoint.workdir_params(unrolled)
+  assert layout.is_stacked(source) and not layout.is_stacked(target)
+  n = len(jax.tree.leaves(target))
+  assert summary["init"].endswith(f"({n} of {n} arrays)"), summary["init"]
+  jax.tree.map(np.testing.assert_array_equal, target, layout.unstack_layers(source))
+
+  for workdir in (scanned, unrolled):
+    export_hf(workdir, f"{workdir}_hf")  # what `python -m research.convert --to_hf` runs
+  from_scanned, from_unrolled = (load_file(f"{w}_hf/model.safetensors") for w in (scanned, unrolled))
+  assert sorted(from_scanned) == sorted(from_unrolled)
+  for name, tensor in from_unrolled.items():
+    np.testing.assert_array_equal(from_scanned[name], tensor, err_msg=name)
+  with open(f"{scanned}_hf/config.json") as a, open(f"{unrolled}_hf/config.json") as b:
+    assert json.load(a) == json.load(b)
+
+  model_cfg, imported = hf.load_pretrained(f"{scanned}_hf", scan_layers=True)
+  assert model_cfg.scan_layers and layout.is_stacked(imported)
+  jax.tree.map(np.testing.assert_array_equal, imported, source)
+
+  with pytest.raises(UserError, match=r"scan_layers=True \(checkpoint\) vs False \(config\)"):
+    _run(scanned, **{"train.steps": 4})

@@ -219,11 +219,13 @@ REMAT_POLICIES = {
 
 def transformer_block(cfg: ModelConfig, block: type = None) -> type:
   """`block` (default `TransformerBlock`), wrapped in `nn.remat` with `cfg.remat`'s policy unless
-  it is 'none'."""
+  it is 'none'. Inside `nn.scan` the remat need not stop XLA merging the recomputation with the
+  forward pass (`prevent_cse`): the scan's loop boundary already keeps them apart."""
   block = block or TransformerBlock
   if cfg.remat == "none":
     return block
-  return nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
+  return nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,),
+                  prevent_cse=not cfg.scan_layers)
 
 
 def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool, *,
