@@ -69,7 +69,7 @@ def test_lever_values_are_typed_like_the_field():
 
 def test_depths_give_a_row_per_depth_unrolled_then_scanned(capsys):
   assert bench.depth_overrides("1,3", {"remat": "full"}) == [
-      {"remat": "full", "num_layers": n, "scan_layers": scan} for n in (1, 3) for scan in (0, 1)]
+      {"remat": "full", "num_layers": n, "scan_layers": scan} for n in (1, 3) for scan in (False, True)]
   bench.main(["--smoke", "--steps=1", "--warmup=1", "--workloads=gpt2-medium-clm-s1024",
               "--depths=3", "--batch=2", "--set=remat=full"])
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

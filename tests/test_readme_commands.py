@@ -416,6 +416,8 @@ NOT_RUN = {
                                         "is tests/test_bench.py",
     "research.bench --workloads --sweep --max-batch --profile": "GPU workloads",
     "research.bench --smoke --peer --pipeline": "tests/test_bench.py runs the smoke mode",
+    "research.bench --smoke --workloads --depths --steps": "minutes (48 unrolled blocks compile); "
+                                                           "tests/test_bench.py runs --depths",
 }
 # Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
 NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),
