@@ -19,7 +19,8 @@ for mesh in json.loads(sys.argv[1]):
   # No warmup: the learning rate is at its peak from the first update, so every step after the
   # first is taken with parameters the earlier steps have moved (a warmup from 0 would leave the
   # first steps' losses those of the initial parameters on any mesh).
-  config = tiny_config("mlm", steps=%d, **{"schedule.warmup_steps": 0, **json.loads(sys.argv[3])})
+  overrides = {"schedule.warmup_steps": 0, **json.loads(sys.argv[3])}
+  config = tiny_config("mlm", steps=%d, **overrides)
   config.logging.tensorboard = False
   config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
   workdir = sys.argv[2] + "/" + "_".join(map(str, mesh))
@@ -59,9 +60,9 @@ def test_meshes_match_single_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_scanned_blocks_shard_like_unrolled_ones(tmp_path):
-  """Stacked parameters (model.scan_layers) split on fsdp and tensor, not on their layer axis:
-  the same run on (1, 2, 2) and (2, 1, 2) meshes logs the 1-device losses."""
+def test_scanned_blocks_on_meshes_match_single_device(tmp_path):
+  """Stacked parameters (model.scan_layers; their shardings: tests/test_scan_layers.py) on the
+  (1, 2, 2) and (2, 1, 2) meshes: the same run logs the 1-device losses."""
   scan = {"model.scan_layers": True}
   single = _losses([[1, 1, 1]], 1, str(tmp_path / "one"), **scan)["[1, 1, 1]"]
   multi = _losses([[1, 2, 2], [2, 1, 2]], 4, str(tmp_path / "four"), **scan)

@@ -4,9 +4,11 @@ Unrolled (`model.scan_layers=False`): one subtree per block, backbone/layer_0/..
 Stacked (`model.scan_layers=True`): one subtree backbone/layers/... whose arrays carry a leading
 axis of length num_layers (block i at index i), as `nn.scan` over the blocks creates them.
 
-Everything that reads weights saved by another model (`init.weights`, Hugging Face import and
-export, `research.predict`) converts with `as_layout`, so either layout reads into either model.
-The layout is detected from the tree; nothing else about the parameters changes.
+What reads weights saved by another model converts with these (`init.weights`, Hugging Face
+import and export), so either layout reads into either model; the layout is detected from the
+tree, and nothing else about the parameters changes. A workdir's own readers (a resume,
+`research.predict`) build the model from that workdir's config, whose `scan_layers` is the
+layout its checkpoints hold.
 """
 import re
 
