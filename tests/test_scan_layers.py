@@ -114,6 +114,51 @@ def test_each_scanned_block_draws_its_own_dropout():
   assert set(np.unique(kept)) - {0, num_layers, 2 * num_layers}, np.unique(kept)
 
 
+def _unrolled_params(cfg):
+  ids = jnp.ones((1, 8), jnp.int32)
+  model = models.build(cfg)
+  return jax.device_get(nn.meta.unbox(jax.jit(model.init)(
+      jax.random.key(0), ids, masked_positions=ids[:, :2])["params"]))
+
+
+@pytest.mark.parametrize("cfg", [ENCODER, LLAMA], ids=["bert", "llama"])
+def test_hf_export_is_the_same_from_either_layout_and_import_stacks(tmp_path, cfg):
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  cfg = dict(cfg, heads=("mlm",) if cfg["kind"] == "encoder" else ("lm",))
+  params = _unrolled_params(cfg)
+  hf.save_pretrained(cfg, params, str(tmp_path / "unrolled"))
+  hf.save_pretrained(dict(cfg, scan_layers=True), layout.stack_layers(params),
+                     str(tmp_path / "scanned"))
+  for name in ("config.json", "model.safetensors"):
+    assert (tmp_path / "unrolled" / name).read_bytes() == (tmp_path / "scanned" / name).read_bytes()
+  last_block = f".{cfg['num_layers'] - 1}."  # encoder.layer.2.*, model.layers.2.*
+  exported = load_file(str(tmp_path / "scanned" / "model.safetensors"))
+  assert any(last_block in name for name in exported)
+  model_cfg, imported = hf.load_pretrained(str(tmp_path / "scanned"), scan_layers=True)
+  assert model_cfg.scan_layers
+  expected = layout.stack_layers(params)
+  assert jax.tree.structure(imported) == jax.tree.structure(expected)
+  jax.tree.map(np.testing.assert_array_equal, imported, expected)
+
+
+@pytest.mark.parametrize("saved_scanned", [False, True])
+def test_init_weights_reads_a_workdir_of_either_layout_into_either(tmp_path, saved_scanned):
+  from research import checkpoint, params as params_lib  # pylint: disable=g-import-not-at-top
+  from research.train import initialization  # pylint: disable=g-import-not-at-top
+  params = _unrolled_params(GPT2)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), use_async=False)
+  ckpt.save(0, {"params": layout.as_layout(params, saved_scanned)}, {"next_step": 0}, {})
+  ckpt.wait()
+  ckpt.close()
+  for scan_layers in (False, True):
+    got = initialization.weights_of(str(tmp_path), scan_layers)
+    expected = params_lib.flatten(layout.as_layout(params, scan_layers))
+    assert sorted(got) == sorted(expected)
+    for path, value in expected.items():
+      np.testing.assert_array_equal(got[path], value, err_msg=path)
+
+
 def _run(workdir, **overrides):
   """A 2-step tiny MLM run (`configs/mlm.py:runlocal`, shrunk); returns its summary."""
   from conftest import tiny_config  # pylint: disable=g-import-not-at-top
@@ -124,6 +169,7 @@ def _run(workdir, **overrides):
   return train.run(config, workdir)
 
 
+@pytest.mark.slow
 def test_workdirs_of_either_layout_load_into_either_and_export_the_same_hf_files(tmp_path):
   """A scanned run -> init.weights of an unrolled run (learning rate 0: its weights are the
   source's, unstacked) -> both exported to HF give the same tensors; importing that export
@@ -145,7 +191,8 @@ def test_workdirs_of_either_layout_load_into_either_and_export_the_same_hf_files
 
   for workdir in (scanned, unrolled):
     export_hf(workdir, f"{workdir}_hf")  # what `python -m research.convert --to_hf` runs
-  from_scanned, from_unrolled = (load_file(f"{w}_hf/model.safetensors") for w in (scanned, unrolled))
+  from_scanned, from_unrolled = (load_file(f"{w}_hf/model.safetensors")
+                                 for w in (scanned, unrolled))
   assert sorted(from_scanned) == sorted(from_unrolled)
   for name, tensor in from_unrolled.items():
     np.testing.assert_array_equal(from_scanned[name], tensor, err_msg=name)
