@@ -1,7 +1,7 @@
 r"""Benchmark harness: our real train step against HF transformers (PyTorch) on the same shapes.
 
   python -m research.bench [--workloads=bert-base-mlm-s128,...] [--peer=hf] [--smoke] [--pipeline]
-                          [--set=KEY=VALUE ...] [--batch=N] [--profile=DIR]
+                          [--set=KEY=VALUE ...] [--batch=N] [--profile=DIR] [--depths=2,6,...]
 
 Prints one JSON line per workload: workload, batch, seq, tokens_per_sec, step_ms, mfu,
 peak_memory_gb, compile_s (ours), and with --peer=hf the same under 'hf_*' plus
@@ -10,8 +10,9 @@ the full workloads are meant for one GPU. --pipeline also times the real input p
 (embedded corpus, tokenizer, MLM masking) building batches of the workload's shape, and reports
 pipeline_ratio = batches it builds per second / steps the model takes per second.
 
-Timing: our step is compiled ahead of time (compile_s; the peer's first step, which compiles),
-then `--warmup` steps, then `--steps` steps without a host sync between them, timed to
+Timing: our step is compiled ahead of time (compile_s, and compile_cpu_s: the CPU seconds this
+process spent on it, which a shared machine's load inflates less; the peer's first step, which
+compiles), then `--warmup` steps, then `--steps` steps without a host sync between them, timed to
 `block_until_ready` (CUDA synchronize for the peer). peak_memory_gb is the device allocator's
 peak so far in this process; step_memory_gb is what XLA's buffer assignment gives our step
 (arguments + outputs + temporaries - donated), so it compares levers within one process.
@@ -34,6 +35,10 @@ matrix multiply in the compute dtype on this device (8192^3 bf16 on a GPU); `cei
 the step's achieved model FLOP/s / that ceiling, i.e. how close the step is to pure matmul speed.
 `--profile DIR` writes a `jax.profiler` trace of the timed steps (open with TensorBoard's or
 Perfetto's trace viewer) to see where the step's time goes.
+
+Depth: `--depths=2,6,12` replaces each workload's row by one row per depth and blocks layout
+(`num_layers` = each depth, `scan_layers` false then true), so compile_s and step_ms show how
+compile time grows with depth unrolled and scanned (`model.scan_layers`).
 """
 import collections
 import dataclasses
@@ -212,12 +217,12 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   train_step = make_train_step(model, objectives.pretraining(config.objective)[0], tx, lr,
                                derive_dropout_key(dropout_key, config.train.dropout_prng),
                                config.train.grad_accum_steps)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, None), donate_argnums=0
                    ).lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
   memory = step.memory_analysis()  # this program's own buffers, unlike the process-wide peak
   step_memory = memory and (memory.argument_size_in_bytes + memory.output_size_in_bytes +
                             memory.temp_size_in_bytes - memory.alias_size_in_bytes)
@@ -242,9 +247,11 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
           "mfu": flops / step_s / (peak * jax.device_count()) if peak else None,
           "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
           "step_memory_gb": step_memory / 2**30 if step_memory else None,
-          "compile_s": compile_s, "loss": float(metrics["train/loss"]), "_flops": flops,
+          "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
+          "loss": float(metrics["train/loss"]), "_flops": flops,
           **profile, "_dtype": cfg.dtype, "_devices": jax.device_count(),
           "attention_impl": layers.attention_impl(cfg), "remat": cfg.remat,
+          "scan_layers": cfg.scan_layers,
           "dropout_prng": config.train.dropout_prng, "_predictions": num_predictions}
 
 
@@ -326,6 +333,18 @@ def run_pipeline(w: Workload, seconds: float = 5.0) -> float:
     return n / (time.perf_counter() - start)
 
 
+def depth_overrides(depths: str, overrides: dict) -> list:
+  """'2,6' -> `overrides` with num_layers 2 unrolled, 2 scanned, 6 unrolled, 6 scanned."""
+  try:
+    sizes = [int(d) for d in depths.split(",")]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise SystemExit(f"error: --depths wants positive layer counts like 2,6,12, got {depths!r}")
+  return [{**overrides, "num_layers": n, "scan_layers": scan}
+          for n in sizes for scan in (False, True)]
+
+
 SWEEP = ("attention_impl=xla", "remat=dots", "remat=full", "dropout_prng=rbg", "dtype=float32")
 
 
@@ -388,6 +407,8 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=0, help="every workload's batch (both sides)")
   parser.add_argument("--profile", default="", metavar="DIR",
                       help="write a jax.profiler trace of our timed steps under DIR")
+  parser.add_argument("--depths", default="", metavar="N,N,...",
+                      help="one row per depth, blocks unrolled then scanned (model.scan_layers)")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--warmup", type=int, default=3)
   args = parser.parse_args(argv)
@@ -395,6 +416,10 @@ def main(argv=None):
   overrides = parse_overrides(args.overrides)
   ceilings = {}
   for w in workloads(args.workloads, args.smoke, args.batch):
+    if args.depths:
+      for overrides_at_depth in depth_overrides(args.depths, overrides):
+        print(json.dumps(measure(w, args, steps, overrides_at_depth, ceilings)), flush=True)
+      continue
     row = measure(w, args, steps, overrides, ceilings)
     if args.max_batch:
       row.update(largest_batch(w, max(2, steps // 4), 1, overrides))

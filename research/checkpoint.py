@@ -27,7 +27,7 @@ TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save's directory until it
 SHAPE_FIELDS = ("kind", "vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
                 "max_len", "type_vocab_size", "heads", "tie_embeddings", "num_kv_heads",
                 "attention_head_dim", "norm", "gated_mlp", "use_bias", "position_embedding",
-                "pooler", "num_labels", "classifier")
+                "pooler", "num_labels", "classifier", "scan_layers")
 
 
 class Checkpointer:

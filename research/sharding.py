@@ -34,6 +34,7 @@ DEFAULT_RULES = (
     ("kv_heads", "tensor"),
     ("kv", None),
     ("mlp", "tensor"),
+    ("layers", None),  # the stacked blocks' axis (model.scan_layers): never split
 )
 
 

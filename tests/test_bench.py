@@ -67,6 +67,22 @@ def test_lever_values_are_typed_like_the_field():
                                     "dropout_rate": 0.0}
 
 
+def test_depths_give_a_row_per_depth_unrolled_then_scanned(capsys):
+  assert bench.depth_overrides("1,3", {"remat": "full"}) == [
+      {"remat": "full", "num_layers": n, "scan_layers": scan} for n in (1, 3) for scan in (False, True)]
+  bench.main(["--smoke", "--steps=1", "--warmup=1", "--workloads=gpt2-medium-clm-s1024",
+              "--depths=3", "--batch=2", "--set=remat=full"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r["overrides"]["num_layers"], r["scan_layers"], r["remat"]) for r in rows] == \
+      [(3, False, "full"), (3, True, "full")]
+
+
+@pytest.mark.parametrize("depths", ["2,x", "0,2", ","])
+def test_bad_depths_are_one_line(depths):
+  with pytest.raises(SystemExit, match="--depths wants positive layer counts"):
+    bench.depth_overrides(depths, {})
+
+
 def test_sweep_prints_one_row_per_lever(capsys):
   bench.main(["--smoke", "--steps=1", "--warmup=1", "--workloads=bert-base-mlm-s128", "--sweep",
               "--batch=2"])

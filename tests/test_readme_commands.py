@@ -447,6 +447,8 @@ NOT_RUN = {
     "research.memory --kinds": "base-size compiles take minutes; tests/test_memory.py runs the "
                                "command at tiny sizes",
     "research.memory --kinds --batch": "the same, for the decoder",
+    "research.bench --smoke --workloads --depths --steps": "minutes (48 unrolled blocks compile); "
+                                                           "tests/test_bench.py runs --depths",
 }
 # Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
 NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),

@@ -19,7 +19,8 @@ for mesh in json.loads(sys.argv[1]):
   # No warmup: the learning rate is at its peak from the first update, so every step after the
   # first is taken with parameters the earlier steps have moved (a warmup from 0 would leave the
   # first steps' losses those of the initial parameters on any mesh).
-  config = tiny_config("mlm", steps=%d, **{"schedule.warmup_steps": 0})
+  overrides = {"schedule.warmup_steps": 0, **json.loads(sys.argv[3])}
+  config = tiny_config("mlm", steps=%d, **overrides)
   config.logging.tensorboard = False
   config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
   workdir = sys.argv[2] + "/" + "_".join(map(str, mesh))
@@ -29,11 +30,12 @@ print("LOSSES " + json.dumps(out))
 """ % STEPS
 
 
-def _losses(meshes, devices, workdir):
-  """{mesh: [(loss, lr) of steps 1, 2, ...]}."""
+def _losses(meshes, devices, workdir, **overrides):
+  """{mesh: [(loss, lr) of steps 1, 2, ...]}; `overrides` as tiny_config takes them."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(meshes), workdir], cwd=REPO,
+  proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(meshes), workdir,
+                         json.dumps(overrides)], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if l.startswith("LOSSES "))
@@ -54,4 +56,17 @@ def test_meshes_match_single_device(tmp_path):
   for mesh, got in multi.items():
     assert [lr for _, lr in got] == pytest.approx(lrs, rel=1e-6), mesh
     # Every step's loss on that mesh, those after several updates included, is the 1-device one.
+    assert [loss for loss, _ in got] == pytest.approx(losses, rel=1e-4), mesh
+
+
+@pytest.mark.slow
+def test_scanned_blocks_on_meshes_match_single_device(tmp_path):
+  """Stacked parameters (model.scan_layers; their shardings: tests/test_scan_layers.py) on the
+  (1, 2, 2) and (2, 1, 2) meshes: the same run logs the 1-device losses."""
+  scan = {"model.scan_layers": True}
+  single = _losses([[1, 1, 1]], 1, str(tmp_path / "one"), **scan)["[1, 1, 1]"]
+  multi = _losses([[1, 2, 2], [2, 1, 2]], 4, str(tmp_path / "four"), **scan)
+  losses = [loss for loss, _ in single]
+  assert max(losses[STEPS // 2:]) < losses[0] - 0.15, losses  # the parameters moved
+  for mesh, got in multi.items():
     assert [loss for loss, _ in got] == pytest.approx(losses, rel=1e-4), mesh

@@ -18,6 +18,7 @@ from research import models
 from research import params as params_lib
 from research.convert import architectures
 from research.errors import UserError
+from research.models import layout
 from research.models.config import ModelConfig
 
 
@@ -127,6 +128,7 @@ def load_pretrained(name_or_dir: str, **overrides):
 
   `overrides` replace ModelConfig fields that do not change parameters. Compute is float32
   unless `dtype` is given (e.g. dtype='bfloat16'), so the outputs are transformers' numbers.
+  With `scan_layers=True` the blocks' parameters come stacked (`research.models.layout`).
   """
   directory = resolve(name_or_dir)
   hf_config = _read_config(directory)
@@ -135,7 +137,7 @@ def load_pretrained(name_or_dir: str, **overrides):
   strip = lambda k: k[len(arch.prefix):] if task_model and k.startswith(arch.prefix) else k
   stripped = {strip(k): v for k, v in tensors.items()}
 
-  shapes = expected_shapes(model_cfg)
+  shapes = expected_shapes(dataclasses.replace(model_cfg, scan_layers=False))  # the rules' layout
   flat, used, missing = {}, set(), []
   for rule in arch.rules(model_cfg):
     if rule.hf not in stripped:
@@ -159,7 +161,7 @@ def load_pretrained(name_or_dir: str, **overrides):
   not_loaded = sorted(set(shapes) - set(flat))
   if not_loaded:
     raise UserError(f"no checkpoint tensor fills {', '.join(not_loaded[:20])}")
-  return model_cfg, _nest(flat)
+  return model_cfg, layout.as_layout(_nest(flat), model_cfg.scan_layers)
 
 
 def _plain_heads(model_cfg: ModelConfig) -> ModelConfig:
@@ -175,14 +177,16 @@ def _plain_heads(model_cfg: ModelConfig) -> ModelConfig:
 
 
 def save_pretrained(model_cfg, params, directory: str):
-  """Writes config.json + model.safetensors for transformers' matching class."""
+  """Writes config.json + model.safetensors for transformers' matching class; `params` in either
+  layout (`research.models.layout`)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   if not isinstance(model_cfg, ModelConfig):
     model_cfg = ModelConfig.from_dict(model_cfg)
   model_cfg = _plain_heads(model_cfg)
   arch = architectures.for_model(model_cfg)
   flat = {path: np.asarray(v, np.float32)
-          for path, v in params_lib.flatten(jax.device_get(params)).items()}
+          for path, v in params_lib.flatten(
+              layout.unstack_layers(jax.device_get(params))).items()}
   task_model = bool(model_cfg.heads)
   tensors, used = {}, set()
   for rule in arch.rules(model_cfg):

@@ -78,6 +78,7 @@ class ModelConfig:
   tie_embeddings: bool = True  # vocabulary projections reuse the token embedding matrix
   attention_impl: Optional[str] = None  # None: cuDNN on GPU with 16-bit compute, else XLA
   remat: str = "none"  # recompute block activations in the backward pass: 'none', 'full', 'dots'
+  scan_layers: bool = False  # one nn.scan over the blocks (parameters stacked on a 'layers' axis)
 
   @property
   def head_dim(self) -> int:

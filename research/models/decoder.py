@@ -27,7 +27,5 @@ class Decoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain_hidden(x)
     mask = layers.AttentionMask(attention_mask, segment_ids, causal=True)
-    for i in range(cfg.num_layers):
-      block = layers.transformer_block(cfg)(cfg, pre_norm=True, name=f"layer_{i}")
-      x = block(x, mask, positions, deterministic)
+    x = layers.transformer_blocks(cfg, x, mask, positions, deterministic, pre_norm=True)
     return {"hidden": layers.layer_norm(cfg, "ln_final")(x)}

@@ -28,9 +28,7 @@ class Encoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain_hidden(x)
     mask = layers.AttentionMask(attention_mask, segment_ids, causal=False)
-    for i in range(cfg.num_layers):
-      block = layers.transformer_block(cfg)(cfg, pre_norm=False, name=f"layer_{i}")
-      x = block(x, mask, positions, deterministic)
+    x = layers.transformer_blocks(cfg, x, mask, positions, deterministic, pre_norm=False)
     outputs = {"hidden": x}
     if cfg.pooler:
       pooled = nn.Dense(

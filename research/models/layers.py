@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import layout
 from research.models.config import ModelConfig
 
 ACTIVATIONS = {
@@ -216,11 +217,39 @@ REMAT_POLICIES = {
 }
 
 
-def transformer_block(cfg: ModelConfig) -> type:
-  """`TransformerBlock`, wrapped in `nn.remat` with `cfg.remat`'s policy unless it is 'none'."""
+def transformer_block(cfg: ModelConfig, block: type = None) -> type:
+  """`block` (default `TransformerBlock`), wrapped in `nn.remat` with `cfg.remat`'s policy unless
+  it is 'none'. Inside `nn.scan` the remat need not stop XLA merging the recomputation with the
+  forward pass (`prevent_cse`): the scan's loop boundary already keeps them apart."""
+  block = block or TransformerBlock
   if cfg.remat == "none":
-    return TransformerBlock
-  return nn.remat(TransformerBlock, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
+    return block
+  return nn.remat(block, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,),
+                  prevent_cse=not cfg.scan_layers)
+
+
+def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool, *,
+                       pre_norm: bool):
+  """`cfg.num_layers` blocks applied to `x`, inside the calling module.
+
+  Unrolled, each block is its own submodule (parameters layer_0/, layer_1/, ...), so compile time
+  grows with depth. With `cfg.scan_layers` one block is scanned `num_layers` times (`nn.scan`,
+  the remat policy inside it): parameters are stacked on a leading axis (layers/, logical axis
+  'layers'), dropout gets new random bits per block, and the step compiles one block whatever
+  the depth. Both compute the same function of the same weights (`research.models.layout`).
+  """
+  if not cfg.scan_layers:
+    for i in range(cfg.num_layers):
+      block = transformer_block(cfg)(cfg, pre_norm=pre_norm, name=layout.unrolled_name(i))
+      x = block(x, mask, positions, deterministic)
+    return x
+  scanned = nn.scan(
+      transformer_block(cfg, ScannedBlock), length=cfg.num_layers,
+      variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+      metadata_params={nn.PARTITION_NAME: layout.STACKED})
+  x, _ = scanned(cfg, pre_norm=pre_norm, name=layout.STACKED)(x, mask, positions, deterministic)
+  return x
 
 
 class TransformerBlock(nn.Module):
@@ -239,3 +268,10 @@ class TransformerBlock(nn.Module):
       x = ln1(x + attn(x, mask, positions, deterministic))
       x = ln2(x + mlp(x, deterministic))
     return constrain_hidden(x)
+
+
+class ScannedBlock(TransformerBlock):
+  """`TransformerBlock` as `nn.scan`'s body: hidden states are the carry, nothing is stacked."""
+
+  def __call__(self, x, mask, positions, deterministic: bool):
+    return super().__call__(x, mask, positions, deterministic), None

@@ -5,6 +5,7 @@
   2. `init.resume`: the full state of another run's latest valid checkpoint,
   3. `init.weights`: weights only, from a workdir of ours or 'hf:DIR' (a transformers
      checkpoint), every parameter whose path and shape match, minus `init.exclude` regexes,
+     the source's blocks first put in this model's layout (`model.scan_layers`),
   4. from scratch.
 
 `configure` applies what a source changes in the config (an HF checkpoint fixes the model's shape
@@ -22,11 +23,13 @@ import numpy as np
 from research import checkpoint as ckpt_lib
 from research import params as params_lib
 from research.errors import UserError
+from research.models import layout
 
 log = logging.getLogger(__name__)
 
 # Model fields a run keeps from its own config when it starts from a Hugging Face checkpoint.
-OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels", "remat")
+OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels", "remat",
+                    "scan_layers")
 
 
 def configure(config):
@@ -84,19 +87,22 @@ def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings
     state, data_state = restored
     return state, data_state, f"init.resume {config.init.resume} (step {step})"
   if config.init.weights:
-    state, loaded, total = load_weights(fresh, weights_of(config.init.weights),
+    source = weights_of(config.init.weights, config.model.scan_layers)
+    state, loaded, total = load_weights(fresh, source,
                                         config.init.exclude, shardings)
     return state, {"next_step": 0}, f"init.weights {config.init.weights} ({loaded} of {total} arrays)"
   return fresh, {"next_step": 0}, "scratch"
 
 
-def weights_of(source: str) -> dict:
-  """{path: host array} of `init.weights`: 'hf:DIR' or a workdir of ours (its latest weights)."""
+def weights_of(source: str, scan_layers: bool) -> dict:
+  """{path: host array} of `init.weights`: 'hf:DIR' or a workdir of ours (its latest weights),
+  in the layout of a model with `model.scan_layers=scan_layers`, whichever it was saved in."""
   if source.startswith("hf:"):
     from research.convert import hf  # pylint: disable=g-import-not-at-top
-    _, params = hf.load_pretrained(hf.resolve(source[3:]), dtype="float32")
+    _, params = hf.load_pretrained(hf.resolve(source[3:]), dtype="float32",
+                                   scan_layers=scan_layers)
   else:
-    params = ckpt_lib.workdir_params(source, key="init.weights")
+    params = layout.as_layout(ckpt_lib.workdir_params(source, key="init.weights"), scan_layers)
   return params_lib.flatten(params)
 
 
