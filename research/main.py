@@ -208,6 +208,7 @@ def configure_logging():
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   absl_logging.get_absl_logger().addFilter(_not_an_orbax_error)
+  logging.getLogger("asyncio").addFilter(_not_an_orbax_task)
   sys.unraisablehook = _unless_failed_checkpoint_io
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -221,6 +222,18 @@ def _not_an_orbax_error(record) -> bool:
   """orbax logs a failed read or write at ERROR, with tracebacks, from each of its threads; the
   run reports those failures itself, in one line (a damaged checkpoint, `SaveFailed`)."""
   return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _not_an_orbax_task(record) -> bool:
+  """The same abandoned reads, when their asyncio task is collected: asyncio logs 'Task exception
+  was never retrieved' with the task's coroutine (defined in orbax) and its traceback."""
+  orbax = f"{os.sep}orbax{os.sep}"
+  tb = record.exc_info[1].__traceback__ if record.exc_info and record.exc_info[1] else None
+  while tb is not None:
+    if orbax in tb.tb_frame.f_code.co_filename:
+      return False
+    tb = tb.tb_next
+  return orbax not in record.getMessage()
 
 
 def _unless_failed_checkpoint_io(unraisable):

@@ -68,7 +68,7 @@ def test_damaged_checkpoints_are_moved_aside_and_the_run_resumes_from_the_last_v
 
   resumed = run_cli(*FLAGS, f"--workdir={workdir}")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Traceback" not in resumed.stderr and "Event loop" not in resumed.stderr
+  assert "Traceback" not in resumed.stderr and "Event loop" not in resumed.stderr, resumed.stderr[-6000:]
   lines = _warnings(resumed.stderr)
   assert [l.split("checkpoint ")[1].split(" ")[0] for l in lines] == ["40", "30", "20"], lines
   assert "JSONDecodeError" in lines[0] and "_METADATA" not in lines[1]
