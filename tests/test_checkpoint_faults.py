@@ -88,6 +88,7 @@ def test_damaged_checkpoints_are_moved_aside_and_the_run_resumes_from_the_last_v
   assert losses(workdir) == losses(finished)
 
 
+@pytest.mark.slow
 def test_when_every_checkpoint_is_damaged_the_run_stops_naming_what_it_moved(finished, tmp_path):
   workdir = _copy(finished, tmp_path)
   for step in (10, 20, 30, 40):

@@ -91,6 +91,7 @@ def diverged_run(workdir, *flags):
   return proc.stderr.strip().splitlines()[-1], first_bad, saved, records
 
 
+@pytest.mark.slow
 def test_lr_1e3_stops_at_the_first_nonfinite_step_without_saving(tmp_path):
   line, first_bad, saved, _ = diverged_run(str(tmp_path / "w"))
   assert saved and max(saved) < first_bad  # nothing saved from the diverged state

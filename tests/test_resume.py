@@ -119,6 +119,7 @@ def test_rerun_of_a_finished_run_appends_its_summary_and_keeps_the_first(referen
   assert lines[1]["wall_seconds"] == json.loads(rerun.stdout)["wall_seconds"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_the_health_field_resumes_exactly(reference, tmp_path):
   """Checkpoints written before the train state carried `health` (the non-finite counts) hold
   step/params/opt_state only: they resume (with a fresh count), they are not taken for damaged."""

@@ -27,8 +27,10 @@ def _loss(model, params, ids, mask, masked):
   return sum(jnp.mean(v.astype(jnp.float32) ** 2) for v in out.values()), out
 
 
-@pytest.mark.parametrize("arch, remat", [("encoder", "none"), ("encoder", "full"),
-                                         ("gpt2", "full"), ("llama", "none")])
+@pytest.mark.parametrize("arch, remat", [
+    ("encoder", "none"), ("gpt2", "full"),
+    pytest.param("encoder", "full", marks=pytest.mark.slow),  # the default suite keeps two
+    pytest.param("llama", "none", marks=pytest.mark.slow)])
 def test_scanned_model_matches_unrolled_on_restacked_weights(arch, remat):
   cfg = dict({"encoder": ENCODER, "gpt2": GPT2, "llama": LLAMA}[arch], remat=remat)
   ids = jax.random.randint(jax.random.key(1), (2, 12), 5, 300)
