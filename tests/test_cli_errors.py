@@ -53,6 +53,16 @@ def test_bad_flags(tmp_path, flag, fragments):
               *fragments)
 
 
+def test_a_path_pattern_that_names_no_parameter(tmp_path):
+  # In the scanned layout the blocks are one stacked array: a per-block pattern names nothing,
+  # and would silently freeze every parameter.
+  proc = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", *TINY,
+                 "--config.model.scan_layers=True", "--config.optim.trainable=('^backbone/layer_1/',)")
+  _fails_with(proc, "optim.trainable pattern '^backbone/layer_1/' matches no parameter",
+              "model.scan_layers=True", "backbone/layers/")
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_bad_config_argument(tmp_path):
   _fails_with(run_cli("--config=configs/mlm.py:size=huge", f"--workdir={tmp_path}/w"), "huge")
 

@@ -21,6 +21,7 @@ import ml_collections
 
 from research import checkpoint as ckpt_lib
 from research import models, sharding, tasks, validation
+from research import params as params_lib
 from research.errors import UserError
 from research import objectives
 from research.train import initialization, optim
@@ -55,7 +56,8 @@ def resolve(config, workdir: str) -> Run:
   model_cfg = models.ModelConfig.from_dict(config.model)
   optim.build(config)  # its settings fail here, not after the workdir is written
   rules = sharding.rules_of(config)
-  state_lib.check_shardable(models.build(model_cfg), config, mesh, rules)
+  shapes = state_lib.abstract_params(models.build(model_cfg), config, mesh, rules)
+  check_path_patterns(config, list(params_lib.flatten(shapes)))
   if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
     saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
     where = f"workdir {workdir!r}"
@@ -72,6 +74,20 @@ def resolve(config, workdir: str) -> Run:
                                f"init.resume {config.init.resume!r}")
   return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
              sharding.rules_of(config), latest)
+
+
+def check_path_patterns(config, paths: list):
+  """Each regex of `optim.trainable` and `init.exclude` names at least one parameter: one that
+  names none would silently train (or load) everything, e.g. a per-block path such as
+  '^backbone/layer_1/' in the scanned layout, where all blocks are one stacked array."""
+  for key, patterns in (("optim.trainable", config.optim.get("trainable", ())),
+                        ("init.exclude", config.init.exclude)):
+    for pattern in patterns:
+      if not any(params_lib.matches([pattern])(p) for p in paths):
+        stacked = " (model.scan_layers=True: all blocks are one array, under backbone/layers/)" \
+            if config.model.get("scan_layers") else ""
+        raise UserError(f"{key} pattern {pattern!r} matches no parameter of this model{stacked}; "
+                        f"its paths look like {', '.join(paths[:2])}, ..., {paths[-1]}")
 
 
 def check_batch(config, mesh):

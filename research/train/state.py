@@ -29,14 +29,17 @@ def max_predictions(config) -> int:
   return config.objective.max_predictions if config.get("objective") else 1
 
 
-def check_shardable(model, config, mesh, rules):
-  """Raises UserError if `mesh` cannot split a parameter evenly (e.g. 12 heads over tensor=8):
-  shapes only (`jax.eval_shape`), so `resolve` can refuse the mesh before the first write."""
+def abstract_params(model, config, mesh, rules):
+  """The parameters' shapes (`jax.eval_shape`: nothing allocated), after checking that `mesh`
+  splits each evenly (UserError otherwise, e.g. 12 heads over tensor=8), so `resolve` can refuse
+  a mesh, or a pattern that names no parameter, before the first write."""
   def init(rng):
     inputs = dummy_inputs(config)
     return model.init({"params": rng, "dropout": rng}, inputs.pop("input_ids"), **inputs)["params"]
   with nn.logical_axis_rules(rules):
-    sharding.shardings_of(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    sharding.shardings_of(boxed, mesh, rules)
+  return nn.unbox(boxed)
 
 
 def create_sharded_state(model, tx, config, mesh, rules, rng):
