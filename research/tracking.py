@@ -21,12 +21,17 @@ METRICS_FILE, SUMMARY_FILE, SUMMARIES_FILE, PLOT_FILE = (
     "metrics.jsonl", "summary.json", "summaries.jsonl", "loss.png")
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, METRICS_FILE)
+def read_jsonl(workdir: str, name: str) -> list[dict]:
+  """The records of the workdir's JSON Lines file `name` (none if it does not exist)."""
+  path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  return read_jsonl(workdir, METRICS_FILE)
 
 
 def _json_value(v):
@@ -53,11 +58,7 @@ def append_summary(workdir: str, outcome: str, start_step: int, summary: dict):
 
 
 def read_summaries(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, SUMMARIES_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return read_jsonl(workdir, SUMMARIES_FILE)
 
 
 class Tracker:
