@@ -68,8 +68,7 @@ class Checkpointer:
     for step in reversed(self.manager.all_steps()):
       try:
         self.saved_config(step)
-        ocp.StandardCheckpointHandler().metadata(
-            epath.Path(self.directory) / str(step) / "state")
+        self.saved_state_fields(step)
         return step
       except Exception:  # pylint: disable=broad-except  (any failure: damaged, see restore_newest)
         continue
