@@ -24,7 +24,7 @@ from research import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, size="base", runlocal=False)
+  arg = config_lib.parse_arg(arg, size="base", runlocal=False, peft="none")
   config = config_lib.common(ml_collections.ConfigDict())
   config.model = config_lib.model("decoder", "tiny" if arg.runlocal else arg.size,
                                   dtype="float32" if arg.runlocal else "bfloat16")
@@ -45,4 +45,5 @@ def get_config(arg=None):
     config.evals.update(every_steps=100, batches=8)
     config.ckpt.every_steps = 100
     config.logging.every_steps = 20
+  config_lib.use_peft(config, arg.peft)
   return config

@@ -54,7 +54,7 @@ def task_config(name, arg):
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, task="bbc_news", size="base", runlocal=False, train="", eval="",
-                             test="", kind="classification", data_dir="")
+                             test="", kind="classification", data_dir="", peft="none")
   names = arg.task.split("+")
   unknown = [n for n in names if n not in TASKS]
   if unknown:
@@ -90,4 +90,5 @@ def get_config(arg=None):
     config.evals.every_steps = 100
     config.ckpt.every_steps = 100
     config.logging.every_steps = 20
+  config_lib.use_peft(config, arg.peft)
   return config

@@ -204,7 +204,7 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
   from research.train.step import derive_dropout_key, make_train_step  # pylint: disable=g-import-not-at-top
   on_cpu = jax.devices()[0].platform == "cpu"
   config = run_config(w, "float32" if on_cpu else "bfloat16", overrides)
-  cfg = models.ModelConfig.from_dict(config.model)
+  cfg = models.ModelConfig.of_run(config)
   model = models.build(cfg)
   tx, lr = optim.build(config)
   mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_of(config)

@@ -11,6 +11,7 @@ import ml_collections
 
 from research.errors import UserError
 from research.models.config import SIZES, ModelConfig
+from research.peft.config import PeftConfig
 from research.sharding import DEFAULT_RULES
 
 
@@ -54,6 +55,7 @@ def model(kind: str, size: str, *, dtype: str = "bfloat16"):
   layers, hidden, num_heads = SIZES[size]
   encoder = kind == "encoder"
   fields = dataclasses.asdict(ModelConfig())
+  del fields["peft"]  # its own section, `config.peft`
   fields.update(
       kind=kind, vocab_size=-1, hidden_size=hidden, num_layers=layers, num_heads=num_heads,
       mlp_dim=4 * hidden, max_len=512 if encoder else 1024, type_vocab_size=2 if encoder else 0,
@@ -92,4 +94,16 @@ def common(config):
   config.ckpt = dict(every_steps=1000, keep=3, use_async=True)
   config.init = {"resume": "", "weights": "", "exclude": ()}
   config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True)
+  config.peft = dataclasses.asdict(PeftConfig())  # parameter-efficient fine-tuning: research/peft
   return config
+
+
+def use_peft(config, method: str):
+  """A recipe's `peft=METHOD` argument: `config.peft.method` and the method's usual learning rate
+  (adapting a few parameters takes larger steps than full fine-tuning); 'none' changes nothing."""
+  if method == "none":
+    return
+  peft = PeftConfig(method=method)
+  peft.validate()
+  config.peft.method = method
+  config.optim.learning_rate = peft.learning_rate

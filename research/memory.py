@@ -127,7 +127,7 @@ def train_step_memory(config, mesh) -> dict:
   objective.max_predictions), as `research.bench.run_config` or `resolve` leave them.
   """
   check_batch(config, mesh)
-  model = models.build(models.ModelConfig.from_dict(config.model))
+  model = models.build(models.ModelConfig.of_run(config))
   tx, lr_schedule = optim.build(config)
   rules = sharding.rules_of(config)
   state, shardings = abstract_state(model, tx, config, mesh, rules)
@@ -136,7 +136,8 @@ def train_step_memory(config, mesh) -> dict:
   _, dropout_key = jax.random.split(jax.random.key(config.train.seed))
   dropout_key = derive_dropout_key(dropout_key, config.train.dropout_prng)
   step_objectives = objectives_lib.pretraining(config.objective)[0]
-  train_step = make_train_step(model, step_objectives, tx, lr_schedule, dropout_key, accum)
+  train_step = make_train_step(model, step_objectives, tx, lr_schedule, dropout_key, accum,
+                               trainable=optim.trainable_predicate(config))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as trainer.compile_steps jits it
     compiled = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                        out_shardings=(shardings, None), donate_argnums=0

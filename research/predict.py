@@ -72,7 +72,7 @@ class Predictor:
         name, config.tasks[name].to_dict(), info["head"], info["names"])
     self.tokenizer = tokenizer_lib.from_file(os.path.join(workdir, "tokenizer.json"))
     self.seq_len, self.batch_size = config.data.seq_len, batch_size
-    model_cfg = models.ModelConfig.from_dict(config.model)
+    model_cfg = models.ModelConfig.of_run(config)
     model = models.build(model_cfg)
     self.params = checkpoint.workdir_params(workdir, best=True)
     self.forward = jax.jit(lambda p, b: self.task.eval_outputs(step_lib.apply_model(model, p, b), b))

@@ -33,6 +33,7 @@ def import_hf(hf_dir: str, out: str) -> str:
   from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   model_cfg, params = hf.load_pretrained(hf_dir)
   model_section = dataclasses.asdict(model_cfg)
+  del model_section["peft"]  # a plain model: no adapters
   ckpt = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), use_async=False)
   ckpt.save(0, {"params": params}, {"next_step": 0}, {"model": model_section})
   ckpt.wait()

@@ -88,17 +88,6 @@ def expected_shapes(model_cfg: ModelConfig) -> dict:
   return {path: tuple(v.shape) for path, v in params_lib.flatten(abstract).items()}
 
 
-def _nest(flat: dict) -> dict:
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
-
-
 def _read_config(directory: str) -> dict:
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
@@ -161,7 +150,7 @@ def load_pretrained(name_or_dir: str, **overrides):
   not_loaded = sorted(set(shapes) - set(flat))
   if not_loaded:
     raise UserError(f"no checkpoint tensor fills {', '.join(not_loaded[:20])}")
-  return model_cfg, layout.as_layout(_nest(flat), model_cfg.scan_layers)
+  return model_cfg, layout.as_layout(params_lib.unflatten(flat), model_cfg.scan_layers)
 
 
 def _plain_heads(model_cfg: ModelConfig) -> ModelConfig:

@@ -9,6 +9,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from research.errors import UserError
+from research.peft.config import PeftConfig
 
 # (num_layers, hidden_size, num_heads). tiny..small are the BERT miniatures of Turc et al. (2019);
 # base and large are the BERT paper's shapes, which are also GPT-2 small (124M) and medium (355M).
@@ -79,6 +80,7 @@ class ModelConfig:
   attention_impl: Optional[str] = None  # None: cuDNN on GPU with 16-bit compute, else XLA
   remat: str = "none"  # recompute block activations in the backward pass: 'none', 'full', 'dots'
   scan_layers: bool = False  # one nn.scan over the blocks (parameters stacked on a 'layers' axis)
+  peft: PeftConfig = PeftConfig()  # the run's `peft` section (research/peft): adapter parameters
 
   @property
   def head_dim(self) -> int:
@@ -97,9 +99,18 @@ class ModelConfig:
     return jnp.dtype(self.dtype)
 
   @classmethod
-  def from_dict(cls, d) -> "ModelConfig":
-    """Builds from a ConfigDict or dict; unknown keys and bad values raise `UserError`."""
+  def of_run(cls, config) -> "ModelConfig":
+    """The model of a run's whole config (its `model` and `peft` sections)."""
+    return cls.from_dict(config["model"], config.get("peft"))
+
+  @classmethod
+  def from_dict(cls, d, peft=None) -> "ModelConfig":
+    """Builds from a ConfigDict or dict (a config's `model` section) and, optionally, its `peft`
+    section; unknown keys and bad values raise `UserError`."""
     d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    given = d.pop("peft", None)  # a dict of `dataclasses.asdict(model_cfg)`
+    peft = peft if peft is not None else given
+    d["peft"] = peft if isinstance(peft, PeftConfig) else PeftConfig.from_dict(peft)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:

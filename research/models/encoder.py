@@ -31,9 +31,8 @@ class Encoder(nn.Module):
     x = layers.transformer_blocks(cfg, x, mask, positions, deterministic, pre_norm=False)
     outputs = {"hidden": x}
     if cfg.pooler:
-      pooled = nn.Dense(
-          cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-          kernel_init=layers.normal_init(("embed", "embed_out")),
-          bias_init=layers.zeros_init(("embed_out",)), name="pooler")(x[:, 0])
+      pooled = layers.Einsum("bd,de->be", (cfg.hidden_size, cfg.hidden_size),
+                             ("embed", "embed_out"), ("embed_out",), cfg,
+                             name="pooler")(x[:, 0], deterministic)
       outputs["pooled"] = jnp.tanh(pooled)
     return outputs

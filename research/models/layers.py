@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 from research.models import layout
 from research.models.config import ModelConfig
+from research.peft import lora
+from research.peft.config import is_target
 
 ACTIVATIONS = {
     "gelu": lambda x: nn.gelu(x, approximate=False),
@@ -138,7 +140,10 @@ def apply_rotary(x, positions, theta: float):
 
 
 class Einsum(nn.Module):
-  """`einsum(equation, x, kernel) (+ bias)` with logically named parameters (multi-axis dense)."""
+  """`einsum(equation, x, kernel) (+ bias)` with logically named parameters (multi-axis dense).
+
+  Every projection of the backbone is one, so this is where PEFT methods that adapt projections
+  act: a module whose path `cfg.peft` targets gets a LoRA update (research/peft/lora.py)."""
   equation: str
   kernel_shape: tuple
   kernel_axes: tuple
@@ -147,15 +152,19 @@ class Einsum(nn.Module):
   use_bias: bool = True
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     kernel = self.param("kernel", normal_init(self.kernel_axes), self.kernel_shape,
                         self.cfg.param_dtype)
+    x_in = x
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.cfg.compute_dtype)
     y = jnp.einsum(self.equation, x, kernel)
     if self.use_bias:
       bias_shape = tuple(self.kernel_shape[-len(self.bias_axes):])
       bias = self.param("bias", zeros_init(self.bias_axes), bias_shape, self.cfg.param_dtype)
       y = y + bias.astype(y.dtype)
+    peft = self.cfg.peft
+    if peft.method == "lora" and is_target(peft, "/".join(self.path)):
+      y = y + lora.low_rank_update(self, x_in, deterministic)
     return y
 
 
@@ -175,7 +184,7 @@ class SelfAttention(nn.Module):
 
     def project(name, heads, head_axis):
       return Einsum("btd,dhk->bthk", (d, heads, hd), ("embed", head_axis, "kv"), (head_axis, "kv"),
-                    cfg, use_bias=cfg.use_bias, name=name)(x)
+                    cfg, use_bias=cfg.use_bias, name=name)(x, deterministic)
     q = project("query", cfg.num_heads, "heads")
     k = project("key", cfg.kv_heads, "kv_heads")
     v = project("value", cfg.kv_heads, "kv_heads")
@@ -184,7 +193,7 @@ class SelfAttention(nn.Module):
     impl = attention_impl(cfg)
     out = jax.nn.dot_product_attention(q, k, v, implementation=impl, **mask.kwargs(impl))
     out = Einsum("bthk,hkd->btd", (cfg.num_heads, hd, d), ("heads", "kv", "embed"), ("embed",),
-                 cfg, use_bias=cfg.use_bias, name="out")(out)
+                 cfg, use_bias=cfg.use_bias, name="out")(out, deterministic)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
 
 
@@ -198,7 +207,7 @@ class Mlp(nn.Module):
 
     def dense(name, shape, axes, inputs):
       return Einsum("btd,df->btf", shape, axes, axes[-1:], cfg, use_bias=cfg.use_bias,
-                    name=name)(inputs)
+                    name=name)(inputs, deterministic)
     act = ACTIVATIONS[cfg.activation]
     h = dense("up", (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), x)
     if cfg.gated_mlp:

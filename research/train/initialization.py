@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # Model fields a run keeps from its own config when it starts from a Hugging Face checkpoint.
 OWN_MODEL_FIELDS = ("heads", "dtype", "param_dtype", "attention_impl", "num_labels", "remat",
-                    "scan_layers")
+                    "scan_layers", "peft")
 
 
 def configure(config):

@@ -11,6 +11,7 @@ import optax
 
 from research import params as params_lib
 from research.errors import UserError
+from research.peft.config import PeftConfig
 
 
 DECAYS = ("linear", "cosine", "constant")  # schedule.decay: what follows the warmup
@@ -40,9 +41,16 @@ def decay_mask(patterns):
   return lambda params: params_lib.mask(params, lambda path: not exempt(path))
 
 
+def trainable_patterns(config) -> tuple:
+  """The regexes of the trained parameters: `optim.trainable`'s and those of the `peft` method
+  (research/peft); empty: every parameter is trained."""
+  return (tuple(config.optim.get("trainable", ())) +
+          PeftConfig.from_dict(config.get("peft")).trainable_patterns)
+
+
 def trainable_predicate(config):
-  """path -> bool: `optim.trainable` regexes (empty: every parameter is trained)."""
-  patterns = tuple(config.optim.get("trainable", ()))
+  """path -> bool: whether the parameter at `path` is trained (`trainable_patterns`)."""
+  patterns = trainable_patterns(config)
   return params_lib.matches(patterns) if patterns else (lambda path: True)
 
 
@@ -59,7 +67,7 @@ def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   chain.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=decay_mask(o.no_decay)))
   tx = optax.chain(*chain)
-  if not o.get("trainable"):
+  if not trainable_patterns(config):
     return tx, lr
   trainable = trainable_predicate(config)
   labels = lambda params: jax.tree.map(lambda t: "trainable" if t else "frozen",

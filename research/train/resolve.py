@@ -23,6 +23,7 @@ from research import checkpoint as ckpt_lib
 from research import models, sharding, tasks, validation
 from research import params as params_lib
 from research.errors import UserError
+from research.peft import targets as peft_targets
 from research import objectives
 from research.train import initialization, optim
 from research.train import state as state_lib
@@ -53,11 +54,12 @@ def resolve(config, workdir: str) -> Run:
   task_set = tasks.build(config, workdir)
   resolve_vocab(config, task_set.tokenizer)
   resolve_heads(config, task_set)
-  model_cfg = models.ModelConfig.from_dict(config.model)
+  model_cfg = models.ModelConfig.of_run(config)
   optim.build(config)  # its settings fail here, not after the workdir is written
   rules = sharding.rules_of(config)
   shapes = state_lib.abstract_params(models.build(model_cfg), config, mesh, rules)
   check_path_patterns(config, list(params_lib.flatten(shapes)))
+  peft_targets.check(model_cfg, {p: v.shape for p, v in params_lib.flatten(shapes).items()})
   if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
     saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
     where = f"workdir {workdir!r}"

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from research import objectives as objectives_lib
+from research import params as params_lib
 from research.errors import UserError
 from research.train import nonfinite
 
@@ -70,7 +71,7 @@ def derive_dropout_key(key, prng: str):
 
 
 def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_steps=1,
-                    regularizers=(), nonfinite_limit=1):
+                    regularizers=(), nonfinite_limit=1, trainable=None):
   """The train step of `objectives` (a task's loss terms, see research.objectives.base).
 
   Every objective's count is taken over the whole batch first; each microbatch's loss is its sum
@@ -78,32 +79,41 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
   `regularizers` are `Regularizer`s: loss terms of the parameters alone (e.g. a continual-
   learning penalty), added once per step. `nonfinite_limit`: consecutive non-finite steps after
   which `state.health` stops changing, for the host to stop the run (`nonfinite.limit`).
+  `trainable` (path -> bool; None: all) picks the parameters that are differentiated: frozen
+  ones (PEFT) get no gradient computed, only zeros that `tx` (which freezes them) discards.
   """
-  grad_fn = jax.value_and_grad(make_loss_fn(model, objectives), has_aux=True)
+  loss_fn = make_loss_fn(model, objectives)
+  # Differentiated with respect to the trainable parameters only; the frozen ones are constants.
+  grad_fn = jax.value_and_grad(
+      lambda trained, frozen, *args: loss_fn(params_lib.join(trained, frozen), *args),
+      has_aux=True)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(dropout_key, state.step)
     global_counts = objectives_lib.counts(objectives, batch)
+    trained, frozen = params_lib.split(state.params, trainable or (lambda path: True))
     if grad_accum_steps == 1:
-      (loss, sums), grads = grad_fn(state.params, batch, rng, global_counts)
+      (loss, sums), grads = grad_fn(trained, frozen, batch, rng, global_counts)
     else:
       micro = _microbatches(batch, grad_accum_steps)
       def accumulate(carry, step_input):
         i, micro_batch = step_input
-        (loss, sums), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i),
+        (loss, sums), grads = grad_fn(trained, frozen, micro_batch, jax.random.fold_in(rng, i),
                                       global_counts)
         return jax.tree.map(jnp.add, carry, (loss, sums, grads)), None
-      shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng,
+      shapes = jax.eval_shape(grad_fn, trained, frozen, jax.tree.map(lambda x: x[0], micro), rng,
                               global_counts)
       zero = jax.tree.map(jnp.zeros_like, (shapes[0][0], shapes[0][1], shapes[1]))
       (loss, sums, grads), _ = jax.lax.scan(
           accumulate, zero, (jnp.arange(grad_accum_steps), micro))
     metrics = {f"train/{k}": s / jnp.maximum(c, 1.0) for k, (s, c) in sums.items()}
     for r in regularizers:
-      value, reg_grads = jax.value_and_grad(r.fn)(state.params)
+      value, reg_grads = jax.value_and_grad(
+          lambda t, r=r: r.fn(params_lib.join(t, frozen)))(trained)
       loss, grads = loss + value, jax.tree.map(jnp.add, grads, reg_grads)
       metrics[f"train/{r.name}"] = value
     grad_norm, what = nonfinite.grad_norm_and_first_nonfinite(loss, grads)
+    grads = params_lib.join(grads, jax.tree.map(jnp.zeros_like, frozen))
     def apply_update():
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       return optax.apply_updates(state.params, updates), opt_state

@@ -26,6 +26,7 @@ import numpy as np
 from research import checkpoint as ckpt_lib
 from research import data as data_lib
 from research import models, perf, sharding, tracking
+from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
 from research.tasks import EvalContext
 from research.train import initialization, nonfinite, optim, preemption
@@ -113,10 +114,18 @@ def build_state(r: Run, workdir: str) -> Built:
   if int(data_state["next_step"]) != int(state.step):
     raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
                     f"iterator at step {data_state['next_step']}")
-  log.info("model: %s, %d parameters; %s", r.model_cfg.kind,
-           state_lib.count_params(state.params), source)
+  log.info("model: %s, %d parameters (%s trained); %s", r.model_cfg.kind,
+           state_lib.count_params(state.params), trained_share(r.config, state.params), source)
   return Built(model, tx, lr_schedule, dropout_key, state, abstract, shardings, data_state,
                source, ckpt)
+
+
+def trained_share(config, params) -> str:
+  """'all' or, with frozen parameters (PEFT, `optim.trainable`), 'N = P%'."""
+  if not optim.trainable_patterns(config):
+    return "all"
+  trained = state_lib.count_params(params, optim.trainable_predicate(config))
+  return f"{trained} = {100 * trained / state_lib.count_params(params):.2f}%"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +145,7 @@ def compile_steps(r: Run, b: Built) -> Steps:
     train_steps = [jax.jit(
         make_train_step(b.model, task.objectives, b.tx, b.lr_schedule, b.dropout_key,
                         r.config.train.grad_accum_steps, r.task_set.regularizers,
-                        nonfinite.limit(r.config.train)),
+                        nonfinite.limit(r.config.train), optim.trainable_predicate(r.config)),
         in_shardings=(b.shardings, batch_sharding), out_shardings=(b.shardings, None),
         donate_argnums=0) for task in tasks]
     eval_steps = [jax.jit(make_eval_step(b.model, task.eval_outputs),
@@ -241,13 +250,15 @@ class Saver:
   def __init__(self, r: Run, b: Built):
     self.ckpt, self.train_config = b.ckpt, r.config.train
     self.config_dict = json.loads(r.config.to_json_best_effort())
+    self.trainable = optim.trainable_predicate(r.config)
 
   def diverged(self, state) -> Diverged | None:
     """The divergence `state` stops on, or None (waits for the step: call where it is synced)."""
     health = jax.device_get(state.health)
     if not nonfinite.reached(health, self.train_config):
       return None
-    return nonfinite.divergence(health, state.params, self.train_config, self.ckpt.latest_step())
+    trained, _ = params_lib.split(state.params, self.trainable)  # what the step checked
+    return nonfinite.divergence(health, trained, self.train_config, self.ckpt.latest_step())
 
   def save(self, done: int, state, stopped: bool):
     diverged = self.diverged(state)
