@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from research import bench, config_lib, models, sharding
+from research import bench, config_lib, models, perf, sharding
 from research import objectives as objectives_lib
 from research.errors import UserError
 from research.train import optim
@@ -155,8 +155,9 @@ def train_step_memory(config, mesh) -> dict:
   out.update(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
              alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes,
              generated_code=stats.generated_code_size_in_bytes)
-  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  out["total"] = perf.compiled_bytes(compiled)
   return out
+
 
 
 # ---------------------------------------------------------------------------------------------

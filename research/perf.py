@@ -1,4 +1,4 @@
-"""Training FLOPs and model-FLOPs utilisation (MFU).
+"""Training FLOPs and model-FLOPs utilisation (MFU); a compiled step's memory (`compiled_bytes`).
 
 FLOPs of one training step = 3 x forward FLOPs (backward costs twice the forward), counting a
 multiply-add as 2 FLOPs and only matrix multiplications. Forward FLOPs per sequence of length T,
@@ -45,3 +45,13 @@ def peak_flops_per_device(override_tflops: float = 0.0, device=None):
     return override_tflops * 1e12
   kind = (device or jax.devices()[0]).device_kind
   return next((peak for name, peak in PEAK_FLOPS if name.lower() in kind.lower()), None)
+
+
+def compiled_bytes(compiled) -> int | None:
+  """Per-device bytes a compiled step holds at once: its arguments, its outputs (less those that
+  reuse a donated argument's buffer) and its temporaries; None without XLA's statistics."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+          + stats.temp_size_in_bytes)

@@ -142,15 +142,29 @@ def compile_steps(r: Run, b: Built) -> Steps:
   batch_sharding = sharding.batch_sharding(r.mesh)
   tasks = r.task_set.tasks
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
-    train_steps = [jax.jit(
+    train_steps = [CompiledStep(jax.jit(
         make_train_step(b.model, task.objectives, b.tx, b.lr_schedule, b.dropout_key,
                         r.config.train.grad_accum_steps, r.task_set.regularizers,
                         nonfinite.limit(r.config.train), optim.trainable_predicate(r.config)),
         in_shardings=(b.shardings, batch_sharding), out_shardings=(b.shardings, None),
-        donate_argnums=0) for task in tasks]
+        donate_argnums=0)) for task in tasks]
     eval_steps = [jax.jit(make_eval_step(b.model, task.eval_outputs),
                           in_shardings=(b.shardings.params, batch_sharding)) for task in tasks]
   return Steps(train_steps, eval_steps, batch_sharding)
+
+
+class CompiledStep:
+  """A jitted train step, compiled ahead of its first call (when the batch's shapes are known) so
+  the run can report the memory the compiled step holds (`perf.compiled_bytes`)."""
+
+  def __init__(self, jitted):
+    self.jitted, self.compiled, self.memory_bytes = jitted, None, None
+
+  def __call__(self, state, batch):
+    if self.compiled is None:
+      self.compiled = self.jitted.lower(state, batch).compile()
+      self.memory_bytes = perf.compiled_bytes(self.compiled)
+    return self.compiled(state, batch)
 
 
 def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=False) -> dict:
@@ -315,7 +329,9 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
   summary = {"step": int(t.state.step), "params/total": state_lib.count_params(t.state.params),
              "params/trainable": state_lib.count_params(t.state.params, trainable),
              "wall_seconds": time.time() - wall_start, "init": b.init_source,
-             "perf/compile_seconds": t.compile_seconds, **final_eval}
+             "perf/compile_seconds": t.compile_seconds,
+             "perf/step_memory_bytes": max((s.memory_bytes or 0 for s in steps.train), default=0)
+             or None, **final_eval}
   final_params = t.state.params
   if t.best is not None and t.best.step is not None:
     final_params = t.best.restore(b.abstract_state.params)
