@@ -19,7 +19,7 @@ TRAINABLE = {
 HEADS = r"^heads_"
 
 # The learning rate a recipe's `peft=METHOD` argument sets (`config_lib.use_peft`).
-LEARNING_RATES = {"lora": 1e-3, "bitfit": 1e-3}
+LEARNING_RATES = {"lora": 2e-3, "bitfit": 1e-3}
 
 # Targets when `peft.targets` is empty, per method that adapts projections.
 DEFAULT_TARGETS = {
