@@ -417,6 +417,23 @@ def check_prepared_train(ws, result):
 
 
 # Shape -> (name, check). A README command of another shape fails test_every_command_is_mapped.
+def check_peft_lora(ws, result):
+  """LoRA on the packaged MiniLM: its shape and weights, only LoRA + head trained (< 1%)."""
+  summary = _trained(result)
+  assert summary["params/trainable"] < 0.01 * summary["params/total"]
+  with open(os.path.join(result.workdir, "config.json")) as f:
+    config = json.load(f)
+  assert (config["model"]["hidden_size"], config["model"]["num_layers"]) == (384, 6)
+  assert config["peft"]["method"] == "lora"
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  base = _flat(hf.load_pretrained(hf.resolve("sentence-transformers/all-MiniLM-L6-v2"))[1])
+  first, last = _flat(_params(result.workdir, 1)), _flat(_params(result.workdir))
+  for path, value in base.items():  # frozen: the base's weights, unchanged by training
+    np.testing.assert_array_equal(last[path], value, err_msg=path)
+  changed = {p for p in first if not np.array_equal(first[p], last[p])}
+  assert changed and all("/lora_" in p or p.startswith("heads_") for p in changed), changed
+
+
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
     "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
@@ -437,6 +454,8 @@ CHECKS = {
         ("prepared_train", check_prepared_train),
     "XLA_FLAGS= research.main --config=configs/mlm.py:runlocal --workdir --config.mesh.data "
     "--config.mesh.fsdp --config.mesh.tensor": ("mesh", check_mesh),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal,peft=lora --workdir "
+    "--config.init.weights": ("peft_lora", check_peft_lora),
 }
 # Shapes deliberately not run here, and why.
 NOT_RUN = {
@@ -491,7 +510,7 @@ def _snippet(marker):
 
 
 def test_every_python_snippet_is_run():
-  markers = ("train.run(", "hf.load_pretrained(")
+  markers = ("train.run(", "hf.load_pretrained(", "lora.merge(")
   assert all(any(m in s for m in markers) for s in python_snippets()), python_snippets()
 
 
@@ -532,3 +551,31 @@ def test_snippet_load_apply_save(ws):
   assert mine.keys() == theirs.keys()
   for key in mine:
     np.testing.assert_array_equal(mine[key], theirs[key])
+
+
+def test_snippet_lora_merge():
+  """lora.merge -> a plain model with the same outputs; lora.unmerge -> the LoRA parameters."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from research import models  # pylint: disable=g-import-not-at-top
+  from research.peft.config import PeftConfig  # pylint: disable=g-import-not-at-top
+  model_cfg = models.ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                                 mlp_dim=64, max_len=16, dtype="float32",
+                                 peft=PeftConfig(method="lora", rank=4))
+  ids = np.arange(16).reshape(2, 8)
+  params = _flat(models.build(model_cfg).init(jax.random.key(0), ids)["params"])
+  rng = np.random.default_rng(0)
+  params = {p: rng.normal(0, 0.3, v.shape).astype(np.float32) if p.endswith("lora_b") else v
+            for p, v in params.items()}
+  from research import params as params_lib  # pylint: disable=g-import-not-at-top
+  lora_params = params_lib.unflatten(params)
+  namespace = {"params": lora_params, "model_cfg": model_cfg}
+  exec(compile(_snippet("lora.merge("), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  plain = dataclasses.replace(model_cfg, peft=PeftConfig())
+  np.testing.assert_allclose(
+      models.build(plain).apply({"params": namespace["merged"]}, ids)["hidden"],
+      models.build(model_cfg).apply({"params": lora_params}, ids)["hidden"], atol=1e-5)
+  restored = _flat(namespace["params"])
+  assert restored.keys() == params.keys()
+  for path, value in params.items():
+    np.testing.assert_allclose(restored[path], value, atol=1e-6, err_msg=path)
