@@ -21,7 +21,7 @@ def _run(workdir, *flags):
 @pytest.mark.slow
 def test_the_table_runs_each_method_through_the_command_line(tmp_path):
   methods = "full,lora,bitfit"
-  results, out = _run(tmp_path, f"--methods={methods}",
+  results, out = _run(tmp_path, f"--methods={methods}", "--timing_steps=3",
                       "--extra=--config.train.steps=2,--config.evals.every_steps=2")
   for method in methods.split(","):
     r = results[method]
@@ -32,6 +32,7 @@ def test_the_table_runs_each_method_through_the_command_line(tmp_path):
                                                     summary["test/bbc_news/accuracy"])
   assert results["full"]["trainable"] == results["full"]["total"]
   assert results["lora"]["trainable"] < 0.01 * results["lora"]["total"]
+  assert results["lora"]["step_seconds"] < results["full"]["step_seconds"]  # no frozen gradients
   assert "| tfidf+logreg |" in out
 
 
