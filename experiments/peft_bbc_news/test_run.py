@@ -32,7 +32,6 @@ def test_the_table_runs_each_method_through_the_command_line(tmp_path):
                                                     summary["test/bbc_news/accuracy"])
   assert results["full"]["trainable"] == results["full"]["total"]
   assert results["lora"]["trainable"] < 0.01 * results["lora"]["total"]
-  assert results["lora"]["step_seconds"] < results["full"]["step_seconds"]  # no frozen gradients
   assert "| tfidf+logreg |" in out
 
 
