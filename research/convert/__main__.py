@@ -6,7 +6,12 @@ r"""Convert checkpoints between Hugging Face transformers and this library.
       section) and OUT/tokenizer.json when DIR holds a tokenizer.
   python -m research.convert --from=WORKDIR --to_hf=OUT
       The latest checkpoint of one of our runs -> OUT/config.json + OUT/model.safetensors (and
-      tokenizer.json), which transformers' AutoModel* classes load.
+      tokenizer.json), which transformers' AutoModel* classes load. A LoRA run's adapters are
+      merged into the kernels: the model as trained, as a plain transformers model.
+  python -m research.convert --from=WORKDIR --to_hf_peft=OUT
+      A PEFT run's adapters (LoRA) and task heads -> OUT/adapter_config.json +
+      OUT/adapter_model.safetensors, which `peft.PeftModel.from_pretrained(<base>, OUT)` loads
+      onto the transformers base model (`research.convert.hf_peft`).
 
 Bad input ends with one line on stderr and exit code 2 (--verbose shows the traceback).
 """
@@ -23,6 +28,8 @@ flags.DEFINE_string("from_hf", None, "A transformers checkpoint directory to imp
 flags.DEFINE_string("to", None, "Where to write the imported checkpoint.")
 flags.DEFINE_string("from", None, "A workdir of ours to export (its latest checkpoint).")
 flags.DEFINE_string("to_hf", None, "Where to write the transformers checkpoint.")
+flags.DEFINE_string("to_hf_peft", None, "Where to write a PEFT run's adapter in the Hugging Face "
+                    "PEFT format.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
 FLAGS = flags.FLAGS
 
@@ -50,13 +57,18 @@ def import_hf(hf_dir: str, out: str) -> str:
 def export_hf(workdir: str, out: str) -> str:
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   from research.convert import hf  # pylint: disable=g-import-not-at-top
+  from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from research.peft import lora  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise UserError(f"no config.json in {workdir!r}: is it a workdir of ours?")
   with open(config_path) as f:
-    model_section = json.load(f)["model"]
+    run_config = json.load(f)
   params = checkpoint.workdir_params(workdir, best=True)
-  hf.save_pretrained(model_section, params, out)
+  peft = ModelConfig.of_run(run_config).peft
+  if peft.method == "lora":
+    params = lora.merge(params, peft)[0]
+  hf.save_pretrained(run_config["model"], params, out)
   tokenizer = os.path.join(workdir, "tokenizer.json")
   if os.path.exists(tokenizer):
     shutil.copy(tokenizer, os.path.join(out, "tokenizer.json"))
@@ -69,10 +81,15 @@ def main(argv):
   try:
     if FLAGS.from_hf and FLAGS.to and not (FLAGS["from"].value or FLAGS.to_hf):
       print(import_hf(FLAGS.from_hf, FLAGS.to))
-    elif FLAGS["from"].value and FLAGS.to_hf and not (FLAGS.from_hf or FLAGS.to):
+    elif FLAGS["from"].value and FLAGS.to_hf and not (FLAGS.from_hf or FLAGS.to or
+                                                      FLAGS.to_hf_peft):
       print(export_hf(FLAGS["from"].value, FLAGS.to_hf))
+    elif FLAGS["from"].value and FLAGS.to_hf_peft and not (FLAGS.from_hf or FLAGS.to):
+      from research.convert import hf_peft  # pylint: disable=g-import-not-at-top
+      print(hf_peft.export(FLAGS["from"].value, FLAGS.to_hf_peft))
     else:
-      raise UserError("pass either --from_hf=DIR --to=OUT or --from=WORKDIR --to_hf=OUT")
+      raise UserError("pass one of --from_hf=DIR --to=OUT, --from=WORKDIR --to_hf=OUT or "
+                      "--from=WORKDIR --to_hf_peft=OUT")
   except UserError as e:
     if FLAGS.verbose:
       raise

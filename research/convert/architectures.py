@@ -25,6 +25,7 @@ class Bert:
   ignored_suffixes = ()
   ignored = ("embeddings.position_ids", "cls.predictions.decoder.weight",
              "cls.predictions.decoder.bias")
+  fan_in_fan_out = False  # projections are torch.nn.Linear: weight (out, in)
 
   def to_model_config(self, c: dict, keys: set, task_model: bool) -> dict:
     heads = [h for h, key in (("mlm", "cls.predictions.bias"),
@@ -147,6 +148,7 @@ class Gpt2:
   prefix = "transformer."
   ignored_suffixes = (".attn.bias", ".attn.masked_bias")
   ignored = ("lm_head.weight",)  # read by a rule when untied; a tied copy (state_dict) otherwise
+  fan_in_fan_out = True  # projections are transformers' Conv1D: weight (in, out)
 
   def to_model_config(self, c: dict, keys: set, task_model: bool) -> dict:
     tie = c.get("tie_word_embeddings", True)
@@ -197,6 +199,7 @@ class Llama:
   prefix = "model."
   ignored = ("lm_head.weight",)  # read by a rule when untied; a tied copy (state_dict) otherwise
   ignored_suffixes = (".rotary_emb.inv_freq",)
+  fan_in_fan_out = False  # projections are torch.nn.Linear: weight (out, in)
 
   def to_model_config(self, c: dict, keys: set, task_model: bool) -> dict:
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}

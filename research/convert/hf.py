@@ -173,7 +173,7 @@ def load_pretrained(name_or_dir: str, **overrides):
   return model_cfg, layout.as_layout(params_lib.unflatten(flat), model_cfg.scan_layers)
 
 
-def _plain_heads(model_cfg: ModelConfig) -> ModelConfig:
+def plain_heads(model_cfg: ModelConfig) -> ModelConfig:
   """Heads as transformers classes name them ('classification=classification:5' ->
   'classification', num_labels=5); heads named otherwise (multi-task) have no HF class."""
   specs = model_cfg.head_specs
@@ -185,17 +185,27 @@ def _plain_heads(model_cfg: ModelConfig) -> ModelConfig:
   return dataclasses.replace(model_cfg, heads=tuple(s.kind for s in specs), num_labels=labels)
 
 
+def tensor_name(arch, rule, task_model: bool) -> str:
+  """The transformers name of `rule`'s tensor: backbone tensors of a task model (one with heads)
+  carry the architecture's prefix ('bert.', 'transformer.', ...)."""
+  return (arch.prefix if task_model and rule.prefixed else "") + rule.hf
+
+
+def unrolled_float32(params) -> dict:
+  """{path: float32 host array} of `params` in the unrolled layout (what the rules read)."""
+  return {path: np.asarray(v, np.float32)
+          for path, v in params_lib.flatten(layout.unstack_layers(jax.device_get(params))).items()}
+
+
 def save_pretrained(model_cfg, params, directory: str):
   """Writes config.json + model.safetensors for transformers' matching class; `params` in either
   layout (`research.models.layout`)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   if not isinstance(model_cfg, ModelConfig):
     model_cfg = ModelConfig.from_dict(model_cfg)
-  model_cfg = _plain_heads(model_cfg)
+  model_cfg = plain_heads(model_cfg)
   arch = architectures.for_model(model_cfg)
-  flat = {path: np.asarray(v, np.float32)
-          for path, v in params_lib.flatten(
-              layout.unstack_layers(jax.device_get(params))).items()}
+  flat = unrolled_float32(params)
   task_model = bool(model_cfg.heads)
   tensors, used = {}, set()
   for rule in arch.rules(model_cfg):
@@ -203,8 +213,8 @@ def save_pretrained(model_cfg, params, directory: str):
     if missing:
       raise UserError(f"params lack {missing} (needed for {rule.hf!r})")
     used.update(rule.ours)
-    name = (arch.prefix if task_model and rule.prefixed else "") + rule.hf
-    tensors[name] = np.ascontiguousarray(rule.to_hf(*(flat[p] for p in rule.ours)))
+    tensors[tensor_name(arch, rule, task_model)] = np.ascontiguousarray(
+        rule.to_hf(*(flat[p] for p in rule.ours)))
   left = sorted(set(flat) - used)
   if left:
     raise UserError(f"no {arch.model_type} tensor holds {left}")

