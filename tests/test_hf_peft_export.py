@@ -253,3 +253,77 @@ def test_methods_without_peft_format_are_one_line(tmp_path, method, fragments):
     json.dump(run_config, f)
   _fails_with(_convert(f"--from={workdir}", f"--to_hf_peft={tmp_path / 'out'}"), *fragments)
   assert not (tmp_path / "out").exists()
+
+
+def _peft_parity(workdir: str, out: str, batch, key: str, **base_kwargs) -> float:
+  """Max |logit difference| between our model of `workdir` and peft's model of the export `out`
+  on its transformers base (a directory: these tests run offline)."""
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "config.json")) as f:
+    run_config = json.load(f)
+  with open(os.path.join(out, "adapter_config.json")) as f:
+    base = json.load(f)["base_model_name_or_path"]
+  base = hf.resolve(base)  # a packaged hub name: its installed directory
+  auto = {"classification_logits": transformers.AutoModelForSequenceClassification,
+          "lm_logits": transformers.AutoModelForCausalLM}[key]
+  loaded = peft_hf.PeftModel.from_pretrained(auto.from_pretrained(base, **base_kwargs), out).eval()
+  params = checkpoint.workdir_params(workdir, best=True)
+  mask = batch["attention_mask"] if key == "lm_logits" else None
+  return _max_diff(_ours(run_config, params, batch, key), _theirs(loaded, batch), mask)
+
+
+@pytest.mark.slow
+def test_minilm_lora_run_exports_as_typed(tmp_path):
+  """The README's LoRA run from the MiniLM hub name (read from the installed package), a few
+  steps, exported: peft's logits are ours."""
+  _minilm_dir()
+  workdir, out = str(tmp_path / "run"), str(tmp_path / "adapter")
+  proc = run_cli("--config=configs/finetune.py:task=bbc_news,runlocal,peft=lora",
+                 f"--workdir={workdir}",
+                 "--config.init.weights=hf:sentence-transformers/all-MiniLM-L6-v2",
+                 "--config.train.steps=10", "--config.evals.every_steps=10",
+                 "--config.logging.progress=False")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = _convert(f"--from={workdir}", f"--to_hf_peft={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, "adapter_config.json")) as f:
+    assert json.load(f)["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+  diff = _peft_parity(workdir, out, _batch(30522, types=True), "classification_logits",
+                      num_labels=5)
+  print(f"MiniLM bbc_news LoRA run -> peft: max |logit difference| {diff:.2e}")
+  assert diff < TOL
+
+
+@pytest.mark.slow
+def test_decoder_lora_run_trains_and_exports(tmp_path):
+  """`configs/clm.py:runlocal,peft=lora` (shortened): the loss falls, the trainable count is the
+  LoRA factors', and the export (base written to OUT/base: the run started from scratch) and the
+  merged `--to_hf` give our logits in transformers."""
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  from research import tracking  # pylint: disable=g-import-not-at-top
+  workdir, out = str(tmp_path / "run"), str(tmp_path / "adapter")
+  proc = run_cli("--config=configs/clm.py:runlocal,peft=lora", f"--workdir={workdir}",
+                 "--config.train.steps=60", "--config.logging.every_steps=10",
+                 "--config.evals.every_steps=60", "--config.logging.progress=False")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = [r["train/loss"] for r in tracking.read_metrics(workdir) if "train/loss" in r]
+  assert losses[-1] < losses[0] - 0.05, losses
+  params = params_lib.flatten(checkpoint.workdir_params(workdir))
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["params/trainable"] == sum(v.size for p, v in params.items() if "/lora_" in p)
+  assert summary["params/total"] == sum(v.size for v in params.values())
+  proc = _convert(f"--from={workdir}", f"--to_hf_peft={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  batch = {"input_ids": np.random.RandomState(0).randint(5, 8192, (2, 128)),
+           "attention_mask": np.ones((2, 128), np.int64)}
+  diff = _peft_parity(workdir, out, batch, "lm_logits")
+  print(f"clm runlocal LoRA run -> peft GPT2LMHeadModel: max |logit difference| {diff:.2e}")
+  assert diff < TOL
+  proc = _convert(f"--from={workdir}", f"--to_hf={tmp_path / 'merged'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  merged = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "merged")).eval()
+  with open(os.path.join(workdir, "config.json")) as f:
+    run_config = json.load(f)
+  ours = _ours(run_config, params_lib.unflatten(params), batch, "lm_logits")
+  assert _max_diff(ours, _theirs(merged, batch)) < TOL

@@ -72,7 +72,7 @@ def save_adapter(run_config: dict, params, out: str, tokenizer: str | None = Non
   check_method(peft.method, "this run")
   plain = hf.plain_heads(model_cfg)
   arch = architectures.for_model(plain)
-  arch.architecture(plain.heads)  # a transformers class holds these heads
+  model_class = arch.architecture(plain.heads)  # the transformers class the adapter goes on
   flat = hf.unrolled_float32(params)
   tensors, ranks = lora_tensors(arch, plain, flat)
   heads, modules_to_save = head_tensors(arch, plain, flat)
@@ -83,34 +83,40 @@ def save_adapter(run_config: dict, params, out: str, tokenizer: str | None = Non
     base_name = check_base(weights[3:], base_params)
   else:
     base_name = os.path.abspath(os.path.join(out, BASE_DIR))
-  # A fused module's rank differs from peft.rank: its alpha keeps the scale.
-  fused = {m: r for m, r in ranks.items() if r != peft.rank}
-  scale = lora.scale(peft)
-  adapter_config = {
-      "peft_type": SUPPORTED[peft.method], "task_type": task_type(plain),
-      "base_model_name_or_path": base_name, "r": peft.rank, "lora_alpha": peft.alpha,
-      "use_rslora": peft.rslora, "lora_dropout": peft.dropout, "target_modules": list(ranks),
-      "rank_pattern": fused,
-      "alpha_pattern": {m: float(scale * (np.sqrt(r) if peft.rslora else r))
-                        for m, r in fused.items()},
-      "fan_in_fan_out": arch.fan_in_fan_out, "bias": "none",
-      "modules_to_save": modules_to_save or None, "inference_mode": True,
-      "init_lora_weights": True}
+  config = adapter_config(peft, arch, task_type(plain), ranks, modules_to_save, base_name)
   os.makedirs(out, exist_ok=True)
   if not weights.startswith("hf:"):
-    base_section = {k: v for k, v in run_config["model"].items() if k != "peft"}
     base_dir = os.path.join(out, BASE_DIR)
-    hf.save_pretrained(base_section, params_lib.unflatten(
+    hf.save_pretrained(run_config["model"], params_lib.unflatten(
         {p: v for p, v in flat.items() if not is_adapter(p)}), base_dir)
     if tokenizer:
       shutil.copy(tokenizer, os.path.join(base_dir, "tokenizer.json"))
   save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
             os.path.join(out, "adapter_model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(out, "adapter_config.json"), "w") as f:
-    json.dump(adapter_config, f, indent=2, sort_keys=True)
+    json.dump(config, f, indent=2, sort_keys=True)
+  labels = f", num_labels={plain.num_labels}" if "classification" in plain.heads else ""
   return (f"LoRA r={peft.rank} on {len(ranks)} {arch.model_type} modules"
           + (f", modules_to_save {modules_to_save}" if modules_to_save else "")
-          + f" -> {out} (base: {base_name})")
+          + f" -> {out}; load it with peft.PeftModel.from_pretrained("
+          f"transformers.{model_class}.from_pretrained({base_name!r}{labels}), {out!r})")
+
+
+def adapter_config(peft, arch, task: str | None, ranks: dict, modules_to_save: list,
+                   base_name: str) -> dict:
+  """adapter_config.json: peft.LoraConfig's fields. A fused module's rank (`ranks`) differs from
+  peft.rank: its `rank_pattern` and `alpha_pattern` entries keep the scale alpha / r."""
+  fused = {m: r for m, r in ranks.items() if r != peft.rank}
+  scale = lora.scale(peft)
+  return {
+      "peft_type": SUPPORTED[peft.method], "task_type": task, "base_model_name_or_path": base_name,
+      "r": peft.rank, "lora_alpha": peft.alpha, "use_rslora": peft.rslora,
+      "lora_dropout": peft.dropout, "target_modules": list(ranks), "rank_pattern": fused,
+      "alpha_pattern": {m: float(scale * (np.sqrt(r) if peft.rslora else r))
+                        for m, r in fused.items()},
+      "fan_in_fan_out": arch.fan_in_fan_out, "bias": "none",
+      "modules_to_save": modules_to_save or None, "inference_mode": True,
+      "init_lora_weights": True}
 
 
 def is_adapter(path: str) -> bool:
