@@ -46,19 +46,16 @@ def _recipe(arg: str, **sections) -> dict:
 def _params(run_config: dict, base=None, seed=0, std=0.05, lora_std=0.3):
   """The run's parameters: `base` ({path: array}) where given, random non-zero values for the
   rest (LoRA factors, heads; everything when `base` is None)."""
-  cfg = ModelConfig.of_run(run_config)
-  ids = jnp.zeros((1, 8), jnp.int32)
-  shapes = params_lib.flatten(jax.eval_shape(lambda: models.build(cfg).init(jax.random.key(0),
-                                                                           ids))["params"])
+  shapes = hf.expected_shapes(ModelConfig.of_run(run_config))
   rng = np.random.default_rng(seed)
   flat = {}
-  for path, leaf in shapes.items():
+  for path, shape in shapes.items():
     if base is not None and path in base:
       flat[path] = np.asarray(base[path])
     else:
       scale = 1.0 if path.endswith("scale") else 0.0
       spread = lora_std if "/lora_" in path else std
-      flat[path] = (scale + rng.normal(0, spread, leaf.shape)).astype(np.float32)
+      flat[path] = (scale + rng.normal(0, spread, shape)).astype(np.float32)
   return params_lib.unflatten(flat)
 
 
@@ -182,7 +179,8 @@ def test_bert_lora_on_every_projection_kind(tmp_path, targets, rslora, scan_laye
 
 @pytest.mark.parametrize("targets, rslora", [
     ((r"attention/(query|value)$",), False),  # c_attn: rank 2r, A = [A_q; A_v]
-    ((r"attention/query$", r"mlp/up$"), True),  # c_attn rank r (key, value rows zero); c_fc
+    ((r"attention/(query|value)$", r"mlp/up$"), True),  # rsLoRA: alpha_pattern of rank 2r; c_fc
+    ((r"attention/query$",), False),  # c_attn rank r, the key and value rows of B zero
     ((r"attention/(query|key|value|out)$", r"mlp/(up|down)$"), False),  # c_attn rank 3r, c_proj
 ])
 def test_gpt2_lora_on_fused_c_attn(tmp_path, targets, rslora):
@@ -237,16 +235,20 @@ def test_to_hf_of_a_lora_run_is_the_merged_model(tmp_path):
   assert _max_diff(ours, _theirs(merged, batch), batch["attention_mask"]) < TOL
 
 
-@pytest.mark.parametrize("method, fragments", [
-    ("none", ("is not a PEFT run (peft.method='none')", "export it with --to_hf")),
-    ("adapter", ("peft.method='adapter' has no Hugging Face PEFT export",
-                 "--to_hf_peft exports ['lora']")),
-    ("bitfit", ("peft.method='bitfit' has no Hugging Face PEFT export",
-                "a BitFit model is a plain model: export it with --to_hf")),
+@pytest.mark.parametrize("recipe, heads, method, fragments", [
+    ("clm:runlocal", ("lm",), "none",
+     ("is not a PEFT run (peft.method='none')", "export it with --to_hf")),
+    ("clm:runlocal", ("lm",), "adapter",
+     ("peft.method='adapter' has no Hugging Face PEFT export", "--to_hf_peft exports ['lora']")),
+    ("clm:runlocal", ("lm",), "bitfit",
+     ("peft.method='bitfit' has no Hugging Face PEFT export",
+      "a BitFit model is a plain model: export it with --to_hf")),
+    ("mlm:runlocal", ("mlm",), "lora",
+     ("the PEFT export holds the heads ['classification', 'lm'] (or none)",
+      "this run's heads are ['mlm']")),
 ])
-def test_methods_without_peft_format_are_one_line(tmp_path, method, fragments):
-  run_config = _recipe("clm:runlocal", model=dict(TINY_GPT2, heads=("lm",)),
-                       peft=dict(method=method))
+def test_what_the_peft_format_cannot_hold_is_one_line(tmp_path, recipe, heads, method, fragments):
+  run_config = _recipe(recipe, model=dict(TINY_GPT2, heads=heads), peft=dict(method=method))
   workdir = tmp_path / "run"
   workdir.mkdir()
   with open(workdir / "config.json", "w") as f:

@@ -45,7 +45,7 @@ def export(workdir: str, out: str) -> str:
     raise UserError(f"no config.json in {workdir!r}: is it a workdir of ours?")
   with open(config_path) as f:
     run_config = json.load(f)
-  check_method(ModelConfig.of_run(run_config).peft.method, workdir)
+  check_exportable(ModelConfig.of_run(run_config), workdir)
   tokenizer = os.path.join(workdir, "tokenizer.json")
   described = save_adapter(run_config, checkpoint.workdir_params(workdir, best=True), out,
                            tokenizer if os.path.exists(tokenizer) else None)
@@ -53,13 +53,22 @@ def export(workdir: str, out: str) -> str:
   return f"{workdir} ({kept} parameters): {described}"
 
 
-def check_method(method: str, where: str):
+def check_exportable(model_cfg: ModelConfig, where: str) -> ModelConfig:
+  """The model with heads as transformers names them, if its method and heads have a PEFT-format
+  export; else `UserError`."""
+  method = model_cfg.peft.method
   if method == "none":
     raise UserError(f"{where} is not a PEFT run (peft.method='none'): export it with --to_hf")
   if method not in SUPPORTED:
-    plain = " (a BitFit model is a plain model: export it with --to_hf)" if method == "bitfit" else ""
+    hint = " (a BitFit model is a plain model: export it with --to_hf)" if method == "bitfit" else ""
     raise UserError(f"peft.method={method!r} has no Hugging Face PEFT export; --to_hf_peft "
-                    f"exports {sorted(SUPPORTED)}{plain}")
+                    f"exports {sorted(SUPPORTED)}{hint}")
+  plain = hf.plain_heads(model_cfg)
+  unheld = [h for h in plain.heads if h not in TASK_TYPES]
+  if unheld:  # BERT's MLM head shares a module with the tied decoder: no modules_to_save for it
+    raise UserError(f"the PEFT export holds the heads {sorted(TASK_TYPES)} (or none); this run's "
+                    f"heads are {list(plain.heads)}")
+  return plain
 
 
 def save_adapter(run_config: dict, params, out: str, tokenizer: str | None = None) -> str:
@@ -69,8 +78,7 @@ def save_adapter(run_config: dict, params, out: str, tokenizer: str | None = Non
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   model_cfg = ModelConfig.of_run(run_config)
   peft = model_cfg.peft
-  check_method(peft.method, "this run")
-  plain = hf.plain_heads(model_cfg)
+  plain = check_exportable(model_cfg, "this run")
   arch = architectures.for_model(plain)
   model_class = arch.architecture(plain.heads)  # the transformers class the adapter goes on
   flat = hf.unrolled_float32(params)
