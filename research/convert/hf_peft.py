@@ -60,7 +60,8 @@ def check_exportable(model_cfg: ModelConfig, where: str) -> ModelConfig:
   if method == "none":
     raise UserError(f"{where} is not a PEFT run (peft.method='none'): export it with --to_hf")
   if method not in SUPPORTED:
-    hint = " (a BitFit model is a plain model: export it with --to_hf)" if method == "bitfit" else ""
+    hint = (" (a BitFit model is a plain model: export it with --to_hf)" if method == "bitfit"
+            else "")
     raise UserError(f"peft.method={method!r} has no Hugging Face PEFT export; --to_hf_peft "
                     f"exports {sorted(SUPPORTED)}{hint}")
   plain = hf.plain_heads(model_cfg)
