@@ -33,8 +33,6 @@ TINY_GPT2 = dict(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, mlp_
 def _recipe(arg: str, **sections) -> dict:
   """A recipe's config as WORKDIR/config.json holds it (`to_json_best_effort`), with
   `sections` = {'model': {...}, 'peft': {...}, 'init': {...}} updated."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import importlib  # pylint: disable=g-import-not-at-top
   name, _, arg = arg.partition(":")
   config = importlib.import_module(name).get_config(arg)
   for section, values in sections.items():
