@@ -219,6 +219,7 @@ def method_params(model: dict, peft: dict) -> int:
   }[peft["method"]]
 
 
+@pytest.mark.slow  # ~12 s each on 2 idle cores, ~22 s under load
 @pytest.mark.parametrize("method,extra", [("adapter", ()), ("ia3", ()), ("prompt", ()),
                                           ("prefix", ("--config.peft.prefix_projection=16",))])
 def test_each_method_trains_only_its_parameters(tmp_path, method, extra):
