@@ -6,7 +6,9 @@ BERT-style models: the virtual tokens come first, at positions 0..n-1 (the real 
 n..; RoBERTa-style offsets are kept), with token type 0 and attention mask 1. The pooled output
 reads position 0 (the first virtual token, as PEFT's models do); heads that read per-token outputs
 see only the real tokens. The prompt starts as the token embeddings of `num_virtual_tokens`
-vocabulary ids drawn uniformly at random (HF PEFT's 'SAMPLE_VOCAB' init; its 'RANDOM' is N(0, 1)).
+vocabulary ids drawn uniformly at random (HF PEFT's 'SAMPLE_VOCAB' init; its 'RANDOM' is N(0, 1)),
+drawn when the model is initialised: with `init.weights` that is before the weights load, so the
+rows are those of the scratch embedding (random, N(0, 0.02)), not the pretrained ones.
 """
 import flax.linen as nn
 import jax
