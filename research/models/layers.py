@@ -11,8 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from research.models import layout
+from research.errors import UserError
 from research.models.config import ModelConfig
+from research.peft import adapter as adapter_lib
+from research.peft import ia3
 from research.peft import lora
+from research.peft import prefix as prefix_lib
 from research.peft.config import is_target
 
 ACTIVATIONS = {
@@ -113,6 +117,11 @@ class AttentionMask:
     return {"is_causal": self.causal, "query_seq_lengths": lengths,
             "key_value_seq_lengths": lengths}
 
+  def dense(self, batch: int, length: int):
+    """The boolean (batch, 1, length, length) mask, whatever padding and segments there are."""
+    padding = jnp.ones((batch, length), jnp.int32) if self.padding is None else self.padding
+    return attention_mask(padding, self.segment_ids, self.causal)
+
 
 def positions_from_segments(segment_ids):
   """Position of each token inside its own segment: 0, 1, 2, ... restarting at each boundary."""
@@ -143,7 +152,8 @@ class Einsum(nn.Module):
   """`einsum(equation, x, kernel) (+ bias)` with logically named parameters (multi-axis dense).
 
   Every projection of the backbone is one, so this is where PEFT methods that adapt projections
-  act: a module whose path `cfg.peft` targets gets a LoRA update (research/peft/lora.py)."""
+  act: a module whose path `cfg.peft` targets gets a LoRA update (research/peft/lora.py) or IA3
+  rescaling (research/peft/ia3.py)."""
   equation: str
   kernel_shape: tuple
   kernel_axes: tuple
@@ -156,14 +166,19 @@ class Einsum(nn.Module):
     kernel = self.param("kernel", normal_init(self.kernel_axes), self.kernel_shape,
                         self.cfg.param_dtype)
     x_in = x
+    peft = self.cfg.peft
+    targeted = peft.method in ("lora", "ia3") and is_target(peft, "/".join(self.path))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.cfg.compute_dtype)
+    if targeted and peft.method == "ia3" and ia3.is_feed_forward("/".join(self.path)):
+      x = ia3.scale_input(self, x)
     y = jnp.einsum(self.equation, x, kernel)
     if self.use_bias:
       bias_shape = tuple(self.kernel_shape[-len(self.bias_axes):])
       bias = self.param("bias", zeros_init(self.bias_axes), bias_shape, self.cfg.param_dtype)
       y = y + bias.astype(y.dtype)
-    peft = self.cfg.peft
-    if peft.method == "lora" and is_target(peft, "/".join(self.path)):
+    if targeted and peft.method == "ia3" and not ia3.is_feed_forward("/".join(self.path)):
+      y = ia3.scale_output(self, y)
+    if targeted and peft.method == "lora":
       y = y + lora.low_rank_update(self, x_in, deterministic)
     return y
 
@@ -173,12 +188,13 @@ class SelfAttention(nn.Module):
 
   On GPUs with 16-bit compute that call runs cuDNN's fused kernel (see `attention_impl`).
   Attention-probability dropout is not applied (the fused kernel does not support it); dropout
-  acts on the attention output instead.
+  acts on the attention output instead. With prefix tuning (research/peft/prefix.py) the keys and
+  values get learned prefixes; `prefix_hidden` is the shared prefix MLP's output (or None).
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, positions, deterministic: bool):
+  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None):
     cfg = self.cfg
     d, hd = cfg.hidden_size, cfg.head_dim
 
@@ -191,7 +207,15 @@ class SelfAttention(nn.Module):
     if cfg.position_embedding == "rotary":
       q, k = (apply_rotary(t, positions, cfg.rope_theta) for t in (q, k))
     impl = attention_impl(cfg)
-    out = jax.nn.dot_product_attention(q, k, v, implementation=impl, **mask.kwargs(impl))
+    kwargs = mask.kwargs(impl)
+    if cfg.peft.method == "prefix":
+      if prefix_lib.refusal(impl):
+        raise UserError(prefix_lib.refusal(impl))
+      key_prefix, value_prefix = prefix_lib.LayerPrefix(cfg, name=prefix_lib.LAYER)(prefix_hidden)
+      k, v = prefix_lib.prepend(k, key_prefix), prefix_lib.prepend(v, value_prefix)
+      kwargs = {"mask": prefix_lib.extend_mask(mask.dense(*x.shape[:2]),
+                                               cfg.peft.num_virtual_tokens)}
+    out = jax.nn.dot_product_attention(q, k, v, implementation=impl, **kwargs)
     out = Einsum("bthk,hkd->btd", (cfg.num_heads, hd, d), ("heads", "kv", "embed"), ("embed",),
                  cfg, use_bias=cfg.use_bias, name="out")(out, deterministic)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
@@ -246,41 +270,56 @@ def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool
   the remat policy inside it): parameters are stacked on a leading axis (layers/, logical axis
   'layers'), dropout gets new random bits per block, and the step compiles one block whatever
   the depth. Both compute the same function of the same weights (`research.models.layout`).
+  Prefix tuning's shared MLP (`peft.prefix_projection`) is built here, once for all blocks.
   """
+  prefix_hidden = None
+  if cfg.peft.method == "prefix" and cfg.peft.prefix_projection:
+    prefix_hidden = prefix_lib.SharedEncoder(cfg, name=prefix_lib.ENCODER)()
   if not cfg.scan_layers:
     for i in range(cfg.num_layers):
       block = transformer_block(cfg)(cfg, pre_norm=pre_norm, name=layout.unrolled_name(i))
-      x = block(x, mask, positions, deterministic)
+      x = block(x, mask, positions, deterministic, prefix_hidden)
     return x
   scanned = nn.scan(
       transformer_block(cfg, ScannedBlock), length=cfg.num_layers,
       variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-      metadata_params={nn.PARTITION_NAME: layout.STACKED})
-  x, _ = scanned(cfg, pre_norm=pre_norm, name=layout.STACKED)(x, mask, positions, deterministic)
+      in_axes=(nn.broadcast,) * 4, metadata_params={nn.PARTITION_NAME: layout.STACKED})
+  x, _ = scanned(cfg, pre_norm=pre_norm, name=layout.STACKED)(x, mask, positions, deterministic,
+                                                              prefix_hidden)
   return x
 
 
 class TransformerBlock(nn.Module):
-  """Attention + MLP with residuals; `pre_norm` picks GPT-2/Llama (pre-LN) or BERT (post-LN)."""
+  """Attention + MLP with residuals; `pre_norm` picks GPT-2/Llama (pre-LN) or BERT (post-LN).
+
+  With `peft.method='adapter'` each sublayer's output passes a bottleneck adapter before the
+  residual add (research/peft/adapter.py)."""
   cfg: ModelConfig
   pre_norm: bool
 
   @nn.compact
-  def __call__(self, x, mask, positions, deterministic: bool):
-    attn, mlp = SelfAttention(self.cfg, name="attention"), Mlp(self.cfg, name="mlp")
-    ln1, ln2 = layer_norm(self.cfg, "ln_attention"), layer_norm(self.cfg, "ln_mlp")
+  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None):
+    cfg = self.cfg
+    attn_layer, mlp_layer = SelfAttention(cfg, name="attention"), Mlp(cfg, name="mlp")
+    attn = lambda h: attn_layer(h, mask, positions, deterministic, prefix_hidden)
+    mlp = lambda h: mlp_layer(h, deterministic)
+    if cfg.peft.method == "adapter":
+      after_attn, after_mlp = (adapter_lib.Adapter(cfg, ACTIVATIONS[cfg.activation], name=name)
+                               for name in adapter_lib.NAMES)
+      attn = lambda h, sublayer=attn: after_attn(sublayer(h))
+      mlp = lambda h, sublayer=mlp: after_mlp(sublayer(h))
+    ln1, ln2 = layer_norm(cfg, "ln_attention"), layer_norm(cfg, "ln_mlp")
     if self.pre_norm:
-      x = x + attn(ln1(x), mask, positions, deterministic)
-      x = x + mlp(ln2(x), deterministic)
+      x = x + attn(ln1(x))
+      x = x + mlp(ln2(x))
     else:
-      x = ln1(x + attn(x, mask, positions, deterministic))
-      x = ln2(x + mlp(x, deterministic))
+      x = ln1(x + attn(x))
+      x = ln2(x + mlp(x))
     return constrain_hidden(x)
 
 
 class ScannedBlock(TransformerBlock):
   """`TransformerBlock` as `nn.scan`'s body: hidden states are the carry, nothing is stacked."""
 
-  def __call__(self, x, mask, positions, deterministic: bool):
-    return super().__call__(x, mask, positions, deterministic), None
+  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None):
+    return super().__call__(x, mask, positions, deterministic, prefix_hidden), None

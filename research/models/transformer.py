@@ -7,6 +7,7 @@ from research.models import layers
 from research.models.config import ModelConfig
 from research.models.decoder import Decoder
 from research.models.encoder import Encoder
+from research.peft.prompt import SoftPrompt
 
 
 def default_positions(cfg: ModelConfig, input_ids, attention_mask, segment_ids):
@@ -25,7 +26,9 @@ class Transformer(nn.Module):
   apply({'params': p}, input_ids, attention_mask=None, token_type_ids=None, deterministic=True)
   returns a dict with 'hidden' (batch, length, hidden) plus each head's keys ('pooled',
   'mlm_logits', 'sentence_pair_logits', 'lm_logits', 'classification_logits'). attention_mask
-  None means no padding, so attention gets no mask to read. The token
+  None means no padding, so attention gets no mask to read. With prompt tuning
+  (research/peft/prompt.py) 'hidden' holds the real tokens only and 'prompt_hidden' the virtual
+  ones, which come first ('pooled' reads the first of them). The token
   embedding lives here so heads can tie their vocabulary projection to it. Parameters:
   token_embed/, backbone/, heads_<name>/.
   """
@@ -40,6 +43,8 @@ class Transformer(nn.Module):
     self.backbone = backbone(cfg)
     self.heads = {spec.name: heads_lib.build(spec, cfg, self.token_embed)
                   for spec in cfg.head_specs}
+    if cfg.peft.method == "prompt":
+      self.prompt = SoftPrompt(cfg, self.token_embed)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, segment_ids=None,
                positions=None, masked_positions=None, deterministic: bool = True):
@@ -49,8 +54,17 @@ class Transformer(nn.Module):
       positions = default_positions(
           self.cfg, input_ids,
           jnp.ones_like(input_ids) if attention_mask is None else attention_mask, segment_ids)
-    outputs = self.backbone(self.token_embed(input_ids), attention_mask, token_type_ids,
-                            segment_ids, positions, deterministic)
+    embeddings = self.token_embed(input_ids)
+    if self.cfg.peft.method == "prompt":
+      if segment_ids is not None:
+        raise ValueError("prompt tuning takes unpacked rows (no segment_ids)")
+      embeddings, attention_mask, token_type_ids, positions = self.prompt(
+          embeddings, attention_mask, token_type_ids, positions)
+    outputs = self.backbone(embeddings, attention_mask, token_type_ids, segment_ids, positions,
+                            deterministic)
+    if self.cfg.peft.method == "prompt":  # per-token heads read the real tokens only
+      n = self.cfg.peft.num_virtual_tokens
+      outputs.update(hidden=outputs["hidden"][:, n:], prompt_hidden=outputs["hidden"][:, :n])
     for head in self.heads.values():
       outputs.update(head(outputs, masked_positions=masked_positions, deterministic=deterministic))
     return outputs

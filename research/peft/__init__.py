@@ -2,6 +2,10 @@
 
   config.py   `PeftConfig` (the `peft` section), the methods, what each trains and targets
   lora.py     LoRA: the low-rank update inside every targeted projection; merge and unmerge
+  ia3.py      IA3: learned rescaling of targeted projections' outputs (or inputs); merge
+  adapter.py  bottleneck adapters after each block's attention and MLP
+  prefix.py   prefix tuning: learned per-layer key/value prefixes (optionally from an MLP)
+  prompt.py   prompt tuning: learned soft-prompt embeddings in front of the tokens
   targets.py  what a method can act on in a model; one-line errors before a run writes
 
 The model builds a method's parameters from `ModelConfig.peft`; the optimizer freezes the rest

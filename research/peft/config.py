@@ -15,11 +15,16 @@ METHODS = ("none", "lora", "adalora", "adapter", "prefix", "prompt", "bitfit", "
 TRAINABLE = {
     "lora": (r"/lora_[ab]$",),
     "bitfit": (r"bias$",),
+    "adapter": (r"/adapter_(attention|mlp)/",),
+    "prefix": (r"/prefix(_encoder)?/",),
+    "prompt": (r"^prompt/",),
+    "ia3": (r"/ia3$",),
 }
 HEADS = r"^heads_"
 
 # The learning rate a recipe's `peft=METHOD` argument sets (`config_lib.use_peft`).
-LEARNING_RATES = {"lora": 2e-3, "bitfit": 1e-3}
+LEARNING_RATES = {"lora": 2e-3, "bitfit": 1e-3, "adapter": 1e-3, "prefix": 1e-2, "prompt": 3e-2,
+                  "ia3": 3e-3}
 
 # Targets when `peft.targets` is empty, per method that adapts projections.
 DEFAULT_TARGETS = {

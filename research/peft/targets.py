@@ -1,15 +1,18 @@
 """What a PEFT method can act on in a given model, checked before a run writes anything.
 
+`check_architecture(model_cfg, seq_len)` (before the model is traced) raises `UserError` in one
+line for a method this architecture cannot take or a soft prompt longer than the positions left;
 `check(model_cfg, shapes)` (shapes: {parameter path: shape} of the model with the method's
-parameters) raises `UserError` in one line for a target regex that matches no projection (listing
-the projections there are), a LoRA rank larger than a targeted layer, or a method this
-architecture cannot take.
+parameters) for a target regex that matches no projection (listing the projections there are),
+a LoRA rank larger than a targeted layer, or BitFit without biases.
 """
 import re
 
 import numpy as np
 
 from research.errors import UserError
+from research.models import layers
+from research.peft import prefix
 from research.peft.config import is_target
 
 PROJECTION_ROOT = "backbone/"  # projections PEFT methods adapt: every kernel of the backbone
@@ -24,6 +27,23 @@ def projections(shapes: dict) -> dict:
 def _listing(paths) -> str:
   """Module paths with block numbers folded ('backbone/layer_N/attention/query'), in order."""
   return ", ".join(dict.fromkeys(re.sub(r"layer_\d+", "layer_N", p) for p in paths))
+
+
+def check_architecture(model_cfg, seq_len: int):
+  """What needs no parameter shapes: run before the model is traced."""
+  peft = model_cfg.peft
+  n = peft.num_virtual_tokens
+  if peft.method == "prefix" and prefix.refusal(layers.attention_impl(model_cfg)):
+    raise UserError(prefix.refusal(layers.attention_impl(model_cfg)))
+  if peft.method == "prompt" and model_cfg.kind == "decoder":
+    raise UserError("peft.method=prompt needs one document per row, and decoder rows pack "
+                    "several (segment_ids); use prefix, lora or ia3 for a decoder")
+  last_position = model_cfg.position_offset + seq_len + n
+  if (peft.method == "prompt" and model_cfg.position_embedding == "learned"
+      and last_position > model_cfg.max_len):
+    raise UserError(f"peft.method=prompt: data.seq_len ({seq_len}) + peft.num_virtual_tokens "
+                    f"({n}) positions exceed the model's learned positions (model.max_len="
+                    f"{model_cfg.max_len}); lower data.seq_len or peft.num_virtual_tokens")
 
 
 def check(model_cfg, shapes: dict):

@@ -55,6 +55,7 @@ def resolve(config, workdir: str) -> Run:
   resolve_vocab(config, task_set.tokenizer)
   resolve_heads(config, task_set)
   model_cfg = models.ModelConfig.of_run(config)
+  peft_targets.check_architecture(model_cfg, config.data.seq_len)
   optim.build(config)  # its settings fail here, not after the workdir is written
   rules = sharding.rules_of(config)
   shapes = state_lib.abstract_params(models.build(model_cfg), config, mesh, rules)

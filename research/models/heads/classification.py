@@ -24,7 +24,8 @@ class ClassificationHead(nn.Module):
     if cfg.classifier == "pooled":
       x = dropout(outputs["pooled"], deterministic=deterministic)
     else:
-      x = dropout(outputs["hidden"][:, 0], deterministic=deterministic)
+      first = outputs.get("prompt_hidden", outputs["hidden"])  # a soft prompt comes first
+      x = dropout(first[:, 0], deterministic=deterministic)
       x = jnp.tanh(layers.output_dense(cfg, cfg.hidden_size, "dense", "embed_out")(x))
       x = dropout(x, deterministic=deterministic)
     logits = layers.output_dense(cfg, self.num_labels, "out")(x)
