@@ -15,9 +15,13 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 
-flags.DEFINE_string("workdir", "/tmp/bbc_compare", "Where the runs go.")
-flags.DEFINE_string("mlm", "", "A runlocal MLM workdir to start from (default: WORKDIR/mlm).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags (defined when it runs, so other scripts can import its baseline)."""
+  flags.DEFINE_string("workdir", "/tmp/bbc_compare", "Where the runs go.")
+  flags.DEFINE_string("mlm", "", "A runlocal MLM workdir to start from (default: WORKDIR/mlm).")
 
 
 def tfidf_baseline(seed=0) -> dict:
@@ -67,4 +71,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
