@@ -61,10 +61,12 @@ def resolve(config, workdir: str) -> Run:
   check_path_patterns(config, list(params_lib.flatten(shapes)))
   peft_targets.check(model_cfg, {p: v.shape for p, v in params_lib.flatten(shapes).items()})
   if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
-    saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
+    own_ckpt = ckpt_lib.Checkpointer(own, use_async=False)
+    saved = own_ckpt.saved_config(latest)
     where = f"workdir {workdir!r}"
     ckpt_lib.check_same_shapes(saved["model"], config.model.to_dict(), where)
     ckpt_lib.check_same_run(saved, json.loads(config.to_json_best_effort()), where)
+    check_base(own_ckpt, latest)
   elif config.init.resume:
     other = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_of(config.init.resume, "init.resume"),
                                   use_async=False)
@@ -74,8 +76,16 @@ def resolve(config, workdir: str) -> Run:
                       "(each is damaged)")
     ckpt_lib.check_same_shapes(other.saved_config(step)["model"], config.model.to_dict(),
                                f"init.resume {config.init.resume!r}")
+    check_base(other, step)
   return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
              sharding.rules_of(config), latest)
+
+
+def check_base(ckpt: ckpt_lib.Checkpointer, step: int):
+  """An adapter-only checkpoint's base is where it was and unchanged (checksum), or `UserError`."""
+  base = ckpt.saved_base(step)
+  if base is not None:
+    base.load_frozen(ckpt.step_path(step))
 
 
 def check_path_patterns(config, paths: list):
