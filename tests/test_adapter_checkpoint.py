@@ -1,6 +1,5 @@
 """Adapter-only checkpoints of PEFT runs: what they hold, resume, `predict`, a changed or missing
 base, and their size on disk."""
-import hashlib
 import importlib.util
 import json
 import os
@@ -13,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, run_cli
+from test_cli_errors import _fails_with as fails_with, _tree_digest as tree_digest
 from research import checkpoint, tracking
 from research import params as params_lib
 from research.errors import UserError
@@ -31,24 +31,6 @@ def du(path) -> int:
   """Bytes on disk under `path` (`du -sb`)."""
   return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True,
                             check=True).stdout.split()[0])
-
-
-def tree_digest(root):
-  digest = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      with open(os.path.join(folder, name), "rb") as f:
-        digest[os.path.relpath(os.path.join(folder, name), root)] = hashlib.sha256(f.read()).digest()
-  return digest
-
-
-def fails_with(proc, *fragments):
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert lines[-1].startswith("error: "), proc.stderr[-3000:]
-  for fragment in fragments:
-    assert fragment in lines[-1], lines[-1]
 
 
 def predict_cli(workdir, rows):
@@ -199,7 +181,9 @@ def test_resume_or_predict_with_a_changed_or_gone_base_fails_before_writing(base
   ckpt = checkpoint.Checkpointer(os.path.join(own_base, "checkpoints"), use_async=False)
   step = ckpt.latest_step()
   config, state = ckpt.saved_config(step), ckpt.restore_raw_state(step)
-  state["params"]["token_embed"]["embedding"][0, 0] += 1
+  embedding = np.array(state["params"]["token_embed"]["embedding"])
+  embedding[0, 0] += 1
+  state["params"]["token_embed"]["embedding"] = embedding
   shutil.rmtree(ckpt.step_path(step))
   ckpt.manager.reload()
   ckpt.save(step, state, {"next_step": step}, config)

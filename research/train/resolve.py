@@ -5,7 +5,8 @@ applies what the initialisation source implies (`init.weights` from HF: the mode
 tokenizer), derives `objective.max_predictions`, reads the data into the `TaskSet`, takes
 `model.vocab_size` from the tokenizer and `model.heads` from the tasks, builds the mesh, checks
 the batch against it, the optimizer settings, and a checkpoint already in the workdir against
-the model and the rest of the config (`checkpoint.check_same_run`). A damaged newest checkpoint
+the model and the rest of the config (`checkpoint.check_same_run`); an adapter-only checkpoint
+(its own or `init.resume`'s) against its base: still there, same checksum (`check_base`). A damaged newest checkpoint
 is only skipped here (the newest one whose metadata reads is the one compared); the trainer's
 `build_state` moves it aside, since this phase writes nothing. Every bad input raises
 `UserError` here, so a failing run leaves the workdir as it was. The config that comes out is a
@@ -48,6 +49,8 @@ def resolve(config, workdir: str) -> Run:
   check_batch(config, mesh)
   own = os.path.join(workdir, "checkpoints")
   latest = ckpt_lib.Checkpointer.latest_in(own)  # newest readable; damaged ones: build_state
+  if latest is not None:  # before `configure` reads init.weights (an adapter-only run's base)
+    check_base(ckpt_lib.Checkpointer(own, use_async=False), latest)
   initialization.check_sources(config, resuming=latest is not None)
   initialization.configure(config)
   resolve_max_predictions(config)
@@ -61,12 +64,10 @@ def resolve(config, workdir: str) -> Run:
   check_path_patterns(config, list(params_lib.flatten(shapes)))
   peft_targets.check(model_cfg, {p: v.shape for p, v in params_lib.flatten(shapes).items()})
   if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
-    own_ckpt = ckpt_lib.Checkpointer(own, use_async=False)
-    saved = own_ckpt.saved_config(latest)
+    saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
     where = f"workdir {workdir!r}"
     ckpt_lib.check_same_shapes(saved["model"], config.model.to_dict(), where)
     ckpt_lib.check_same_run(saved, json.loads(config.to_json_best_effort()), where)
-    check_base(own_ckpt, latest)
   elif config.init.resume:
     other = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_of(config.init.resume, "init.resume"),
                                   use_async=False)
