@@ -1,6 +1,6 @@
-"""Checkpoints: full train state + data-iterator position + config, with orbax.
+"""Checkpoints: train state + data-iterator position + config, with orbax.
 
-Layout: WORKDIR/checkpoints/<step>/{state,data,config}. Saves are asynchronous (training goes on
+Layout: WORKDIR/checkpoints/<step>/{state,data,config[,base]}. Saves are asynchronous (training goes on
 while the arrays are written) and atomic (orbax writes to a temporary directory and renames it,
 so a killed job never leaves a checkpoint that looks valid but is not). The last `keep` survive.
 
@@ -8,7 +8,17 @@ Faults: a step that fails to restore is damaged and skipped (the trainer moves i
 WORKDIR/checkpoints.damaged/<step>-<UTC time>); temporary directories of saves that never
 finished are removed at the next start, with a note; a save that fails (disk full, unwritable)
 raises `SaveFailed` naming the last intact step.
+
+Adapter-only checkpoints (a PEFT run that started from a base, `init.weights`): the state's
+parameters are split in two. The frozen parameters the base provided are not saved: the `base`
+item holds a `BaseReference` instead (the base's source as an absolute path, the frozen paths and
+dtypes, and a sha256 over their bytes). Everything else is saved: the trained parameters, their
+optimizer state, and any frozen parameter the base did not provide (a new module, `init.exclude`).
+Every restore here (`Checkpointer.restore`, `workdir_params`, `BestCheckpoint.restore`) reloads
+the frozen part from the base and checks the checksum, so its callers always get full parameters.
 """
+import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -18,7 +28,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from research import params as params_lib
 from research.errors import SaveFailed, UserError
+from research.models import layout
 
 log = logging.getLogger(__name__)
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save's directory until it is complete
@@ -28,6 +40,102 @@ SHAPE_FIELDS = ("kind", "vocab_size", "hidden_size", "num_layers", "num_heads", 
                 "max_len", "type_vocab_size", "heads", "tie_embeddings", "num_kv_heads",
                 "attention_head_dim", "norm", "gated_mlp", "use_bias", "position_embedding",
                 "pooler", "num_labels", "classifier", "scan_layers")
+
+
+def weights_of(source: str, scan_layers: bool, key: str = "init.weights") -> dict:
+  """{path: host array} of a weights source: 'hf:DIR' or a workdir of ours (its latest weights),
+  in the layout of a model with `model.scan_layers=scan_layers`, whichever it was saved in."""
+  if source.startswith("hf:"):
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    _, params = hf.load_pretrained(hf.resolve(source[3:]), dtype="float32",
+                                   scan_layers=scan_layers)
+  else:
+    params = layout.as_layout(workdir_params(source, key=key), scan_layers)
+  return params_lib.flatten(params)
+
+
+def absolute_source(source: str) -> str:
+  """`init.weights` with its path made absolute ('hf:DIR' stays 'hf:'), so a reference to it
+  holds wherever the run is resumed from."""
+  if source.startswith("hf:"):
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    return "hf:" + os.path.abspath(hf.resolve(source[3:]))
+  return os.path.abspath(source)
+
+
+def checksum(frozen: dict) -> str:
+  """sha256 over the arrays of {path: array} in path order (each path, dtype, shape and bytes)."""
+  digest = hashlib.sha256()
+  for path in sorted(frozen):
+    value = np.ascontiguousarray(frozen[path])
+    digest.update(f"{path}|{value.dtype.name}|{value.shape}|".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseReference:
+  """What an adapter-only checkpoint holds in place of the frozen parameters its base provided:
+  the base (`init.weights`, absolute), the layout they were read in, {path: dtype} of those
+  parameters (cast as the run cast them) and `checksum` over them."""
+  source: str
+  scan_layers: bool
+  frozen: dict
+  checksum: str
+
+  @classmethod
+  def of(cls, source: str, scan_layers: bool, frozen: dict) -> "BaseReference":
+    """The reference to `frozen` ({path: host array}, as loaded into the run) from `source`."""
+    return cls(absolute_source(source), scan_layers,
+               {p: np.asarray(v).dtype.name for p, v in sorted(frozen.items())}, checksum(frozen))
+
+  def saved_part(self, params):
+    """`params` (a nested tree, arrays or abstract) without the frozen parameters."""
+    return params_lib.unflatten({p: v for p, v in params_lib.flatten(params).items()
+                                 if p not in self.frozen})
+
+  def load_frozen(self, where: str) -> dict:
+    """{path: host array} of the frozen parameters, read again from the base and checked against
+    the checksum; `UserError` naming `where` (the checkpoint) if the base is gone or changed."""
+    path = self.source[3:] if self.source.startswith("hf:") else self.source
+    if not os.path.exists(path):
+      raise UserError(f"{where} is an adapter-only checkpoint whose base {self.source!r} is gone; "
+                      "restore it there (the frozen parameters are not in the checkpoint)")
+    weights = weights_of(self.source, self.scan_layers, key=f"the base of {where}")
+    missing = sorted(set(self.frozen) - set(weights))
+    frozen = {p: np.asarray(weights[p], dtype) for p, dtype in self.frozen.items() if p in weights}
+    if missing or checksum(frozen) != self.checksum:
+      changed = f"{len(missing)} frozen parameters missing, e.g. {missing[0]!r}" if missing else \
+          f"checksum {checksum(frozen)[:12]}, expected {self.checksum[:12]}"
+      raise UserError(f"{where} is an adapter-only checkpoint whose base {self.source!r} has "
+                      f"changed ({changed}); restore the base it was trained on, or start a new "
+                      "--workdir")
+    return frozen
+
+  def full(self, saved, where: str, like=None):
+    """The full parameters: `saved` (the checkpoint's part) joined with the frozen ones from the
+    base; with `like` (abstract params with shardings) placed as it says, else host arrays."""
+    flat = params_lib.flatten(saved)
+    shardings = params_lib.flatten(like) if like is not None else {}
+    for path, value in self.load_frozen(where).items():
+      flat[path] = jax.device_put(value, shardings[path].sharding) if like is not None else value
+    return params_lib.unflatten(flat)
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _saved_base(manager, step: int) -> "BaseReference | None":
+  """The `base` item of `manager`'s `step` if it holds one (adapter-only), else None."""
+  if not (epath.Path(manager.directory) / str(step) / "base").exists():
+    return None
+  return BaseReference(**manager.restore(step, args=ocp.args.Composite(
+      base=ocp.args.JsonRestore()))["base"])
+
+
+def _base_items(base) -> dict:
+  """The `base` item of a save: the reference of an adapter-only checkpoint, else none."""
+  return {"base": ocp.args.JsonSave(base.to_json())} if base is not None else {}
 
 
 class Checkpointer:
@@ -78,35 +186,54 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))["config"]
 
-  def save(self, step: int, state, data_state: dict, config: dict):
-    """Starts writing checkpoint `step` (returns once the arrays are copied off the devices).
+  def save(self, step: int, state, data_state: dict, config: dict,
+           base: BaseReference | None = None):
+    """Starts writing checkpoint `step` (returns once the arrays are copied off the devices);
+    with `base`, adapter-only: without the frozen parameters `base` refers to.
     Raises `SaveFailed` if this save, or the previous one still in the background, failed."""
     self.wait(now=step)
+    if base is not None:
+      state = state.replace(params=base.saved_part(state.params))
     try:
       self.manager.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-          config=ocp.args.JsonSave(config)))
+          config=ocp.args.JsonSave(config), **_base_items(base)))
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_failed(step, step, e) from None
     self.pending = step
 
   def restore(self, step: int, abstract_state):
-    """Restores (state, data_state) at `step`, laid out as `abstract_state`'s shardings say.
+    """Restores (state, data_state, base) at `step`, laid out as `abstract_state`'s shardings
+    say; `base` is the `BaseReference` of an adapter-only checkpoint (its frozen parameters are
+    read again from the base and checked), else None.
 
     A checkpoint written before the train state carried `health` (non-finite step counts) is
     restored without it and gets a fresh one: such runs resume, they are not damaged."""
+    base = self.saved_base(step)
     saved_fields = self.saved_state_fields(step)
     target = abstract_state
+    if base is not None:
+      target = target.replace(params=base.saved_part(abstract_state.params))
     if saved_fields and "health" not in saved_fields:
-      target = {k: getattr(abstract_state, k) for k in saved_fields}
+      target = {k: getattr(target, k) for k in saved_fields}
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     state = out["state"]
-    if target is not abstract_state:
+    if isinstance(target, dict):
       state = abstract_state.replace(
           **state, health=jax.tree.map(lambda fresh, a: jax.device_put(np.asarray(fresh), a.sharding),
                                        type(abstract_state.health).fresh(), abstract_state.health))
-    return state, out["data"]
+    if base is not None:
+      state = state.replace(params=base.full(state.params, self.step_path(step),
+                                             abstract_state.params))
+    return state, out["data"], base
+
+  def saved_base(self, step: int) -> BaseReference | None:
+    """The base an adapter-only checkpoint `step` refers to; None for a full checkpoint."""
+    return _saved_base(self.manager, step)
+
+  def step_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def saved_state_fields(self, step: int) -> list:
     """The top-level fields of the train state saved at `step` (from its metadata only)."""
@@ -116,13 +243,20 @@ class Checkpointer:
     return list(tree) if isinstance(tree, dict) else []
 
   def restore_raw_state(self, step: int):
-    """The saved train state as host arrays, whatever model it belongs to (weights-only init)."""
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    """The saved train state as host arrays, whatever model it belongs to (weights-only init);
+    an adapter-only checkpoint's params are completed from its base."""
+    state = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+    base = self.saved_base(step)
+    if base is not None:
+      state["params"] = base.full(state["params"], self.step_path(step))
+    return state
 
   def restore_newest(self, restore, *, set_aside: bool = False):
     """(step, restore(step)) for the newest step that restores, or (None, None).
 
-    Every newer step whose restore fails is damaged: one warning line names the step and the
+    Every newer step whose restore fails is damaged (a `UserError`, an adapter-only checkpoint's
+    base gone or changed, is raised instead: the step itself is intact): one warning line names the step and the
     problem. With `set_aside` (the trainer's own workdir) it is moved to
     <directory>.damaged/<step>-<UTC time>, out of orbax's sight (nothing is deleted), and
     listed in `moved_aside`; other readers (init.resume, init.weights, predict, convert) only
@@ -131,6 +265,8 @@ class Checkpointer:
     for step in reversed(self.manager.all_steps()):
       try:
         value, problem = restore(step), None
+      except UserError:  # the checkpoint is intact, its base is not (adapter-only): not damage
+        raise
       except Exception as e:  # pylint: disable=broad-except  (whatever the damage raises)
         value, problem = None, one_line(e)
       if not _anywhere(problem is not None):
@@ -225,8 +361,7 @@ def workdir_params(workdir: str, *, best: bool = False, key: str = "workdir"):
   best_dir = os.path.join(workdir, "best")
   if best and Checkpointer.exists(best_dir):
     kept = Checkpointer(best_dir, use_async=False)
-    step, params = kept.restore_newest(lambda s: kept.manager.restore(s, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore()))["params"])
+    step, params = kept.restore_newest(lambda s: kept_params(kept.manager, s))
     if step is not None:
       return params
   ckpt = Checkpointer(checkpoints_of(workdir, key), use_async=False)
@@ -291,6 +426,20 @@ def _norm(v):
   return list(v) if isinstance(v, (list, tuple)) else v
 
 
+def kept_params(manager, step: int, abstract_params=None):
+  """The parameters WORKDIR/best/`step` keeps (host arrays without `abstract_params`), completed
+  from the base if they are adapter-only."""
+  base = _saved_base(manager, step)
+  target = abstract_params
+  if base is not None and abstract_params is not None:
+    target = base.saved_part(abstract_params)
+  params = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(target)))["params"]
+  if base is None:
+    return params
+  return base.full(params, os.path.join(str(manager.directory), str(step)), abstract_params)
+
+
 class BestCheckpoint:
   """Keeps the parameters of the best evaluation so far (WORKDIR/best/<step>/).
 
@@ -300,10 +449,11 @@ class BestCheckpoint:
   """
 
   def __init__(self, directory: str, metric: str, mode: str = "max", patience: int = 0,
-               history=()):
+               history=(), base: BaseReference | None = None):
+    """`base`: the run's `BaseReference` (adapter-only: the frozen parameters are not saved)."""
     if mode not in ("max", "min"):
       raise UserError(f"evals.best_mode must be 'max' or 'min', got {mode!r}")
-    self.metric, self.mode, self.patience = metric, mode, patience
+    self.metric, self.mode, self.patience, self.base = metric, mode, patience, base
     self.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=1, create=True, enable_async_checkpointing=False))
     self.step = self.manager.latest_step()
@@ -331,8 +481,9 @@ class BestCheckpoint:
     improved = self._observe(step, metrics[self.metric])
     if improved:
       try:
+        saved = params if self.base is None else self.base.saved_part(params)
         self.manager.save(step, force=True, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params)))
+            params=ocp.args.StandardSave(saved), **_base_items(self.base)))
         self.manager.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except
         raise SaveFailed(f"the best parameters (step {step}) could not be written to "
@@ -345,8 +496,8 @@ class BestCheckpoint:
     return self.patience > 0 and self.stale >= self.patience
 
   def restore(self, abstract_params):
-    return self.manager.restore(self.step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))["params"]
+    """The best parameters, laid out as `abstract_params` say."""
+    return kept_params(self.manager, self.step, abstract_params)
 
   def close(self):
     self.manager.close()

@@ -147,14 +147,13 @@ def test_hf_export_is_the_same_from_either_layout_and_import_stacks(tmp_path, cf
 @pytest.mark.parametrize("saved_scanned", [False, True])
 def test_init_weights_reads_a_workdir_of_either_layout_into_either(tmp_path, saved_scanned):
   from research import checkpoint, params as params_lib  # pylint: disable=g-import-not-at-top
-  from research.train import initialization  # pylint: disable=g-import-not-at-top
   params = _unrolled_params(GPT2)
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), use_async=False)
   ckpt.save(0, {"params": layout.as_layout(params, saved_scanned)}, {"next_step": 0}, {})
   ckpt.wait()
   ckpt.close()
   for scan_layers in (False, True):
-    got = initialization.weights_of(str(tmp_path), scan_layers)
+    got = checkpoint.weights_of(str(tmp_path), scan_layers)
     expected = params_lib.flatten(layout.as_layout(params, scan_layers))
     assert sorted(got) == sorted(expected)
     for path, value in expected.items():

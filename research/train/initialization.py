@@ -8,6 +8,11 @@
      the source's blocks first put in this model's layout (`model.scan_layers`),
   4. from scratch.
 
+A PEFT run (`peft.method` other than 'none') that starts from `init.weights` saves adapter-only
+checkpoints: `initial_state` returns the `checkpoint.BaseReference` to the frozen parameters the
+base provided, which the trainer passes to its saves; a resumed run (or `init.resume`) takes the
+reference its checkpoint holds. A run from scratch has no base: its checkpoints stay full.
+
 `configure` applies what a source changes in the config (an HF checkpoint fixes the model's shape
 and brings its tokenizer; our workdirs bring their tokenizer); it runs while the config is
 resolved, for a resumed run too, so both resolve the same config. `check_sources` fails early on
@@ -23,7 +28,8 @@ import numpy as np
 from research import checkpoint as ckpt_lib
 from research import params as params_lib
 from research.errors import UserError
-from research.models import layout
+from research.peft.config import PeftConfig
+from research.train import optim
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +71,16 @@ def check_sources(config, resuming: bool):
 
 
 def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings):
-  """(state, data_state, description) by the policy; `fresh` is the scratch state.
+  """(state, data_state, description, base) by the policy; `fresh` is the scratch state, `base`
+  the `BaseReference` the run's checkpoints hold in place of their frozen parameters (None: full
+  checkpoints).
 
   A damaged checkpoint of our own workdir is moved aside and the one before it used; if none is
   left the run stops (one line naming what was moved) rather than silently start over."""
   step, restored = own.restore_newest(lambda s: own.restore(s, abstract), set_aside=True)
   if step is not None:
-    state, data_state = restored
-    return state, data_state, f"resumed from step {step}"
+    state, data_state, base = restored
+    return state, data_state, f"resumed from step {step}", base
   if own.moved_aside:
     raise UserError(f"no checkpoint in {own.directory!r} can be restored; moved aside: "
                     f"{'; '.join(own.moved_aside)}. Rerun the same command to start this run "
@@ -84,30 +92,31 @@ def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings
     if step is None:
       raise UserError(f"init.resume: no checkpoint in {other.directory!r} can be restored (each "
                       "is damaged: see the warnings above)")
-    state, data_state = restored
-    return state, data_state, f"init.resume {config.init.resume} (step {step})"
+    state, data_state, base = restored
+    return state, data_state, f"init.resume {config.init.resume} (step {step})", base
   if config.init.weights:
-    source = weights_of(config.init.weights, config.model.scan_layers)
-    state, loaded, total = load_weights(fresh, source,
-                                        config.init.exclude, shardings)
-    return state, {"next_step": 0}, f"init.weights {config.init.weights} ({loaded} of {total} arrays)"
-  return fresh, {"next_step": 0}, "scratch"
+    source = ckpt_lib.weights_of(config.init.weights, config.model.scan_layers)
+    state, loaded, total = load_weights(fresh, source, config.init.exclude, shardings)
+    return (state, {"next_step": 0},
+            f"init.weights {config.init.weights} ({len(loaded)} of {total} arrays)",
+            base_reference(config, source, loaded, state.params))
+  return fresh, {"next_step": 0}, "scratch", None
 
 
-def weights_of(source: str, scan_layers: bool) -> dict:
-  """{path: host array} of `init.weights`: 'hf:DIR' or a workdir of ours (its latest weights),
-  in the layout of a model with `model.scan_layers=scan_layers`, whichever it was saved in."""
-  if source.startswith("hf:"):
-    from research.convert import hf  # pylint: disable=g-import-not-at-top
-    _, params = hf.load_pretrained(hf.resolve(source[3:]), dtype="float32",
-                                   scan_layers=scan_layers)
-  else:
-    params = layout.as_layout(ckpt_lib.workdir_params(source, key="init.weights"), scan_layers)
-  return params_lib.flatten(params)
+def base_reference(config, source: dict, loaded: list, params):
+  """The `BaseReference` of a PEFT run to the frozen parameters it loaded from `source` (as cast
+  into `params`); None without PEFT: a full fine-tuning run saves every parameter."""
+  if not PeftConfig.from_dict(config.get("peft")).active:
+    return None
+  trained = optim.trainable_predicate(config)
+  dtypes = {p: v.dtype for p, v in params_lib.flatten(params).items()}
+  frozen = {p: np.asarray(source[p], dtypes[p]) for p in loaded if not trained(p)}
+  return ckpt_lib.BaseReference.of(config.init.weights, config.model.scan_layers, frozen)
 
 
 def load_weights(state, source: dict, exclude, shardings):
-  """Copies the parameters of `source` that match ours by path and shape, minus `exclude`."""
+  """Copies the parameters of `source` that match ours by path and shape, minus `exclude`;
+  returns (state, the paths loaded, the number of parameter arrays)."""
   excluded = params_lib.matches(exclude)
   loaded = []
 
@@ -122,5 +131,5 @@ def load_weights(state, source: dict, exclude, shardings):
   params = jax.tree_util.tree_map_with_path(pick, state.params, shardings.params)
   total = len(jax.tree.leaves(state.params))
   log.info("init.weights: loaded %d of %d parameter arrays", len(loaded), total)
-  return state.replace(params=params), len(loaded), total
+  return state.replace(params=params), loaded, total
 

@@ -5,7 +5,8 @@ applies what the initialisation source implies (`init.weights` from HF: the mode
 tokenizer), derives `objective.max_predictions`, reads the data into the `TaskSet`, takes
 `model.vocab_size` from the tokenizer and `model.heads` from the tasks, builds the mesh, checks
 the batch against it, the optimizer settings, and a checkpoint already in the workdir against
-the model and the rest of the config (`checkpoint.check_same_run`). A damaged newest checkpoint
+the model and the rest of the config (`checkpoint.check_same_run`); an adapter-only checkpoint
+(its own or `init.resume`'s) against its base: still there, same checksum (`check_base`). A damaged newest checkpoint
 is only skipped here (the newest one whose metadata reads is the one compared); the trainer's
 `build_state` moves it aside, since this phase writes nothing. Every bad input raises
 `UserError` here, so a failing run leaves the workdir as it was. The config that comes out is a
@@ -48,6 +49,8 @@ def resolve(config, workdir: str) -> Run:
   check_batch(config, mesh)
   own = os.path.join(workdir, "checkpoints")
   latest = ckpt_lib.Checkpointer.latest_in(own)  # newest readable; damaged ones: build_state
+  if latest is not None:  # before `configure` reads init.weights (an adapter-only run's base)
+    check_base(ckpt_lib.Checkpointer(own, use_async=False), latest)
   initialization.check_sources(config, resuming=latest is not None)
   initialization.configure(config)
   resolve_max_predictions(config)
@@ -75,8 +78,16 @@ def resolve(config, workdir: str) -> Run:
                       "(each is damaged)")
     ckpt_lib.check_same_shapes(other.saved_config(step)["model"], config.model.to_dict(),
                                f"init.resume {config.init.resume!r}")
+    check_base(other, step)
   return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
              sharding.rules_of(config), latest)
+
+
+def check_base(ckpt: ckpt_lib.Checkpointer, step: int):
+  """An adapter-only checkpoint's base is where it was and unchanged (checksum), or `UserError`."""
+  base = ckpt.saved_base(step)
+  if base is not None:
+    base.load_frozen(ckpt.step_path(step))
 
 
 def check_path_patterns(config, paths: list):

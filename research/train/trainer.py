@@ -96,6 +96,7 @@ class Built:
   data_state: dict
   init_source: str
   ckpt: ckpt_lib.Checkpointer
+  base: ckpt_lib.BaseReference | None  # adapter-only checkpoints refer to it (None: full ones)
 
 
 def build_state(r: Run, workdir: str) -> Built:
@@ -109,15 +110,15 @@ def build_state(r: Run, workdir: str) -> Built:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=config.ckpt.keep, use_async=config.ckpt.use_async,
                                clean_unfinished=True)
-  state, data_state, source = initialization.initial_state(config, ckpt, fresh, abstract,
-                                                           shardings)
+  state, data_state, source, base = initialization.initial_state(config, ckpt, fresh, abstract,
+                                                                 shardings)
   if int(data_state["next_step"]) != int(state.step):
     raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
                     f"iterator at step {data_state['next_step']}")
   log.info("model: %s, %d parameters (%s trained); %s", r.model_cfg.kind,
            state_lib.count_params(state.params), trained_share(r.config, state.params), source)
   return Built(model, tx, lr_schedule, dropout_key, state, abstract, shardings, data_state,
-               source, ckpt)
+               source, ckpt, base)
 
 
 def trained_share(config, params) -> str:
@@ -216,7 +217,8 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
   best = None
   if config.evals.get("best_metric"):
     best = ckpt_lib.BestCheckpoint(os.path.join(workdir, "best"), config.evals.best_metric,
-                                   config.evals.best_mode, config.evals.patience, tracker.history)
+                                   config.evals.best_mode, config.evals.patience, tracker.history,
+                                   b.base)
   stopped = bool(b.data_state.get("stopped_early"))
   throughput = Throughput(r, start)
   saver = Saver(r, b)
@@ -262,7 +264,7 @@ class Saver:
   """The loop's checkpoint saves, each after checking the state is finite (`nonfinite.check`)."""
 
   def __init__(self, r: Run, b: Built):
-    self.ckpt, self.train_config = b.ckpt, r.config.train
+    self.ckpt, self.train_config, self.base = b.ckpt, r.config.train, b.base
     self.config_dict = json.loads(r.config.to_json_best_effort())
     self.trainable = optim.trainable_predicate(r.config)
 
@@ -278,7 +280,8 @@ class Saver:
     diverged = self.diverged(state)
     if diverged:
       raise diverged
-    self.ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, self.config_dict)
+    self.ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, self.config_dict,
+                   self.base)
 
   def path(self, step: int) -> str:
     return os.path.join(self.ckpt.directory, str(step))
