@@ -38,6 +38,7 @@ SHRINK = [f"--config.train.steps={STEPS}", "--config.train.batch_size=8",
 SHRINK_BY_CONFIG = {  # what else each config file needs to be small (fields it has)
     "configs/mlm.py": ["--config.data.vocab_size=512", "--config.evals.batches=1"],
     "configs/finetune.py": ["--config.data.vocab_size=512"],
+    "configs/clm.py": ["--config.data.vocab_size=512", "--config.evals.batches=1"],
 }
 GLUE_FIXTURES = ("mrpc", "rte", "stsb")  # hub tasks finetune_fixtures.glue_dir can stand in for
 HF_WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -418,20 +419,57 @@ def check_prepared_train(ws, result):
 
 # Shape -> (name, check). A README command of another shape fails test_every_command_is_mapped.
 def check_peft_lora(ws, result):
-  """LoRA on the packaged MiniLM: its shape and weights, only LoRA + head trained (< 1%)."""
+  """LoRA on the packaged MiniLM: its shape, its weights frozen, adapter-only checkpoints holding
+  the LoRA factors and the head (< 1% of the parameters), which change."""
   summary = _trained(result)
   assert summary["params/trainable"] < 0.01 * summary["params/total"]
   with open(os.path.join(result.workdir, "config.json")) as f:
     config = json.load(f)
   assert (config["model"]["hidden_size"], config["model"]["num_layers"]) == (384, 6)
   assert config["peft"]["method"] == "lora"
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
   from research.convert import hf  # pylint: disable=g-import-not-at-top
   base = _flat(hf.load_pretrained(hf.resolve("sentence-transformers/all-MiniLM-L6-v2"))[1])
-  first, last = _flat(_params(result.workdir, 1)), _flat(_params(result.workdir))
+  full = _flat(checkpoint.workdir_params(result.workdir))
   for path, value in base.items():  # frozen: the base's weights, unchanged by training
-    np.testing.assert_array_equal(last[path], value, err_msg=path)
-  changed = {p for p in first if not np.array_equal(first[p], last[p])}
-  assert changed and all("/lora_" in p or p.startswith("heads_") for p in changed), changed
+    np.testing.assert_array_equal(full[path], value, err_msg=path)
+  trained = {p for p in full if "/lora_" in p or p.startswith("heads_")}
+  assert sum(full[p].size for p in trained) == summary["params/trainable"]
+  ckpt = checkpoint.Checkpointer(os.path.join(result.workdir, "checkpoints"), use_async=False)
+  assert set(ckpt.saved_base(STEPS).frozen) == set(full) - trained  # adapter-only: the rest
+  first, last = _flat(_params(result.workdir, 1)), full
+  assert any(not np.array_equal(first[p], last[p]) for p in trained if p.endswith("lora_b"))
+
+
+def check_convert_to_hf_peft(ws, result):
+  """The PEFT-format files name the packaged MiniLM as their base and hold the LoRA factors."""
+  result.assert_ok()
+  out = result.flag("to_hf_peft")
+  with open(os.path.join(out, "adapter_config.json")) as f:
+    adapter = json.load(f)
+  assert adapter["peft_type"] == "LORA" and adapter["r"] == 8
+  assert adapter["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  names = load_file(os.path.join(out, "adapter_model.safetensors"))
+  assert sum(".lora_A." in n for n in names) == 12  # query and value in 6 layers
+
+
+def check_clm(ws, result):
+  summary = _trained(result)
+  assert summary["init"] == "scratch" and np.isfinite(summary["eval/clm/loss"])
+
+
+def check_clm_lora(ws, result):
+  """Decoder LoRA from the CLM run: its weights frozen, only LoRA (+ the LM head's) trained."""
+  summary = _trained(result)
+  base = _flat(_params(ws.run("clm").workdir))
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  full = _flat(checkpoint.workdir_params(result.workdir))
+  for path, value in base.items():
+    np.testing.assert_array_equal(full[path], value, err_msg=path)
+  trained = {p for p in full if "/lora_" in p or p.startswith("heads_")}
+  assert summary["params/trainable"] == sum(full[p].size for p in trained) < summary["params/total"]
+  assert any(p.endswith("attention/query/lora_a") for p in trained)
 
 
 CHECKS = {
@@ -456,6 +494,10 @@ CHECKS = {
     "--config.mesh.fsdp --config.mesh.tensor": ("mesh", check_mesh),
     "research.main --config=configs/finetune.py:task=bbc_news,runlocal,peft=lora --workdir "
     "--config.init.weights": ("peft_lora", check_peft_lora),
+    "research.convert --from --to_hf_peft": ("convert_to_hf_peft", check_convert_to_hf_peft),
+    "research.main --config=configs/clm.py:runlocal --workdir": ("clm", check_clm),
+    "research.main --config=configs/clm.py:runlocal,peft=lora --workdir --config.init.weights":
+        ("clm_lora", check_clm_lora),
 }
 # Shapes deliberately not run here, and why.
 NOT_RUN = {
@@ -472,7 +514,8 @@ NOT_RUN = {
 # Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
 NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),
          "predict": ("finetune",), "mesh": ("quickstart",),
-         "prepared_train": ("prepare", "quickstart")}
+         "prepared_train": ("prepare", "quickstart"), "convert_to_hf_peft": ("peft_lora",),
+         "clm_lora": ("clm",)}
 NAMES = {name: s for s, (name, _) in CHECKS.items()}
 COMMANDS = readme_commands()
 COMMANDS_BY_NAME = {CHECKS[shape(*c)][0]: c for c in COMMANDS if shape(*c) in CHECKS}
@@ -510,7 +553,7 @@ def _snippet(marker):
 
 
 def test_every_python_snippet_is_run():
-  markers = ("train.run(", "hf.load_pretrained(", "lora.merge(")
+  markers = ("train.run(", "hf.load_pretrained(", "lora.merge(", "peft.PeftModel")
   assert all(any(m in s for m in markers) for s in python_snippets()), python_snippets()
 
 
@@ -579,3 +622,23 @@ def test_snippet_lora_merge():
   assert restored.keys() == params.keys()
   for path, value in params.items():
     np.testing.assert_allclose(restored[path], value, atol=1e-6, err_msg=path)
+
+
+def test_snippet_peft_loads_the_export(ws):
+  """The README's peft snippet loads the exported LoRA run: transformers' logits are ours."""
+  require("peft", "the README's snippet loads the export with peft")
+  torch = require("torch", "the README's snippet loads the export with peft")
+  ws.run("peft_lora").assert_ok()
+  ws.run("convert_to_hf_peft").assert_ok()
+  namespace = {}
+  exec(compile(ws.substitute(_snippet("peft.PeftModel"), []), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  from research import checkpoint, models  # pylint: disable=g-import-not-at-top
+  workdir = ws.run("peft_lora").workdir
+  with open(os.path.join(workdir, "config.json")) as f:
+    model_cfg = models.ModelConfig.of_run(json.load(f))
+  ids = np.random.RandomState(0).randint(5, 30000, (2, 16))
+  ours = models.build(model_cfg).apply({"params": checkpoint.workdir_params(workdir, best=True)},
+                                       ids)["classification_logits"]
+  with torch.no_grad():
+    theirs = namespace["model"].eval()(input_ids=torch.tensor(ids)).logits.numpy()
+  np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-5)
