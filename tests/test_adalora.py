@@ -3,7 +3,6 @@ orthogonality regulariser, the rank report, merge, and a run through the CLI."""
 import dataclasses
 import json
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -13,24 +12,12 @@ import pytest
 
 from conftest import run_cli, tiny_config
 from test_cli_errors import _fails_with
+from test_lora import TINY, _apply, _init, _with_base
 from research import models
 from research import params as params_lib
 from research.peft import adalora, lora
 from research.peft.config import PeftConfig
 from research.train import optim
-
-TINY = dict(kind="encoder", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
-            mlp_dim=64, max_len=16, dropout_rate=0.0, dtype="float32",
-            heads=("classification",), num_labels=3)
-
-
-def _init(cfg, seed=0):
-  ids = jnp.arange(16).reshape(2, 8) % cfg.vocab_size
-  return models.build(cfg).init(jax.random.key(seed), ids)["params"], ids
-
-
-def _apply(cfg, params, ids):
-  return models.build(cfg).apply({"params": params}, ids)["hidden"]
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -39,8 +26,7 @@ def test_step_zero_is_the_base_model_and_merge_matches(scan_layers):
   peft = PeftConfig(method="adalora", init_rank=4, rank=2, alpha=8.0)
   cfg = dataclasses.replace(base_cfg, peft=peft)
   base, ids = _init(base_cfg)
-  own = params_lib.flatten(_init(cfg, seed=1)[0])
-  flat = {p: params_lib.flatten(base).get(p, v) for p, v in own.items()}
+  flat = params_lib.flatten(_with_base(_init(cfg, seed=1)[0], base))
   stack, lead = ("layers", (2,)) if scan_layers else ("layer_0", ())
   module = f"backbone/{stack}/attention/query"
   assert {p: v.shape for p, v in flat.items() if p.startswith(module + "/lora")} == {

@@ -56,7 +56,7 @@ class PeftConfig:
   adalora_interval: int = 1
   beta1: float = 0.85
   beta2: float = 0.85
-  orth_weight: float = 0.5
+  orth_weight: float = 0.1  # the paper's gamma (HF PEFT's 0.5 weighs a mean of unsquared norms)
   # Bottleneck adapters (Houlsby et al., 2019) after attention and after the MLP.
   adapter_size: int = 64
   # Prefix tuning (Li & Liang, 2021) and prompt tuning (Lester et al., 2021).
