@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from research.models import layout
 from research.errors import UserError
 from research.models.config import ModelConfig
+from research.peft import adalora
 from research.peft import adapter as adapter_lib
 from research.peft import ia3
 from research.peft import lora
@@ -152,8 +153,8 @@ class Einsum(nn.Module):
   """`einsum(equation, x, kernel) (+ bias)` with logically named parameters (multi-axis dense).
 
   Every projection of the backbone is one, so this is where PEFT methods that adapt projections
-  act: a module whose path `cfg.peft` targets gets a LoRA update (research/peft/lora.py) or IA3
-  rescaling (research/peft/ia3.py)."""
+  act: a module whose path `cfg.peft` targets gets a LoRA update (research/peft/lora.py), an
+  AdaLoRA one (research/peft/adalora.py) or IA3 rescaling (research/peft/ia3.py)."""
   equation: str
   kernel_shape: tuple
   kernel_axes: tuple
@@ -167,7 +168,7 @@ class Einsum(nn.Module):
                         self.cfg.param_dtype)
     x_in = x
     peft = self.cfg.peft
-    targeted = peft.method in ("lora", "ia3") and is_target(peft, "/".join(self.path))
+    targeted = peft.method in ("lora", "adalora", "ia3") and is_target(peft, "/".join(self.path))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.cfg.compute_dtype)
     if targeted and peft.method == "ia3" and ia3.is_feed_forward("/".join(self.path)):
       x = ia3.scale_input(self, x)
@@ -180,6 +181,8 @@ class Einsum(nn.Module):
       y = ia3.scale_output(self, y)
     if targeted and peft.method == "lora":
       y = y + lora.low_rank_update(self, x_in, deterministic)
+    if targeted and peft.method == "adalora":  # adalora's attribute read here, not at import:
+      y = y + adalora.svd_update(self, x_in, deterministic)  # it imports research.models.layout
     return y
 
 

@@ -14,6 +14,7 @@ METHODS = ("none", "lora", "adalora", "adapter", "prefix", "prompt", "bitfit", "
 # Parameter-path regexes each method trains; the task heads (`HEADS`) are trained with all of them.
 TRAINABLE = {
     "lora": (r"/lora_[ab]$",),
+    "adalora": (r"/lora_[aeb]$",),
     "bitfit": (r"bias$",),
     "adapter": (r"/adapter_(attention|mlp)/",),
     "prefix": (r"/prefix(_encoder)?/",),
@@ -23,8 +24,8 @@ TRAINABLE = {
 HEADS = r"^heads_"
 
 # The learning rate a recipe's `peft=METHOD` argument sets (`config_lib.use_peft`).
-LEARNING_RATES = {"lora": 2e-3, "bitfit": 1e-3, "adapter": 1e-3, "prefix": 1e-2, "prompt": 3e-2,
-                  "ia3": 3e-3}
+LEARNING_RATES = {"lora": 2e-3, "adalora": 1e-3, "bitfit": 1e-3, "adapter": 1e-3, "prefix": 1e-2,
+                  "prompt": 3e-2, "ia3": 3e-3}
 
 # Targets when `peft.targets` is empty, per method that adapts projections.
 DEFAULT_TARGETS = {
@@ -44,18 +45,18 @@ class PeftConfig:
   alpha: float = 16.0
   dropout: float = 0.0
   rslora: bool = False
-  # AdaLoRA (Zhang et al., 2023): W x + (alpha / rank) P diag(E) Q x, starting at `init_rank`
-  # per module; the total rank is cut to `rank` per module on average between steps
-  # `adalora_warmup` and steps - `adalora_final`, every `adalora_interval` steps, by importance
-  # (EMA of |w * grad| (beta1) times its uncertainty (beta2)); `orth_weight` scales the
-  # orthogonality regulariser |P^T P - I|^2 + |Q Q^T - I|^2.
+  # AdaLoRA (Zhang et al., 2023; research/peft/adalora.py): W x + (alpha / init_rank) Q diag(E)
+  # P x, starting at `init_rank` per module; the total rank is cut to `rank` per module on average
+  # between steps `adalora_warmup` and steps - `adalora_final`, every `adalora_interval` steps, by
+  # importance (EMA of |w * grad| (beta1) times its uncertainty (beta2)); `orth_weight` scales
+  # the orthogonality regulariser sum |P^T P - I|^2 + |Q Q^T - I|^2.
   init_rank: int = 12
   adalora_warmup: int = 0
   adalora_final: int = 0
   adalora_interval: int = 1
   beta1: float = 0.85
   beta2: float = 0.85
-  orth_weight: float = 0.5
+  orth_weight: float = 0.1  # the paper's gamma (HF PEFT's 0.5 weighs a mean of unsquared norms)
   # Bottleneck adapters (Houlsby et al., 2019) after attention and after the MLP.
   adapter_size: int = 64
   # Prefix tuning (Li & Liang, 2021) and prompt tuning (Lester et al., 2021).

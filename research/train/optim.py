@@ -11,6 +11,7 @@ import optax
 
 from research import params as params_lib
 from research.errors import UserError
+from research.peft import adalora
 from research.peft.config import PeftConfig
 
 
@@ -57,7 +58,9 @@ def trainable_predicate(config):
 def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (+ clipping) on the trainable parameters; frozen ones get zero updates and no state.
 
-  Clipping measures the trainable parameters' gradients only.
+  Clipping measures the trainable parameters' gradients only. With `peft.method=adalora` the
+  trainable parameters' optimizer also prunes singular values to the rank budget
+  (`adalora.rank_allocation`, over `train.steps`).
   """
   o = config.optim
   if o.name != "adamw":
@@ -67,6 +70,9 @@ def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   chain.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=decay_mask(o.no_decay)))
   tx = optax.chain(*chain)
+  peft = PeftConfig.from_dict(config.get("peft"))
+  if peft.method == "adalora":
+    tx = adalora.rank_allocation(tx, peft, config.train.steps)
   if not trainable_patterns(config):
     return tx, lr
   trainable = trainable_predicate(config)

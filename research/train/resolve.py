@@ -24,6 +24,7 @@ from research import checkpoint as ckpt_lib
 from research import models, sharding, tasks, validation
 from research import params as params_lib
 from research.errors import UserError
+from research.peft import adalora
 from research.peft import targets as peft_targets
 from research import objectives
 from research.train import initialization, optim
@@ -59,6 +60,8 @@ def resolve(config, workdir: str) -> Run:
   resolve_heads(config, task_set)
   model_cfg = models.ModelConfig.of_run(config)
   peft_targets.check_architecture(model_cfg, config.data.seq_len)
+  task_set = dataclasses.replace(  # the PEFT method's loss terms (AdaLoRA's orthogonality)
+      task_set, regularizers=task_set.regularizers + adalora.regularizers(model_cfg.peft))
   optim.build(config)  # its settings fail here, not after the workdir is written
   rules = sharding.rules_of(config)
   shapes = state_lib.abstract_params(models.build(model_cfg), config, mesh, rules)

@@ -28,6 +28,7 @@ from research import data as data_lib
 from research import models, perf, sharding, tracking
 from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
+from research.peft import adalora
 from research.tasks import EvalContext
 from research.train import initialization, nonfinite, optim, preemption
 from research.train import state as state_lib
@@ -345,5 +346,7 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
   summary.update(evaluate(r, steps, final_params, "test", report_dir, final=True))
   evaluate(r, steps, final_params, "eval", report_dir, final=True)  # the eval split's reports
   summary.update(r.task_set.stats)
+  if r.model_cfg.peft.method == "adalora":  # the rank each module kept, of the final parameters
+    summary.update(adalora.report(final_params, r.model_cfg.peft))
   t.tracker.finish(summary)
   return summary
