@@ -24,7 +24,7 @@ TRAINABLE = {
 HEADS = r"^heads_"
 
 # The learning rate a recipe's `peft=METHOD` argument sets (`config_lib.use_peft`).
-LEARNING_RATES = {"lora": 2e-3, "adalora": 1e-3, "bitfit": 1e-3, "adapter": 1e-3, "prefix": 1e-2,
+LEARNING_RATES = {"lora": 2e-3, "adalora": 5e-3, "bitfit": 1e-3, "adapter": 1e-3, "prefix": 1e-2,
                   "prompt": 3e-2, "ia3": 3e-3}
 
 # Targets when `peft.targets` is empty, per method that adapts projections.
