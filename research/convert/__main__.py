@@ -78,6 +78,8 @@ def export_hf(workdir: str, out: str) -> str:
 
 def main(argv):
   del argv
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the result
   try:
     if FLAGS.from_hf and FLAGS.to and not (FLAGS["from"].value or FLAGS.to_hf):
       print(import_hf(FLAGS.from_hf, FLAGS.to))
