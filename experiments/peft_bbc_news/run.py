@@ -70,10 +70,12 @@ def run_method(method: str, root: str, extra=(), timing_steps: int = 25) -> dict
   cmd = command(method, workdir, extra)
   summary = finished_run(cmd, workdir)
   timing_dir = os.path.join(root, "timing", method)
-  finished_run(command(method, timing_dir, list(extra) + [
-      f"--config.train.steps={timing_steps}", "--config.logging.every_steps=5",
-      f"--config.evals.every_steps={timing_steps}", "--config.logging.progress=False"]),
-      timing_dir)
+  timing = [f"--config.train.steps={timing_steps}", "--config.logging.every_steps=5",
+            f"--config.evals.every_steps={timing_steps}", "--config.logging.progress=False"]
+  if method == "adalora":  # its budget schedule, as the recipe sets it, for the shorter run
+    timing += [f"--config.peft.adalora_warmup={timing_steps // 10}",
+               f"--config.peft.adalora_final={4 * timing_steps // 10}"]
+  finished_run(command(method, timing_dir, list(extra) + timing), timing_dir)
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   tokens = config["train"]["batch_size"] * config["data"]["seq_len"]
