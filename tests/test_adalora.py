@@ -162,6 +162,7 @@ def _adalora_run(workdir, *flags):
                  "--config.peft.adalora_warmup=2", "--config.peft.adalora_final=2", *flags)
 
 
+@pytest.mark.slow  # a CLI run: ~12 s idle
 def test_adalora_run_reports_the_final_ranks(tmp_path):
   workdir = str(tmp_path / "w")
   proc = _adalora_run(workdir, "--config.logging.every_steps=1")

@@ -120,6 +120,7 @@ def _minilm_dir() -> str:
   return os.path.join(os.path.dirname(spec.origin), "model")
 
 
+@pytest.mark.slow  # the real MiniLM weights: ~10 s idle; the tiny-model parity tests stay in the default suite
 def test_minilm_lora_export_loads_in_peft_with_our_logits(tmp_path):
   """Real weights: a bbc_news LoRA run's config from MiniLM, LoRA factors and classifier set to
   random non-zero values, exported with the command a user types, loaded by peft onto

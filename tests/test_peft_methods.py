@@ -136,6 +136,7 @@ def test_prefixes_act_as_keys_and_values_of_tokens_in_front(kind):
                          atol=1e-3)
 
 
+@pytest.mark.slow  # both layouts compile: ~6 s each idle
 @pytest.mark.parametrize("scan", [False, True])
 def test_prefix_projection_materializes_to_plain_prefixes(scan):
   ids, mask = inputs()

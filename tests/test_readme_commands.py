@@ -531,7 +531,11 @@ def test_every_command_is_mapped():
     assert any(any(a.startswith(required) for a in c[0]) for c in COMMANDS), required
 
 
-@pytest.mark.parametrize("name", [name for name, _ in CHECKS.values()])
+SLOW = {"clm", "clm_lora"}  # minutes on 2 cores together; `pytest -m slow` runs them
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW
+                                               else []) for name, _ in CHECKS.values()])
 def test_readme_command(ws, name):
   for needed in NEEDS.get(name, ()):
     ws.run(needed).assert_ok()

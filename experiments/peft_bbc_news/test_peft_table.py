@@ -20,7 +20,7 @@ def _run(workdir, *flags):
 
 @pytest.mark.slow
 def test_the_table_runs_each_method_through_the_command_line(tmp_path):
-  methods = "full,lora,bitfit"
+  methods = "full,bitfit"  # lora: the test below
   results, out = _run(tmp_path, f"--methods={methods}", "--timing_steps=3",
                       "--extra=--config.train.steps=2,--config.evals.every_steps=2")
   for method in methods.split(","):
@@ -31,7 +31,7 @@ def test_the_table_runs_each_method_through_the_command_line(tmp_path):
     assert (r["trainable"], r["test/accuracy"]) == (summary["params/trainable"],
                                                     summary["test/bbc_news/accuracy"])
   assert results["full"]["trainable"] == results["full"]["total"]
-  assert results["lora"]["trainable"] < 0.01 * results["lora"]["total"]
+  assert results["bitfit"]["trainable"] < 0.01 * results["bitfit"]["total"]
   assert "| tfidf+logreg |" in out
 
 
