@@ -10,7 +10,8 @@ runlocal: 300 steps of 32 x 128 tokens, float32. Beside them, TF-IDF + logistic 
 same split. Step time comes from a second, short run of each command (`--timing_steps` steps,
 no evaluation until the end, WORKDIR/timing/METHOD), one at a time, so that it can be taken on an
 otherwise idle machine: the median over its logged intervals, the compiling step excluded. Step
-memory is the compiled train step's (`perf/step_memory_bytes`). Prints a Markdown table and
+memory is the compiled train step's (`perf/step_memory_bytes` of the timing run: the same
+program). Prints a Markdown table and
 writes WORKDIR/results.json. Runs that finished are read, not rerun.
 """
 import json
@@ -75,7 +76,7 @@ def run_method(method: str, root: str, extra=(), timing_steps: int = 25) -> dict
   if method == "adalora":  # its budget schedule, as the recipe sets it, for the shorter run
     timing += [f"--config.peft.adalora_warmup={timing_steps // 10}",
                f"--config.peft.adalora_final={4 * timing_steps // 10}"]
-  finished_run(command(method, timing_dir, list(extra) + timing), timing_dir)
+  timed = finished_run(command(method, timing_dir, list(extra) + timing), timing_dir)
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   tokens = config["train"]["batch_size"] * config["data"]["seq_len"]
@@ -83,7 +84,7 @@ def run_method(method: str, root: str, extra=(), timing_steps: int = 25) -> dict
           "eval/accuracy": summary["eval/bbc_news/accuracy"],
           "test/accuracy": summary["test/bbc_news/accuracy"],
           "step_seconds": step_seconds(timing_dir, tokens),
-          "step_memory_bytes": summary.get("perf/step_memory_bytes"),
+          "step_memory_bytes": timed.get("perf/step_memory_bytes"),  # the same compiled step
           "wall_seconds": summary["wall_seconds"], "command": " ".join(cmd)}
 
 
