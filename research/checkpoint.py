@@ -19,6 +19,7 @@ the frozen part from the base and checks the checksum, so its callers always get
 """
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -351,6 +352,15 @@ def checkpoints_of(path: str, key: str) -> str:
     if Checkpointer.exists(candidate):
       return candidate
   raise UserError(f"{key}: no checkpoint found in {path!r}")
+
+
+def workdir_config(workdir: str) -> dict:
+  """The resolved config a run of ours wrote (WORKDIR/config.json); one line if there is none."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"no config.json in {workdir!r}: is it a workdir of ours?")
+  with open(path) as f:
+    return json.load(f)
 
 
 def workdir_params(workdir: str, *, best: bool = False, key: str = "workdir"):

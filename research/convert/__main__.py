@@ -59,11 +59,7 @@ def export_hf(workdir: str, out: str) -> str:
   from research.convert import hf  # pylint: disable=g-import-not-at-top
   from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
   from research.peft import lora  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise UserError(f"no config.json in {workdir!r}: is it a workdir of ours?")
-  with open(config_path) as f:
-    run_config = json.load(f)
+  run_config = checkpoint.workdir_config(workdir)
   params = checkpoint.workdir_params(workdir, best=True)
   peft = ModelConfig.of_run(run_config).peft
   if peft.method == "lora":

@@ -40,11 +40,7 @@ BASE_DIR = "base"  # OUT/base: the frozen weights of a run that started from no 
 
 def export(workdir: str, out: str) -> str:
   """`python -m research.convert --from=WORKDIR --to_hf_peft=OUT`."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise UserError(f"no config.json in {workdir!r}: is it a workdir of ours?")
-  with open(config_path) as f:
-    run_config = json.load(f)
+  run_config = checkpoint.workdir_config(workdir)
   check_exportable(ModelConfig.of_run(run_config), workdir)
   tokenizer = os.path.join(workdir, "tokenizer.json")
   described = save_adapter(run_config, checkpoint.workdir_params(workdir, best=True), out,
