@@ -244,6 +244,7 @@ def test_each_method_trains_only_its_parameters(tmp_path, method, extra):
   assert all(any(re.search(t, p) for t in trained) for p in changed), sorted(changed)
 
 
+@pytest.mark.slow  # a CLI run that fails in resolve: ~5 s idle
 def test_prefix_refuses_the_cudnn_attention(tmp_path):
   proc = run_cli("--config=configs/finetune.py:task=bbc_news,runlocal,peft=prefix",
                  f"--workdir={tmp_path}/w", *FAST, "--config.model.attention_impl=cudnn")
@@ -251,6 +252,7 @@ def test_prefix_refuses_the_cudnn_attention(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow  # a CLI run that fails in resolve: ~5 s idle
 def test_prompt_refuses_a_decoder(tmp_path):
   proc = run_cli("--config=configs/clm.py:runlocal,peft=prompt", f"--workdir={tmp_path}/w",
                  "--config.train.steps=3")

@@ -531,7 +531,7 @@ def test_every_command_is_mapped():
     assert any(any(a.startswith(required) for a in c[0]) for c in COMMANDS), required
 
 
-SLOW = {"clm", "clm_lora"}  # minutes on 2 cores together; `pytest -m slow` runs them
+SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft"}  # ~1 min together; `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW
@@ -628,6 +628,7 @@ def test_snippet_lora_merge():
     np.testing.assert_allclose(restored[path], value, atol=1e-6, err_msg=path)
 
 
+@pytest.mark.slow  # runs the README's LoRA command (MiniLM) first
 def test_snippet_peft_loads_the_export(ws):
   """The README's peft snippet loads the exported LoRA run: transformers' logits are ours."""
   require("peft", "the README's snippet loads the export with peft")
