@@ -19,14 +19,20 @@ from absl import app, flags
 
 from research.errors import UserError, exit_with
 
-flags.DEFINE_string("workdir", None, "A fine-tuning run's workdir.")
-flags.DEFINE_string("input", "-", "JSONL or text file of inputs; '-' reads stdin.")
-flags.DEFINE_string("output", "-", "Where to write the JSONL predictions; '-' is stdout.")
-flags.DEFINE_string("task", "", "Which task's head to use (multi-task runs); default: the only one.")
-flags.DEFINE_integer("batch_size", 64, "Rows per forward pass.")
-flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
-flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags, defined only when it runs (importing `Predictor` defines none)."""
+  flags.DEFINE_string("workdir", None, "A fine-tuning run's workdir.")
+  flags.DEFINE_string("input", "-", "JSONL or text file of inputs; '-' reads stdin.")
+  flags.DEFINE_string("output", "-", "Where to write the JSONL predictions; '-' is stdout.")
+  flags.DEFINE_string("task", "", "Which task's head to use (multi-task runs); default: the only one.")
+  flags.DEFINE_integer("batch_size", 64, "Rows per forward pass.")
+  flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+  flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+
+
 CHUNK = 1024  # rows read, encoded and predicted at a time
 
 
@@ -138,4 +144,5 @@ def _write(sink, predictions):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

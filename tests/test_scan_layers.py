@@ -178,7 +178,7 @@ def test_workdirs_of_either_layout_load_into_either_and_export_the_same_hf_files
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   from research.convert import hf  # pylint: disable=g-import-not-at-top
-  from research.convert.__main__ import export_hf  # pylint: disable=g-import-not-at-top
+  from research.convert.workdir import export_hf  # pylint: disable=g-import-not-at-top
   from research.errors import UserError  # pylint: disable=g-import-not-at-top
   scanned, unrolled = str(tmp_path / "scanned"), str(tmp_path / "unrolled")
   _run(scanned, **{"model.scan_layers": True})

@@ -15,61 +15,24 @@ r"""Convert checkpoints between Hugging Face transformers and this library.
 
 Bad input ends with one line on stderr and exit code 2 (--verbose shows the traceback).
 """
-import dataclasses
-import json
-import os
-import shutil
-
 from absl import app, flags
 
+from research.convert.workdir import export_hf, import_hf
 from research.errors import UserError, exit_with
 
-flags.DEFINE_string("from_hf", None, "A transformers checkpoint directory to import.")
-flags.DEFINE_string("to", None, "Where to write the imported checkpoint.")
-flags.DEFINE_string("from", None, "A workdir of ours to export (its latest checkpoint).")
-flags.DEFINE_string("to_hf", None, "Where to write the transformers checkpoint.")
-flags.DEFINE_string("to_hf_peft", None, "Where to write a PEFT run's adapter in the Hugging Face "
-                    "PEFT format.")
-flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
 FLAGS = flags.FLAGS
 
 
-def import_hf(hf_dir: str, out: str) -> str:
-  from research import checkpoint  # pylint: disable=g-import-not-at-top
-  from research.convert import hf  # pylint: disable=g-import-not-at-top
-  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  model_cfg, params = hf.load_pretrained(hf_dir)
-  model_section = dataclasses.asdict(model_cfg)
-  del model_section["peft"]  # a plain model: no adapters
-  ckpt = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), use_async=False)
-  ckpt.save(0, {"params": params}, {"next_step": 0}, {"model": model_section})
-  ckpt.wait()
-  ckpt.close()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump({"model": model_section}, f, indent=2, sort_keys=True)
-  try:
-    tokenizer_lib.save(tokenizer_lib.load(hf.resolve(hf_dir)), out)
-  except UserError:
-    pass  # no tokenizer files beside the weights
-  return f"{hf_dir} ({model_cfg.kind}, heads {list(model_cfg.heads)}) -> {out}"
-
-
-def export_hf(workdir: str, out: str) -> str:
-  from research import checkpoint  # pylint: disable=g-import-not-at-top
-  from research.convert import hf  # pylint: disable=g-import-not-at-top
-  from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
-  from research.peft import lora  # pylint: disable=g-import-not-at-top
-  run_config = checkpoint.workdir_config(workdir)
-  params = checkpoint.workdir_params(workdir, best=True)
-  peft = ModelConfig.of_run(run_config).peft
-  if peft.method == "lora":
-    params = lora.merge(params, peft)[0]
-  hf.save_pretrained(run_config["model"], params, out)
-  tokenizer = os.path.join(workdir, "tokenizer.json")
-  if os.path.exists(tokenizer):
-    shutil.copy(tokenizer, os.path.join(out, "tokenizer.json"))
-  kept = "best" if checkpoint.Checkpointer.exists(os.path.join(workdir, "best")) else "latest"
-  return f"{workdir} ({kept} parameters) -> {out}"
+def define_flags():
+  """The command's flags, defined only when it runs: importing this module defines none, so it
+  coexists with the other commands' flags (predict, main) in one process."""
+  flags.DEFINE_string("from_hf", None, "A transformers checkpoint directory to import.")
+  flags.DEFINE_string("to", None, "Where to write the imported checkpoint.")
+  flags.DEFINE_string("from", None, "A workdir of ours to export (its latest checkpoint).")
+  flags.DEFINE_string("to_hf", None, "Where to write the transformers checkpoint.")
+  flags.DEFINE_string("to_hf_peft", None, "Where to write a PEFT run's adapter in the Hugging "
+                      "Face PEFT format.")
+  flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
 
 
 def main(argv):
@@ -95,4 +58,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
