@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.9.1,<2",
     "scipy>=1.17.1,<2",
     "seqeval>=1.2.2,<2",
+    "rouge-score>=0.1.2,<0.2",  # ROUGE-L of generative fine-tuning (research/evaluate/generation.py)
 ]
 
 MODELS = [

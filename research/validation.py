@@ -8,6 +8,7 @@ allowed.
 import re
 
 from research.errors import UserError
+from research.tasks import finetuning
 from research.train.nonfinite import POLICIES
 from research.train.optim import DECAYS
 
@@ -57,8 +58,11 @@ def check_config(config):
   if config.data.seq_len > config.model.max_len:
     raise UserError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_len "
                     f"({config.model.max_len})")
-  if config.get("tasks") and kind != "encoder":
-    raise UserError(f"fine-tuning tasks need an encoder, but model.kind is {kind!r}")
+  if config.get("tasks"):
+    wanted = finetuning.model_kind(config)
+    if kind != wanted:
+      raise UserError(f"{'generation' if wanted == 'decoder' else 'fine-tuning'} tasks need "
+                      f"a{'n' if wanted == 'encoder' else ''} {wanted}, but model.kind is {kind!r}")
   for pattern in (list(config.optim.no_decay) + list(config.optim.get("trainable", ())) +
                   list(config.init.exclude)):
     try:

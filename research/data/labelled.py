@@ -4,9 +4,16 @@
   token_classification:                      {'words': [...], 'tags': ['B-PER', 'O', ...]}
   qa:                                        {'id', 'question', 'context',
                                               'answers': {'text': [...], 'answer_start': [...]}}
+  generation:                                {'prompt', 'completion'}
 
 Sources (`task_cfg.source`):
   bbc_news       the embedded BBC News articles; fixed stratified 80/10/10 train/eval/test split
+  bbc_headlines  generation from the same articles: prompt = the headline and the blank line
+                 after it (the article's own layout), completion = the first sentence. Held out
+                 for eval/test (alternately): the articles configs/clm.py holds out at its default
+                 data.eval_fraction (0.05), so a decoder pretrained there saw none of them; a
+                 training article with the same headline or first sentence as a held-out one is
+                 dropped
   glue/<task>    cola sst2 mrpc qqp stsb mnli qnli rte wnli, through HF `datasets` (hub
                  'nyu-mll/glue'; eval = validation, mnli: validation_matched, and test =
                  validation_mismatched)
@@ -17,6 +24,7 @@ Hub-backed sources read `task_cfg.data_dir` instead of the hub when it is set: a
 `<split>.jsonl` files with the hub dataset's columns (what the tests write).
 """
 import os
+import re
 
 from research.data import sources
 from research.errors import UserError
@@ -41,6 +49,8 @@ def load_rows(task_cfg) -> dict:
   source = task_cfg.source
   if source == "bbc_news":
     return _bbc_news(task_cfg.get("seed", 0))
+  if source == "bbc_headlines":
+    return _bbc_headlines()
   if source == "local":
     return _local(task_cfg)
   if source.startswith("glue/"):
@@ -80,6 +90,31 @@ def _bbc_news(seed: int) -> dict:
   eval_, test = train_test_split(rest, test_size=0.5, stratify=[r["label"] for r in rest],
                                  random_state=seed)
   return {"train": train, "eval": eval_, "test": test}
+
+
+HEADLINES_HELD_OUT = 0.05  # = configs/clm.py's data.eval_fraction: the same articles
+_FIRST_SENTENCE = re.compile(r"^(.+?[.!?][\"')]*)(?=\s|$)", re.DOTALL)
+
+
+def _bbc_headlines() -> dict:
+  splits = {"train": [], "eval": [], "test": []}
+  held_out = 0
+  for split, text in sources.holdout((text for _, text in sources.read_bbc_news()),
+                                     HEADLINES_HELD_OUT):
+    headline, _, body = text.partition("\n")
+    paragraph = body.strip().split("\n")[0].strip()
+    sentence = _FIRST_SENTENCE.match(paragraph)
+    if not headline.strip() or not sentence:
+      continue
+    row = {"prompt": headline.strip() + "\n\n", "completion": sentence.group(1)}
+    if split == "eval":
+      split = ("eval", "test")[held_out % 2]
+      held_out += 1
+    splits[split].append(row)
+  seen = {r[k] for s in ("eval", "test") for r in splits[s] for k in ("prompt", "completion")}
+  splits["train"] = [r for r in splits["train"]
+                     if r["prompt"] not in seen and r["completion"] not in seen]
+  return splits
 
 
 def _hub(task_cfg, hub_name, config_name, splits) -> dict:
@@ -141,6 +176,8 @@ def read_table(path: str) -> list[dict]:
 
 
 def _local_row(row, task_cfg, path):
+  if task_cfg.get("kind") == "generation":
+    return _generation_row(row, task_cfg, path)
   text_field, label_field = task_cfg.get("text_field", "text"), task_cfg.get("label_field", "label")
   pair_field = task_cfg.get("text_pair_field", "text_pair")
   for field in (text_field, label_field):
@@ -149,3 +186,17 @@ def _local_row(row, task_cfg, path):
   pair = row.get(pair_field) or None
   return {"text": str(row[text_field]), "text_pair": str(pair) if pair else None,
           "label": row[label_field]}
+
+
+def _generation_row(row, task_cfg, path):
+  out = {}
+  for key in ("prompt", "completion"):
+    field = task_cfg.get(f"{key}_field", key)
+    if not isinstance(row.get(field), str) or not row[field]:
+      problem = "no" if field not in row else "an empty or non-text"
+      raise UserError(f"{path!r}: a row has {problem} {field!r} field (a generation task needs "
+                      f"non-empty text in {task_cfg.get('prompt_field', 'prompt')!r} and "
+                      f"{task_cfg.get('completion_field', 'completion')!r}); row fields: "
+                      f"{sorted(row)}")
+    out[key] = row[field]
+  return out

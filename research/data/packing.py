@@ -69,3 +69,35 @@ def chunk_documents(docs: list[np.ndarray], chunk_len: int) -> list[np.ndarray]:
   """Consecutive pieces of at most `chunk_len` tokens of each document, in order."""
   return [doc[s:s + chunk_len] for doc in docs for s in range(0, max(len(doc), 1), chunk_len)
           if len(doc[s:s + chunk_len])]
+
+
+def pack_examples(examples: list[dict], seq_len: int) -> dict:
+  """Whole examples into rows of `seq_len`, in order: a row closes when the next example does not
+  fit, so no example is split across rows (each must be at most `seq_len` tokens).
+
+  Every example is a dict of equally long 1-D arrays ('input_ids' and any per-token features,
+  e.g. a loss mask); each is packed alike and padded with 0. Returns those arrays as (rows,
+  seq_len) plus 'segment_ids' (1, 2, ... per row, 0 = padding).
+  """
+  keys = list(examples[0])
+  rows, current, used = [], [], 0
+  for example in examples:
+    n = len(example["input_ids"])
+    if n > seq_len:
+      raise ValueError(f"an example of {n} tokens does not fit in a row of {seq_len}")
+    if used + n > seq_len:
+      rows.append(current)
+      current, used = [], 0
+    current.append(example)
+    used += n
+  rows.append(current)
+  out = {k: [] for k in keys + ["segment_ids"]}
+  for row in rows:
+    documents = np.concatenate([np.full(len(e["input_ids"]), i, np.int64) for i, e in enumerate(row)])
+    pad = seq_len - len(documents)
+    out["segment_ids"].append(_rows(np.zeros(seq_len, np.int32),
+                                    np.pad(documents, (0, pad), constant_values=-1),
+                                    seq_len)["segment_ids"][0])
+    for k in keys:
+      out[k].append(np.pad(np.concatenate([np.asarray(e[k]) for e in row]), (0, pad)).astype(np.int32))
+  return {k: np.stack(v) for k, v in out.items()}

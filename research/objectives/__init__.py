@@ -3,13 +3,14 @@
 An objective is `count(batch)` and `sums(outputs, batch)`; the train step divides once by the
 global count (`loss_and_sums`), so accumulation and sharding give the full-batch result.
 `pretraining(config.objective)` gives the objectives a pretraining config asks for and the model
-heads they read; fine-tuning tasks build theirs from `classification`, `token_classification`
-and `span`.
+heads they read; fine-tuning tasks build theirs from `classification`, `token_classification`,
+`span` and `completion_lm`.
 """
 from research.errors import UserError
 from research.objectives.base import (Objective, Regularizer, counts, cross_entropy_sums,
                                       loss_and_sums, row_weights)
-from research.objectives.causal_lm import causal_lm
+from research.objectives.causal_lm import (causal_lm, completion_lm, completion_sums_per_row,
+                                            completion_weights)
 from research.objectives.classification import classification, multilabel, regression
 from research.objectives.masked_lm import masked_lm, max_predictions
 from research.objectives.sentence_pair import sentence_pair
@@ -37,5 +38,6 @@ def pretraining(objective_cfg) -> tuple[tuple, tuple]:
 
 
 __all__ = ["Objective", "Regularizer", "counts", "cross_entropy_sums", "loss_and_sums", "row_weights",
-           "causal_lm", "classification", "multilabel", "regression", "masked_lm",
+           "causal_lm", "completion_lm", "completion_sums_per_row", "completion_weights",
+           "classification", "multilabel", "regression", "masked_lm",
            "max_predictions", "sentence_pair", "span", "token_classification", "pretraining"]

@@ -14,8 +14,8 @@ A task declares everything the loop needs and nothing the loop must ask about:
   eval_outputs(outputs, batch)   what evaluation keeps of the model's outputs (jitted)
   evaluate(split, context)       host-side metrics of a split: {'<split>/<name>/<metric>': v}
 `EvalContext` is what the trainer hands to `evaluate`: a runner of the jitted eval step over a
-split's batches, the parameters (a generation-based evaluation decodes with them), and where
-reports go.
+split's batches, the parameters, the model config and mesh (a generation-based evaluation decodes
+with them: `research.generate`), and where reports go.
 """
 import dataclasses
 import math
@@ -34,6 +34,8 @@ class EvalContext:
   run: Callable[[StepIndexedBatches, int], Iterator]
   params: Any = None
   report_dir: str | None = None
+  model_cfg: Any = None  # research.models.ModelConfig of the run
+  mesh: Any = None  # the run's jax.sharding.Mesh
 
 
 class Task:

@@ -1,7 +1,9 @@
 """Fine-tuning tasks from `config.tasks`: one entry per task (several = multi-task learning).
 
-Each entry: kind ('classification', 'multilabel', 'regression', 'token_classification', 'qa'),
-source (see `research.data.labelled`) and the source's options. A single task uses the head named
+Each entry: kind ('classification', 'multilabel', 'regression', 'token_classification', 'qa',
+'generation'), source (see `research.data.labelled`) and the source's options. 'generation'
+fine-tunes a decoder (its tied 'lm' head, a GPT-2 byte-level BPE tokenizer) and trains alone; the
+other kinds fine-tune an encoder. A single task uses the head named
 after its kind ('classification', 'token_classification', 'span'), so a single-task classifier
 exports to transformers' *ForSequenceClassification; in multi-task runs each task's head is named
 after the task. Label names are saved as WORKDIR/labels.json for `research.predict`.
@@ -11,13 +13,14 @@ from research.errors import UserError
 from research.data import labelled
 from research.tasks import mixture
 from research.tasks.classification import KINDS as CLASSIFICATION_KINDS, ClassificationTask
+from research.tasks.generation import GenerationTask
 from research.tasks.question_answering import QuestionAnsweringTask
 from research.tasks.taskset import TaskSet, saved_labels
 from research.tasks.token_classification import TokenClassificationTask
 
 HEAD_KIND = {"classification": "classification", "multilabel": "classification",
              "regression": "classification", "token_classification": "token_classification",
-             "qa": "span"}
+             "qa": "span", "generation": "lm"}
 
 
 def task_class(kind: str):
@@ -27,6 +30,8 @@ def task_class(kind: str):
     return TokenClassificationTask
   if kind == "qa":
     return QuestionAnsweringTask
+  if kind == "generation":
+    return GenerationTask
   raise UserError(f"unknown task kind {kind!r}; known: {sorted(HEAD_KIND)}")
 
 
@@ -36,11 +41,19 @@ def head_name(name: str, kind: str, multi: bool) -> str:
 
 def training_texts(rows: dict):
   for r in rows["train"]:
-    for key in ("text", "text_pair", "question", "context"):
+    for key in ("text", "text_pair", "question", "context", "prompt", "completion"):
       if r.get(key):
         yield r[key]
     if "words" in r:
       yield " ".join(r["words"])
+
+
+def model_kind(config) -> str:
+  """'decoder' for a generation task (which trains alone), else 'encoder'."""
+  kinds = [config.tasks[name].kind for name in config.tasks]
+  if "generation" in kinds and len(kinds) > 1:
+    raise UserError(f"a generation task trains alone, got tasks {list(config.tasks)}")
+  return "decoder" if kinds == ["generation"] else "encoder"
 
 
 def build(config, workdir: str) -> TaskSet:
@@ -49,7 +62,7 @@ def build(config, workdir: str) -> TaskSet:
     task_class(config.tasks[name].kind)  # an unknown kind fails before any data is read
   rows = {name: labelled.load_rows(config.tasks[name]) for name in names}
   texts = [t for name in names for t in training_texts(rows[name])]
-  tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", [texts], workdir)
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, model_kind(config), [texts], workdir)
   labels = saved_labels(workdir)  # a resumed run keeps its label order
   tasks = []
   for name in names:
@@ -64,4 +77,4 @@ def build(config, workdir: str) -> TaskSet:
   return TaskSet(tasks, tokenizer, schedule)
 
 
-__all__ = ["build", "task_class"]
+__all__ = ["build", "model_kind", "task_class"]

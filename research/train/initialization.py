@@ -45,6 +45,7 @@ def configure(config):
     from research.convert import hf  # pylint: disable=g-import-not-at-top
     directory = hf.resolve(source[3:])
     hf_model = hf.model_config_of(directory)
+    check_kind(config, hf_model.kind, source)
     for field, value in dataclasses.asdict(hf_model).items():
       if field not in OWN_MODEL_FIELDS:
         config.model[field] = value
@@ -55,9 +56,21 @@ def configure(config):
     if not config.data.tokenizer:
       config.data.tokenizer = directory
   elif source:
+    if os.path.exists(os.path.join(source, "config.json")):
+      check_kind(config, ckpt_lib.workdir_config(source)["model"]["kind"], source)
     saved = os.path.join(source, "tokenizer.json")
     if not config.data.tokenizer and os.path.exists(saved):
       config.data.tokenizer = saved
+
+
+def check_kind(config, source_kind: str, source: str):
+  """An encoder's weights never start a decoder run, nor the reverse: one line, before the run."""
+  if source_kind != config.model.kind:
+    what = "generation tasks" if config.get("tasks") and config.model.kind == "decoder" else \
+        f"this run's model.kind ({config.model.kind!r})"
+    article = lambda kind: "an" if kind[0] in "aeiou" else "a"
+    raise UserError(f"init.weights {source!r} holds {article(source_kind)} {source_kind} model, "
+                    f"but {what} need {article(config.model.kind)} {config.model.kind}")
 
 
 def check_sources(config, resuming: bool):

@@ -181,7 +181,8 @@ def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=
         for _, batch in data_lib.device_batches(batches.host_batch, 0, num_steps,
                                                 steps.batch_sharding):
           yield to_host(eval_step(params, batch))
-    out.update(task.evaluate(split, EvalContext(run_batches, params, report_dir)))
+    out.update(task.evaluate(split, EvalContext(run_batches, params, report_dir,
+                                                       r.model_cfg, r.mesh)))
   return out
 
 
