@@ -5,6 +5,9 @@ Decoder (causal LM): documents, each ending in EOS, are concatenated and cut int
 and the loss never cross a document boundary. `Packer` does it a batch of documents at a time
 (what `python -m research.data.prepare` streams through); `pack_documents` is one Packer run.
 
+Generative fine-tuning: whole prompt -> completion examples, several to a row, never split
+across rows (`pack_examples`), numbered by `segment_ids` like documents.
+
 Encoder (masked LM): each document is cut into chunks of at most `seq_len - reserved` tokens
 (room for [CLS]/[SEP]); chunks are never packed together.
 """
