@@ -138,18 +138,31 @@ def completion_lengths(tokens, stop_ids) -> np.ndarray:
   return first.astype(np.int32)
 
 
+def encode(tokenizer, prompts) -> list[list[int]]:
+  """Token ids of each prompt string (no special tokens); an empty prompt is the end-of-text
+  token, which is how GPT-2 style models start a text."""
+  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  eos = max(tokenizer_lib.SpecialIds.of(tokenizer).eos, 0)
+  return [tokenizer.encode(p, add_special_tokens=False).ids or [eos] for p in prompts]
+
+
+def check_prompts(tokenizer, prompts, model_cfg: ModelConfig, settings: Settings):
+  """One line if a prompt and the budget do not fit the model's context (before any decoding)."""
+  longest = max((len(ids) for ids in encode(tokenizer, prompts)), default=0)
+  bucketed_length(longest, model_cfg, settings)
+
+
 def generate(params, model_cfg: ModelConfig, tokenizer, prompts, settings: Settings = Settings(),
              *, mesh=None, rules=None, batch_size: int = 16, on_text=None) -> list[str]:
   """The completion of each prompt string, in order, `batch_size` prompts per compiled call.
 
-  `tokenizer` is a `tokenizers.Tokenizer`; its end-of-text token stops a row (and stands in for
-  an empty prompt). `on_text(text)` (greedy and sampling, one prompt) receives the completion
-  piece by piece as it is generated (the command line's streaming)."""
+  `tokenizer` is a `tokenizers.Tokenizer`; its end-of-text token stops a row. `on_text(text)`
+  (greedy and sampling, one prompt) receives the completion piece by piece as it is generated
+  (the command line's streaming)."""
   from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   special = tokenizer_lib.SpecialIds.of(tokenizer)
   stop_ids = (special.eos,) if special.eos >= 0 else ()
-  encoded = [tokenizer.encode(p, add_special_tokens=False).ids or [max(special.eos, 0)]
-             for p in prompts]
+  encoded = encode(tokenizer, prompts)
   on_token = None
   if on_text is not None:
     if len(prompts) != 1 or settings.strategy == "beam":
@@ -187,21 +200,27 @@ class _Streamer:
       self.shown = text
 
 
-def load(workdir: str):
-  """(params, model_cfg, tokenizer) of a decoder run of ours: its best or latest parameters, its
-  model and its tokenizer (WORKDIR/tokenizer.json); one line if it is not a decoder run."""
+def load_model(workdir: str):
+  """(model_cfg, tokenizer) of a decoder run of ours (config.json, tokenizer.json); one line if
+  it is not a decoder run. Nothing heavy is read: bad input is refused before the weights load."""
   import os  # pylint: disable=g-import-not-at-top
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  config = checkpoint.workdir_config(workdir)
-  model_cfg = ModelConfig.of_run(config)
+  model_cfg = ModelConfig.of_run(checkpoint.workdir_config(workdir))
   check_model(model_cfg)
   path = os.path.join(workdir, "tokenizer.json")
   if not os.path.exists(path):
     raise UserError(f"{workdir!r} has no tokenizer.json")
-  params = checkpoint.workdir_params(workdir, best=True)
-  return params, model_cfg, tokenizer_lib.from_file(path)
+  return model_cfg, tokenizer_lib.from_file(path)
 
 
-__all__ = ["STRATEGIES", "Settings", "check_model", "completion_lengths", "generate",
-           "generate_ids", "load", "param_shardings"]
+def load(workdir: str):
+  """(params, model_cfg, tokenizer) of a decoder run of ours: its best (else latest) parameters,
+  its model and its tokenizer."""
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  model_cfg, tokenizer = load_model(workdir)
+  return checkpoint.workdir_params(workdir, best=True), model_cfg, tokenizer
+
+
+__all__ = ["STRATEGIES", "Settings", "check_model", "check_prompts", "completion_lengths",
+           "encode", "generate", "generate_ids", "load", "load_model", "param_shardings"]

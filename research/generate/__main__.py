@@ -109,10 +109,14 @@ def main(argv):
       raise UserError("--workdir is required")
     if (FLAGS.prompt is None) == (FLAGS.input is None):
       raise UserError("pass one of --prompt=TEXT or --input=FILE")
+    from research import checkpoint  # pylint: disable=g-import-not-at-top
     from research import generate  # pylint: disable=g-import-not-at-top
-    params, model_cfg, tokenizer = generate.load(FLAGS.workdir)
+    model_cfg, tokenizer = generate.load_model(FLAGS.workdir)
     settings = settings_from_flags(tokenizer)
+    rows = [{"prompt": FLAGS.prompt}] if FLAGS.prompt is not None else read_prompts(FLAGS.input)
+    generate.check_prompts(tokenizer, [r["prompt"] for r in rows], model_cfg, settings)
     mesh = make_mesh(FLAGS.mesh)
+    params = checkpoint.workdir_params(FLAGS.workdir, best=True)
     if FLAGS.prompt is not None:
       stream = settings.strategy != "beam"
       write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
@@ -122,7 +126,6 @@ def main(argv):
                                 mesh=mesh, on_text=write if stream else None)
       sys.stdout.write(("" if stream else texts[0]) + "\n")
       return
-    rows = read_prompts(FLAGS.input)
     import tqdm  # pylint: disable=g-import-not-at-top
     sink = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w")
     bar = tqdm.tqdm(total=len(rows), unit="prompt", desc="generate", file=sys.stderr,
