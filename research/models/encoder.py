@@ -16,7 +16,9 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, token_embeddings, attention_mask, token_type_ids, segment_ids, positions,
-               deterministic: bool):
+               deterministic: bool, decode=None):
+    if decode is not None:
+      raise ValueError("incremental decoding needs a causal decoder, not an encoder")
     cfg = self.cfg
     embed = lambda n, name: nn.Embed(
         n, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,

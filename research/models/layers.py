@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import kv_cache
 from research.models import layout
 from research.errors import UserError
 from research.models.config import ModelConfig
@@ -193,11 +194,13 @@ class SelfAttention(nn.Module):
   Attention-probability dropout is not applied (the fused kernel does not support it); dropout
   acts on the attention output instead. With prefix tuning (research/peft/prefix.py) the keys and
   values get learned prefixes; `prefix_hidden` is the shared prefix MLP's output (or None).
+  With `decode` (a `kv_cache.DecodeStep`) the keys and values go to the cache and the queries
+  attend to all of it (`mask` is then the step's `DenseMask`).
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None):
+  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None, decode=None):
     cfg = self.cfg
     d, hd = cfg.hidden_size, cfg.head_dim
 
@@ -209,6 +212,8 @@ class SelfAttention(nn.Module):
     v = project("value", cfg.kv_heads, "kv_heads")
     if cfg.position_embedding == "rotary":
       q, k = (apply_rotary(t, positions, cfg.rope_theta) for t in (q, k))
+    if decode is not None:
+      k, v = kv_cache.update(self, k, v, decode)
     impl = attention_impl(cfg)
     kwargs = mask.kwargs(impl)
     if cfg.peft.method == "prefix":
@@ -265,7 +270,7 @@ def transformer_block(cfg: ModelConfig, block: type = None) -> type:
 
 
 def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool, *,
-                       pre_norm: bool):
+                       pre_norm: bool, decode=None):
   """`cfg.num_layers` blocks applied to `x`, inside the calling module.
 
   Unrolled, each block is its own submodule (parameters layer_0/, layer_1/, ...), so compile time
@@ -274,6 +279,8 @@ def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool
   'layers'), dropout gets new random bits per block, and the step compiles one block whatever
   the depth. Both compute the same function of the same weights (`research.models.layout`).
   Prefix tuning's shared MLP (`peft.prefix_projection`) is built here, once for all blocks.
+  `decode` (incremental decoding, `research.models.kv_cache`) reaches every block's attention;
+  scanned, the blocks' caches are stacked like their parameters.
   """
   prefix_hidden = None
   if cfg.peft.method == "prefix" and cfg.peft.prefix_projection:
@@ -281,14 +288,15 @@ def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool
   if not cfg.scan_layers:
     for i in range(cfg.num_layers):
       block = transformer_block(cfg)(cfg, pre_norm=pre_norm, name=layout.unrolled_name(i))
-      x = block(x, mask, positions, deterministic, prefix_hidden)
+      x = block(x, mask, positions, deterministic, prefix_hidden, decode)
     return x
   scanned = nn.scan(
       transformer_block(cfg, ScannedBlock), length=cfg.num_layers,
-      variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-      in_axes=(nn.broadcast,) * 4, metadata_params={nn.PARTITION_NAME: layout.STACKED})
+      variable_axes={"params": 0, kv_cache.COLLECTION: 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * 5, metadata_params={nn.PARTITION_NAME: layout.STACKED})
   x, _ = scanned(cfg, pre_norm=pre_norm, name=layout.STACKED)(x, mask, positions, deterministic,
-                                                              prefix_hidden)
+                                                              prefix_hidden, decode)
   return x
 
 
@@ -301,10 +309,10 @@ class TransformerBlock(nn.Module):
   pre_norm: bool
 
   @nn.compact
-  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None):
+  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None, decode=None):
     cfg = self.cfg
     attn_layer, mlp_layer = SelfAttention(cfg, name="attention"), Mlp(cfg, name="mlp")
-    attn = lambda h: attn_layer(h, mask, positions, deterministic, prefix_hidden)
+    attn = lambda h: attn_layer(h, mask, positions, deterministic, prefix_hidden, decode)
     mlp = lambda h: mlp_layer(h, deterministic)
     if cfg.peft.method == "adapter":
       after_attn, after_mlp = (adapter_lib.Adapter(cfg, ACTIVATIONS[cfg.activation], name=name)
@@ -324,5 +332,5 @@ class TransformerBlock(nn.Module):
 class ScannedBlock(TransformerBlock):
   """`TransformerBlock` as `nn.scan`'s body: hidden states are the carry, nothing is stacked."""
 
-  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None):
-    return super().__call__(x, mask, positions, deterministic, prefix_hidden), None
+  def __call__(self, x, mask, positions, deterministic: bool, prefix_hidden=None, decode=None):
+    return super().__call__(x, mask, positions, deterministic, prefix_hidden, decode), None

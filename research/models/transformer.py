@@ -31,6 +31,12 @@ class Transformer(nn.Module):
   ones, which come first ('pooled' reads the first of them). The token
   embedding lives here so heads can tie their vocabulary projection to it. Parameters:
   token_embed/, backbone/, heads_<name>/.
+
+  Incremental decoding (decoder only; `research.generate`): with `decode`, a
+  `research.models.kv_cache.DecodeStep`, the call reads and writes the 'cache' collection,
+  `positions` must be given (they count real tokens), and the heads see the last position only
+  (the next token's logits). A soft prompt is prepended by the prefill call and occupies the
+  cache's first `num_virtual_tokens` slots; later calls' positions shift past it.
   """
   cfg: ModelConfig
 
@@ -47,7 +53,7 @@ class Transformer(nn.Module):
       self.prompt = SoftPrompt(cfg, self.token_embed)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, segment_ids=None,
-               positions=None, masked_positions=None, deterministic: bool = True):
+               positions=None, masked_positions=None, deterministic: bool = True, decode=None):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if positions is None:
@@ -55,16 +61,21 @@ class Transformer(nn.Module):
           self.cfg, input_ids,
           jnp.ones_like(input_ids) if attention_mask is None else attention_mask, segment_ids)
     embeddings = self.token_embed(input_ids)
-    if self.cfg.peft.method == "prompt":
+    prompted = self.cfg.peft.method == "prompt" and (decode is None or decode.prefill)
+    if prompted:
       if segment_ids is not None:
         raise ValueError("prompt tuning takes unpacked rows (no segment_ids)")
       embeddings, attention_mask, token_type_ids, positions = self.prompt(
           embeddings, attention_mask, token_type_ids, positions)
+    elif self.cfg.peft.method == "prompt":  # a decoding step after the soft prompt's prefill
+      positions = positions + self.cfg.peft.num_virtual_tokens
     outputs = self.backbone(embeddings, attention_mask, token_type_ids, segment_ids, positions,
-                            deterministic)
-    if self.cfg.peft.method == "prompt":  # per-token heads read the real tokens only
+                            deterministic, decode)
+    if prompted:  # per-token heads read the real tokens only
       n = self.cfg.peft.num_virtual_tokens
       outputs.update(hidden=outputs["hidden"][:, n:], prompt_hidden=outputs["hidden"][:, :n])
+    if decode is not None:
+      outputs["hidden"] = outputs["hidden"][:, -1:]
     for head in self.heads.values():
       outputs.update(head(outputs, masked_positions=masked_positions, deterministic=deterministic))
     return outputs
