@@ -84,7 +84,11 @@ def shardings_of(abstract_boxed_tree, mesh: Mesh, rules):
   Raises UserError naming the first array the mesh cannot split evenly (e.g. 12 attention heads
   over tensor=8), where jax would fail with a traceback when the state is created."""
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_boxed_tree), mesh, rules)
-  jax.tree_util.tree_map_with_path(_check_divisible, nn.unbox(abstract_boxed_tree), shardings)
+  # Only the shapes are read: no sharding constraint, so this works under a mesh context too
+  # (e.g. `research.generate` called by an evaluation inside the train loop).
+  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned)
+                        else x, abstract_boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  jax.tree_util.tree_map_with_path(_check_divisible, shapes, shardings)
   return shardings
 
 

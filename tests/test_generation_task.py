@@ -168,9 +168,10 @@ def _gen_cli(tmp_path, workdir, *flags, arg="", train=None):
                  f"--workdir={workdir}", *SMALL, *flags)
 
 
+@pytest.mark.slow
 def test_cli_run_reports_what_generate_writes(tmp_path):
   workdir = str(tmp_path / "w")
-  proc = _gen_cli(tmp_path, workdir, "--config.train.steps=6", "--config.evals.every_steps=3")
+  proc = _gen_cli(tmp_path, workdir, "--config.train.steps=4", "--config.evals.every_steps=4")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
@@ -192,9 +193,11 @@ def test_cli_run_reports_what_generate_writes(tmp_path):
       for k, v in expected.items():
         assert summary[f"test/local/{k}"] == pytest.approx(v)
       assert summary["test/local/perplexity"] == pytest.approx(np.exp(summary["test/local/loss"]))
-  assert summary["best/step"] in (3, 6) and "best/eval/local/rouge_l" in summary
+  assert summary["best/step"] == 4
+  assert summary["best/eval/local/rouge_l"] == summary["eval/local/rouge_l"]
 
 
+@pytest.mark.slow
 def test_lora_generation_trains_only_the_adapters(tmp_path):
   workdir = str(tmp_path / "w")
   proc = _gen_cli(tmp_path, workdir, "--config.train.steps=2", "--config.evals.every_steps=2",
@@ -209,7 +212,6 @@ def test_lora_generation_trains_only_the_adapters(tmp_path):
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   assert summary["params/trainable"] == sum(v.size for p, v in first.items() if "/lora_" in p)
-  assert "test/local/rouge_l" in summary
 
 
 @pytest.mark.parametrize("row, fragments", [

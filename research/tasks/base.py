@@ -14,7 +14,7 @@ A task declares everything the loop needs and nothing the loop must ask about:
   eval_outputs(outputs, batch)   what evaluation keeps of the model's outputs (jitted)
   evaluate(split, context)       host-side metrics of a split: {'<split>/<name>/<metric>': v}
 `EvalContext` is what the trainer hands to `evaluate`: a runner of the jitted eval step over a
-split's batches, the parameters, the model config and mesh (a generation-based evaluation decodes
+split's batches, the parameters, the model config, mesh and axis rules (a generation-based evaluation decodes
 with them: `research.generate`), and where reports go.
 """
 import dataclasses
@@ -36,6 +36,7 @@ class EvalContext:
   report_dir: str | None = None
   model_cfg: Any = None  # research.models.ModelConfig of the run
   mesh: Any = None  # the run's jax.sharding.Mesh
+  rules: tuple | None = None  # its logical axis rules
 
 
 class Task:

@@ -87,14 +87,11 @@ class GenerationTask(Task):
     return {f"{split}/{self.name}/{k}": v for k, v in result.items()}
 
   def generate(self, context, prompts: list[str]) -> list[str]:
-    """Greedy completions of `prompts`, `decode_batch` at a time."""
+    """Greedy completions of `prompts`, `decode_batch` at a time, on the run's mesh."""
     settings = generate_lib.Settings(max_new_tokens=self.max_new_tokens, strategy="greedy")
-    out = []
-    for start in range(0, len(prompts), self.decode_batch):
-      out += generate_lib.generate(context.params, context.model_cfg, self.tokenizer,
-                                   prompts[start:start + self.decode_batch], settings=settings,
-                                   mesh=context.mesh)
-    return out
+    return generate_lib.generate(context.params, context.model_cfg, self.tokenizer, prompts,
+                                 settings, mesh=context.mesh, rules=context.rules,
+                                 batch_size=self.decode_batch)
 
   def _report(self, split, rows, prompts, references, generated, report_dir):
     os.makedirs(report_dir, exist_ok=True)

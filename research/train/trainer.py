@@ -182,7 +182,7 @@ def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=
                                                 steps.batch_sharding):
           yield to_host(eval_step(params, batch))
     out.update(task.evaluate(split, EvalContext(run_batches, params, report_dir,
-                                                       r.model_cfg, r.mesh)))
+                                                       r.model_cfg, r.mesh, r.rules)))
   return out
 
 
