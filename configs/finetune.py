@@ -34,6 +34,9 @@ it, so `init.weights` of a clm.py run of the same size loads every weight) and t
 
 Expected (2-core CPU, measured): task=bbc_news,runlocal reaches eval/test accuracy ~0.9 from
 scratch in ~2 minutes; see README "Fine-tuning" for the MLM-initialised and TF-IDF baselines.
+task=bbc_headlines,runlocal from the runlocal clm.py checkpoint (2-core CPU, measured: ~3 minutes
+unloaded): test/bbc_headlines/rouge_l 10.8 and f1 6.2 (the pretrained decoder as it is, one
+step at learning rate 0: 6.5 and 0.3; from scratch: 10.4 and 7.1), perplexity 263 (455; 396).
 """
 import ml_collections
 

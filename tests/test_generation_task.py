@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,25 +83,30 @@ def test_packed_examples_do_not_see_each_other(tokenizer):
   examples, _ = generation.encode(tokenizer, rows, "plain", 64)
   packed = packing.pack_examples(examples, 64)
   assert packed["input_ids"].shape[0] == 1 and packed["segment_ids"].max() == 3
-  params = model.init(jax.random.key(0), jnp.asarray(packed["input_ids"]))["params"]
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(packed["input_ids"]))
+  rng = np.random.default_rng(0)  # random weights without compiling the initializers
+  params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype),
+                        nn.unbox(shapes["params"]))
   batch = {k: jnp.asarray(v) for k, v in packed.items()}
   batch["attention_mask"] = (batch["segment_ids"] > 0).astype(jnp.int32)
-  together = model.apply({"params": params}, batch["input_ids"],
-                         attention_mask=batch["attention_mask"],
-                         segment_ids=batch["segment_ids"])["lm_logits"][0]
+  together = jax.jit(lambda ids, mask, seg: model.apply(
+      {"params": params}, ids, attention_mask=mask, segment_ids=seg)["lm_logits"])(
+          batch["input_ids"], batch["attention_mask"], batch["segment_ids"])
+  # Each example alone: one row each, right-padded (causal: padding after it changes nothing).
+  alone_batch = {k: jnp.asarray(np.stack([np.pad(e[k], (0, 64 - len(e[k]))) for e in examples]))
+                 for k in ("input_ids", "loss_mask")}
+  alone = jax.jit(lambda ids: model.apply({"params": params}, ids)["lm_logits"])(
+      alone_batch["input_ids"])
+  alone_losses = objectives.completion_sums_per_row({"lm_logits": alone}, alone_batch)["loss"]
   start = 0
-  for e in examples:
+  for i, e in enumerate(examples):
     n = len(e["input_ids"])
-    alone_batch = {"input_ids": jnp.asarray(e["input_ids"])[None],
-                   "loss_mask": jnp.asarray(e["loss_mask"])[None]}
-    alone = model.apply({"params": params}, alone_batch["input_ids"])["lm_logits"]
-    np.testing.assert_allclose(together[start:start + n], alone[0], atol=1e-5)
+    np.testing.assert_allclose(together[0, start:start + n], alone[i, :n], atol=1e-5)
     # The objective's loss of the example alone = its share of the packed row's.
     in_row = {k: v[:, start:start + n] for k, v in batch.items()}
-    packed_loss = objectives.completion_sums_per_row({"lm_logits": together[None, start:start + n]},
-                                                     in_row)["loss"]
-    alone_loss = objectives.completion_sums_per_row({"lm_logits": alone}, alone_batch)["loss"]
-    np.testing.assert_allclose(packed_loss, alone_loss, rtol=1e-5)
+    packed_loss = objectives.completion_sums_per_row(
+        {"lm_logits": together[:, start:start + n]}, in_row)["loss"]
+    np.testing.assert_allclose(packed_loss, alone_losses[i:i + 1], rtol=1e-5)
     start += n
 
 
