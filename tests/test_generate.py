@@ -248,3 +248,25 @@ def test_generation_on_a_mesh_equals_one_device():
   result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
   for strategy, (single, meshed) in result.items():
     assert single == meshed, strategy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "ia3", "adapter", "prefix", "prompt"])
+def test_peft_models_decode_with_the_cache(method):
+  """Adapters, prefixes and soft prompts are part of what the cache must reproduce; LoRA and IA3
+  merged into the kernels decode to the same tokens."""
+  from research.peft.config import PeftConfig  # pylint: disable=g-import-not-at-top
+  cfg, params = tiny_decoder(LLAMA, peft=PeftConfig(method=method, num_virtual_tokens=3))
+  out = generate_lib.generate_ids(params, cfg, PROMPTS, generate_lib.Settings(max_new_tokens=8),
+                                  keep_logits=True)
+  for row, prompt in enumerate(PROMPTS):
+    reference = uncached_logits(cfg, params, jnp.asarray([prompt]),
+                                jnp.ones((1, len(prompt)), jnp.int32),
+                                jnp.asarray(out["tokens"][row:row + 1]))
+    np.testing.assert_allclose(out["logits"][row], reference[0], atol=1e-5)
+  merged_params, merged_cfg = generate_lib.merged_adapters(params, cfg)
+  if method in ("lora", "ia3"):
+    assert merged_cfg.peft.method == "none"
+    merged = generate_lib.generate_ids(merged_params, merged_cfg, PROMPTS,
+                                       generate_lib.Settings(max_new_tokens=8))
+    np.testing.assert_array_equal(merged["tokens"], out["tokens"])

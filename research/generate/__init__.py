@@ -214,13 +214,31 @@ def load_model(workdir: str):
   return model_cfg, tokenizer_lib.from_file(path)
 
 
+def merged_adapters(params, model_cfg: ModelConfig):
+  """(params, model_cfg) with LoRA, AdaLoRA or IA3 adapters folded into the kernels: the same
+  function as a plain model, which decodes at the plain model's speed. Other models as they are."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from research.peft import ia3, lora  # pylint: disable=g-import-not-at-top
+  from research.peft.config import PeftConfig  # pylint: disable=g-import-not-at-top
+  method = model_cfg.peft.method
+  if method in ("lora", "adalora"):
+    params = lora.merge(params, model_cfg.peft)[0]
+  elif method == "ia3":
+    params = ia3.merge(params)
+  else:
+    return params, model_cfg
+  return params, dataclasses.replace(model_cfg, peft=PeftConfig())
+
+
 def load(workdir: str):
-  """(params, model_cfg, tokenizer) of a decoder run of ours: its best (else latest) parameters,
-  its model and its tokenizer."""
+  """(params, model_cfg, tokenizer) of a decoder run of ours: its best (else latest) parameters
+  (adapters merged: `merged_adapters`), its model and its tokenizer."""
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   model_cfg, tokenizer = load_model(workdir)
-  return checkpoint.workdir_params(workdir, best=True), model_cfg, tokenizer
+  params, model_cfg = merged_adapters(checkpoint.workdir_params(workdir, best=True), model_cfg)
+  return params, model_cfg, tokenizer
 
 
 __all__ = ["STRATEGIES", "Settings", "check_model", "check_prompts", "completion_lengths",
-           "encode", "generate", "generate_ids", "load", "load_model", "param_shardings"]
+           "encode", "generate", "generate_ids", "load", "load_model", "merged_adapters",
+           "param_shardings"]
