@@ -2,7 +2,7 @@
 
 The loop runs until every row has produced a stop token or `max_new_tokens` are out; a finished
 row gets `pad_id` from then on. Sampling draws step i's tokens with `fold_in(key, i)`, so the same
-seed gives the same tokens whatever the batch is run with. With `on_token`, every step's tokens
+seed, prompts and batch size give the same tokens on any mesh. With `on_token`, every step's tokens
 go to the host as they are chosen (`io_callback`, ordered: `on_token(*on_token_args, index,
 tokens)`, the args traced operands): that is how a single prompt streams.
 """
