@@ -248,3 +248,45 @@ def test_generation_on_a_mesh_equals_one_device():
   result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
   for strategy, (single, meshed) in result.items():
     assert single == meshed, strategy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "ia3", "adapter", "prefix", "prompt"])
+def test_peft_models_decode_with_the_cache(method):
+  """Adapters, prefixes and soft prompts are part of what the cache must reproduce; LoRA and IA3
+  merged into the kernels decode to the same tokens."""
+  from research.peft.config import PeftConfig  # pylint: disable=g-import-not-at-top
+  cfg, params = tiny_decoder(LLAMA, peft=PeftConfig(method=method, num_virtual_tokens=3))
+  out = generate_lib.generate_ids(params, cfg, PROMPTS, generate_lib.Settings(max_new_tokens=8),
+                                  keep_logits=True)
+  for row, prompt in enumerate(PROMPTS):
+    reference = uncached_logits(cfg, params, jnp.asarray([prompt]),
+                                jnp.ones((1, len(prompt)), jnp.int32),
+                                jnp.asarray(out["tokens"][row:row + 1]))
+    np.testing.assert_allclose(out["logits"][row], reference[0], atol=1e-5)
+  merged_params, merged_cfg = generate_lib.merged_adapters(params, cfg)
+  if method in ("lora", "ia3"):
+    assert merged_cfg.peft.method == "none"
+    merged = generate_lib.generate_ids(merged_params, merged_cfg, PROMPTS,
+                                       generate_lib.Settings(max_new_tokens=8))
+    np.testing.assert_array_equal(merged["tokens"], out["tokens"])
+
+
+@pytest.mark.slow
+def test_benchmark_command_prints_consistent_rows():
+  """The README's benchmark, shrunk: one row per batch with ratio = ours / theirs, and the
+  per-token row (late over early = the two medians' quotient)."""
+  proc = subprocess.run([sys.executable, "-m", "research.generate.benchmark", "--shapes=runlocal",
+                         "--batches=1,2", "--new_tokens=8", "--repeats=1", "--flat",
+                         "--flat_positions=16,96"], capture_output=True, text=True, timeout=600,
+                        cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  speed, flat = rows[:2], rows[2]
+  assert [r["batch"] for r in speed] == [1, 2]
+  for r in speed:
+    assert r["ratio"] == pytest.approx(r["ours_tokens_per_s"] / r["theirs_tokens_per_s"], rel=0.01)
+    assert r["ours_spread"][0] <= r["ours_tokens_per_s"] <= r["ours_spread"][1]
+  for side in ("ours", "theirs"):
+    assert flat[f"{side}_late_over_early"] == pytest.approx(
+        flat[f"{side}_ms_at_96"] / flat[f"{side}_ms_at_16"], rel=0.02)

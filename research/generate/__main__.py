@@ -116,7 +116,8 @@ def main(argv):
     rows = [{"prompt": FLAGS.prompt}] if FLAGS.prompt is not None else read_prompts(FLAGS.input)
     generate.check_prompts(tokenizer, [r["prompt"] for r in rows], model_cfg, settings)
     mesh = make_mesh(FLAGS.mesh)
-    params = checkpoint.workdir_params(FLAGS.workdir, best=True)
+    params, model_cfg = generate.merged_adapters(
+        checkpoint.workdir_params(FLAGS.workdir, best=True), model_cfg)
     if FLAGS.prompt is not None:
       stream = settings.strategy != "beam"
       write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
