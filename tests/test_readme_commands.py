@@ -125,6 +125,11 @@ class Workspace:
     write_jsonl(self.files / "new_texts.jsonl", self.new_texts)
     self.prompts = [{"prompt": "The bank said", "id": 1}, {"prompt": "Shares in", "id": 2}]
     write_jsonl(self.files / "prompts.jsonl", self.prompts)
+    # gen_train.jsonl / gen_dev.jsonl: prompt -> completion pairs (generative fine-tuning).
+    sums = [{"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}
+            for a in range(2, 9) for b in range(2, 9)]
+    write_jsonl(self.files / "gen_train.jsonl", sums[::2])
+    write_jsonl(self.files / "gen_dev.jsonl", sums[1::2])
     self.glue = root / "glue"
     self.glue.mkdir()
     self.glue_dirs = {task: glue_dir(self.glue, task) for task in GLUE_FIXTURES}
@@ -163,6 +168,8 @@ class Workspace:
              "train.csv": str(self.files / "train.csv"), "dev.csv": str(self.files / "dev.csv"),
              "new_texts.jsonl": str(self.files / "new_texts.jsonl"),
              "prompts.jsonl": str(self.files / "prompts.jsonl"),
+             "gen_train.jsonl": str(self.files / "gen_train.jsonl"),
+             "gen_dev.jsonl": str(self.files / "gen_dev.jsonl"),
              "predictions.jsonl": str(self.out / "predictions.jsonl")}
     if "ckpt/bert-base-uncased" in arg:
       paths["ckpt/bert-base-uncased"] = str(self.hf)
@@ -170,7 +177,8 @@ class Workspace:
     arg = re.sub(rf"(?<![\w./-])({pattern})", lambda m: paths[m.group(1)], arg)
     match = re.match(r"--config=configs/finetune\.py:(?:.*,)?task=([\w+]+)", arg)
     if match:
-      hub_tasks.extend(t for t in match.group(1).split("+") if t not in ("bbc_news", "local"))
+      hub_tasks.extend(t for t in match.group(1).split("+")
+                       if t not in ("bbc_news", "bbc_headlines", "local"))
     return arg
 
   def argv(self, command):
@@ -510,6 +518,38 @@ def check_generate_sample(ws, result):
   assert result.proc.stdout == prompt + _generated(ws, result, [prompt], **settings)[0] + "\n"
 
 
+def check_headlines(ws, result):
+  """The run from the CLM weights: its report's generations are `generate`'s greedy text of the
+  best parameters on the report's inputs, and the summary's ROUGE-L is theirs."""
+  summary = _trained(result)
+  from research import checkpoint, generate  # pylint: disable=g-import-not-at-top
+  from research.evaluate import generation  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(result.workdir, "reports", "test_bbc_headlines_generations.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  params, model_cfg, tokenizer = generate.load(result.workdir)
+  config = checkpoint.workdir_config(result.workdir)
+  budget = config["tasks"]["bbc_headlines"]["max_new_tokens"]
+  texts = generate.generate(params, model_cfg, tokenizer, [r["input"] for r in rows],
+                            generate.Settings(max_new_tokens=budget))
+  assert [r["generated"] for r in rows] == texts
+  rouge = generation.generation_metrics(texts, [r["reference"] for r in rows])["rouge_l"]
+  assert summary["test/bbc_headlines/rouge_l"] == pytest.approx(rouge)
+
+
+def check_generation_local(ws, result):
+  """Your JSONL pairs: the eval metrics are those of the final report's generations."""
+  summary = _trained(result)
+  from research.evaluate import generation  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(result.workdir, "reports", "eval_local_generations.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["prompt"] for r in rows] == [json.loads(l)["prompt"] for l in
+                                         open(ws.files / "gen_dev.jsonl")][:len(rows)]
+  metrics = generation.generation_metrics([r["generated"] for r in rows],
+                                          [r["reference"] for r in rows])
+  for name, value in metrics.items():
+    assert summary[f"eval/local/{name}"] == pytest.approx(value), name
+
+
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
     "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
@@ -536,6 +576,11 @@ CHECKS = {
     "research.main --config=configs/clm.py:runlocal --workdir": ("clm", check_clm),
     "research.main --config=configs/clm.py:runlocal,peft=lora --workdir --config.init.weights":
         ("clm_lora", check_clm_lora),
+    "research.main --config=configs/finetune.py:task=bbc_headlines,runlocal --workdir "
+    "--config.init.weights": ("headlines", check_headlines),
+    "research.main --config=configs/finetune.py:task=local,kind=generation,train=gen_train.jsonl,"
+    "eval=gen_dev.jsonl,runlocal --workdir --config.init.weights": ("generation_local",
+                                                                    check_generation_local),
     "research.generate --workdir --prompt --max_new_tokens": ("generate_prompt",
                                                               check_generate_prompt),
     "research.generate --workdir --input --output --strategy --num_beams --max_new_tokens":
@@ -562,7 +607,7 @@ NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",)
          "predict": ("finetune",), "mesh": ("quickstart",),
          "prepared_train": ("prepare", "quickstart"), "convert_to_hf_peft": ("peft_lora",),
          "clm_lora": ("clm",), "generate_prompt": ("clm",), "generate_file": ("clm",),
-         "generate_sample": ("clm",)}
+         "generate_sample": ("clm",), "headlines": ("clm",), "generation_local": ("clm",)}
 NAMES = {name: s for s, (name, _) in CHECKS.items()}
 COMMANDS = readme_commands()
 COMMANDS_BY_NAME = {CHECKS[shape(*c)][0]: c for c in COMMANDS if shape(*c) in CHECKS}
@@ -579,7 +624,7 @@ def test_every_command_is_mapped():
 
 
 SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt", "generate_file",
-        "generate_sample"}  # ~1.5 min together; `-m slow`
+        "generate_sample", "headlines", "generation_local"}  # ~3 min together; `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW
