@@ -7,15 +7,20 @@ runs of letters and digits; no stemming): the longest common subsequence of the 
 sequences, LCS / len(generated) as precision, LCS / len(reference) as recall. Each is averaged
 over the examples and given in percent (0-100), like SQuAD's.
 """
-from rouge_score import rouge_scorer
+import functools
 
 from research.evaluate import squad
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+  """Built at first use: building it logs a line, which importing this module must not."""
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+  return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(generated: str, reference: str) -> float:
-  return _ROUGE.score(reference, generated)["rougeL"].fmeasure
+  return _rouge_scorer().score(reference, generated)["rougeL"].fmeasure
 
 
 def generation_metrics(generated: list[str], references: list[str]) -> dict:
