@@ -92,14 +92,21 @@ def test_greedy_and_beam_equal_transformers_generate(tmp_path, variant, stop_id)
 @pytest.mark.parametrize("variant", [GPT2, LLAMA, dict(GPT2, scan_layers=True)],
                          ids=["gpt2", "llama", "scanned"])
 def test_cached_decoding_equals_full_recomputation(variant):
-  cfg, params = tiny_decoder(variant)
-  out = generate_lib.generate_ids(params, cfg, PROMPTS, generate_lib.Settings(max_new_tokens=16),
+  _assert_cached_equals_uncached(*tiny_decoder(variant), new_tokens=16)
+
+
+def _assert_cached_equals_uncached(cfg, params, new_tokens):
+  """Greedy decoding of PROMPTS: each step's logits equal the uncached model's on the prompt and
+  the tokens before it (within 1e-5); returns the decoded tokens."""
+  out = generate_lib.generate_ids(params, cfg, PROMPTS,
+                                  generate_lib.Settings(max_new_tokens=new_tokens),
                                   keep_logits=True)
   for row, prompt in enumerate(PROMPTS):
     reference = uncached_logits(cfg, params, jnp.asarray([prompt]),
                                 jnp.ones((1, len(prompt)), jnp.int32),
                                 jnp.asarray(out["tokens"][row:row + 1]))
     np.testing.assert_allclose(out["logits"][row], reference[0], atol=1e-5)
+  return out["tokens"]
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
@@ -257,19 +264,13 @@ def test_peft_models_decode_with_the_cache(method):
   merged into the kernels decode to the same tokens."""
   from research.peft.config import PeftConfig  # pylint: disable=g-import-not-at-top
   cfg, params = tiny_decoder(LLAMA, peft=PeftConfig(method=method, num_virtual_tokens=3))
-  out = generate_lib.generate_ids(params, cfg, PROMPTS, generate_lib.Settings(max_new_tokens=8),
-                                  keep_logits=True)
-  for row, prompt in enumerate(PROMPTS):
-    reference = uncached_logits(cfg, params, jnp.asarray([prompt]),
-                                jnp.ones((1, len(prompt)), jnp.int32),
-                                jnp.asarray(out["tokens"][row:row + 1]))
-    np.testing.assert_allclose(out["logits"][row], reference[0], atol=1e-5)
+  tokens = _assert_cached_equals_uncached(cfg, params, new_tokens=8)
   merged_params, merged_cfg = generate_lib.merged_adapters(params, cfg)
   if method in ("lora", "ia3"):
     assert merged_cfg.peft.method == "none"
     merged = generate_lib.generate_ids(merged_params, merged_cfg, PROMPTS,
                                        generate_lib.Settings(max_new_tokens=8))
-    np.testing.assert_array_equal(merged["tokens"], out["tokens"])
+    np.testing.assert_array_equal(merged["tokens"], tokens)
 
 
 @pytest.mark.slow
