@@ -206,6 +206,10 @@ def test_structured_cli_writes_a_smaller_workdir(trained):
   assert sum(v.size for v in small.values()) < sum(v.size for v in full.values())
   assert _dir_bytes(out / "checkpoints") < _dir_bytes(trained / "w" / "checkpoints")
   assert "parameters" in proc.stdout and "-> " in proc.stdout
+  # transformers' BERT cannot hold 2 heads of 8 in a width of 32: one line.
+  proc = subprocess.run([sys.executable, "-m", "research.convert", f"--from={out}",
+                         f"--to_hf={trained}/small_hf"], cwd=REPO, capture_output=True, text=True)
+  _fails_with(proc, "needs num_heads x head_dim = hidden_size", "2 x 8 != 32")
 
 
 def test_one_shot_cli_reaches_the_sparsity(trained):
