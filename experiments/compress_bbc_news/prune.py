@@ -10,6 +10,7 @@ the teacher: parameters (non-zero ones in brackets), the checkpoint's size on di
 checkpoints/, the teacher's best/: parameters only both), test accuracy through
 `research.predict.Predictor` on the task's test split, and CPU latency per example at batch 1
 and 32 (experiments/compress_bbc_news/latency.py: every model in this one process, interleaved).
+--finetuned=NAME=WORKDIR adds a run pruned while fine-tuning (the `prune` config section).
 Prints a Markdown table and writes ROOT/results.json. Rows already written are read, not redone.
 """
 import json
@@ -30,6 +31,8 @@ ROWS = {"sparse50": ["--prune_sparsity=0.5"], "sparse80": ["--prune_sparsity=0.8
 flags.DEFINE_string("teacher", None, "The fine-tuned MiniLM BBC News workdir.")
 flags.DEFINE_string("root", "/tmp/prune_rows", "Where the pruned workdirs go.")
 flags.DEFINE_list("rows", list(ROWS), "Which rows.")
+flags.DEFINE_list("finetuned", [], "More rows, NAME=WORKDIR: runs of research.main with a `prune` "
+                  "section (their best/ checkpoint is measured).")
 flags.DEFINE_integer("repeats", 7, "Timed rounds of the latency measurement.")
 FLAGS = flags.FLAGS
 
@@ -67,6 +70,8 @@ def describe(workdir: str, checkpoints: str, test_rows: list) -> dict:
 
 def main(argv):
   del argv
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines
   import ml_collections  # pylint: disable=g-import-not-at-top
   from latency import per_example_latency  # pylint: disable=g-import-not-at-top
   from research.data import labelled  # pylint: disable=g-import-not-at-top
@@ -82,6 +87,9 @@ def main(argv):
     results[name] = {**describe(out, os.path.join(out, "checkpoints"), test_rows),
                      "command": " ".join(cmd)}
     print(f"{name}: test accuracy {results[name]['test/accuracy']:.4f}", flush=True)
+  for name, workdir in (item.split("=", 1) for item in FLAGS.finetuned):
+    workdirs[name] = workdir
+    results[name] = describe(workdir, os.path.join(workdir, "best"), test_rows)
   latency = per_example_latency(workdirs, [r["text"] for r in test_rows], (1, 32), FLAGS.repeats)
   for name, by_batch in latency.items():
     results[name].update({f"latency_ms/batch{b}": 1e3 * s for b, s in by_batch.items()})
