@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from research.errors import UserError
+from research.compress.magnitude import PruneConfig
 from research.models.config import SIZES, ModelConfig
 from research.peft.config import PeftConfig
 from research.sharding import DEFAULT_RULES
@@ -95,6 +96,7 @@ def common(config):
   config.init = {"resume": "", "weights": "", "exclude": ()}
   config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True)
   config.peft = dataclasses.asdict(PeftConfig())  # parameter-efficient fine-tuning: research/peft
+  config.prune = dataclasses.asdict(PruneConfig())  # magnitude pruning: research/compress/magnitude.py
   return config
 
 

@@ -18,6 +18,15 @@ def _activation(name):
   return _ACTIVATIONS[name]
 
 
+def check_head_dim(m, model_type: str):
+  """transformers' BERT, RoBERTa and GPT-2 derive the head size as hidden_size / num_heads: a
+  model whose heads were pruned (research/compress/structured.py) has no such config."""
+  if m.num_heads * m.head_dim != m.hidden_size:
+    raise UserError(f"transformers' {model_type} needs num_heads x head_dim = hidden_size; this "
+                    f"model has {m.num_heads} x {m.head_dim} != {m.hidden_size} (attention heads "
+                    "pruned): it runs with research.predict, not as a transformers model")
+
+
 class Bert:
   """BERT and MiniLM-style small BERTs (`BertModel`, `BertFor{MaskedLM,PreTraining,...}`)."""
   model_type = "bert"
@@ -46,6 +55,7 @@ class Bert:
   classifier = "pooled"
 
   def to_hf_config(self, m) -> dict:
+    check_head_dim(m, self.model_type)
     c = dict(
         model_type=self.model_type, vocab_size=m.vocab_size, hidden_size=m.hidden_size,
         num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
@@ -162,6 +172,7 @@ class Gpt2:
         heads=("lm",) if has_head else (), tie_embeddings=tie)
 
   def to_hf_config(self, m) -> dict:
+    check_head_dim(m, "gpt2")
     return dict(model_type="gpt2", vocab_size=m.vocab_size, n_embd=m.hidden_size,
                 n_layer=m.num_layers, n_head=m.num_heads, n_inner=m.mlp_dim, n_positions=m.max_len,
                 resid_pdrop=m.dropout_rate, embd_pdrop=m.dropout_rate, attn_pdrop=m.dropout_rate,

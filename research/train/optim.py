@@ -10,6 +10,7 @@ import jax
 import optax
 
 from research import params as params_lib
+from research.compress import magnitude
 from research.errors import UserError
 from research.peft import adalora
 from research.peft.config import PeftConfig
@@ -60,7 +61,8 @@ def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
 
   Clipping measures the trainable parameters' gradients only. With `peft.method=adalora` the
   trainable parameters' optimizer also prunes singular values to the rank budget
-  (`adalora.rank_allocation`, over `train.steps`).
+  (`adalora.rank_allocation`, over `train.steps`). With `prune.sparsity` > 0 the whole optimizer
+  also keeps the targeted weights pruned (`magnitude.pruning`; not with PEFT: resolve refuses).
   """
   o = config.optim
   if o.name != "adamw":
@@ -73,6 +75,9 @@ def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   peft = PeftConfig.from_dict(config.get("peft"))
   if peft.method == "adalora":
     tx = adalora.rank_allocation(tx, peft, config.train.steps)
+  prune = magnitude.PruneConfig.from_dict(config.get("prune"))
+  if prune.active:
+    tx = magnitude.pruning(tx, prune)
   if not trainable_patterns(config):
     return tx, lr
   trainable = trainable_predicate(config)

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 
 from research import checkpoint as ckpt_lib
+from research.compress import magnitude
 from research import models, sharding, tasks, validation
 from research import params as params_lib
 from research.errors import UserError
@@ -40,6 +41,10 @@ class Run:
   mesh: jax.sharding.Mesh
   rules: tuple
   latest_step: int | None  # the workdir's own newest readable checkpoint (None: a new run)
+
+  @property
+  def prune(self) -> magnitude.PruneConfig:
+    return magnitude.PruneConfig.from_dict(self.config.get("prune"))
 
 
 def resolve(config, workdir: str) -> Run:
@@ -67,6 +72,7 @@ def resolve(config, workdir: str) -> Run:
   shapes = state_lib.abstract_params(models.build(model_cfg), config, mesh, rules)
   check_path_patterns(config, list(params_lib.flatten(shapes)))
   peft_targets.check(model_cfg, {p: v.shape for p, v in params_lib.flatten(shapes).items()})
+  check_prune(config, model_cfg, list(params_lib.flatten(shapes)))
   if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
     saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
     where = f"workdir {workdir!r}"
@@ -91,6 +97,16 @@ def check_base(ckpt: ckpt_lib.Checkpointer, step: int):
   base = ckpt.saved_base(step)
   if base is not None:
     base.load_frozen(ckpt.step_path(step))
+
+
+def check_prune(config, model_cfg, paths: list):
+  """`prune` (its values already checked by `optim.build`) targets some parameter, and is not
+  combined with PEFT (adapter-only checkpoints would not hold the pruned base weights)."""
+  prune = magnitude.PruneConfig.from_dict(config.get("prune"))
+  magnitude.check_targets(prune, paths)
+  if prune.active and model_cfg.peft.active:
+    raise UserError(f"prune.sparsity={prune.sparsity} with peft.method={model_cfg.peft.method!r}: "
+                    "magnitude pruning prunes fully trained weights; use one or the other")
 
 
 def check_path_patterns(config, paths: list):

@@ -28,6 +28,7 @@ from research import data as data_lib
 from research import models, perf, sharding, tracking
 from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
+from research.compress import magnitude
 from research.peft import adalora
 from research.tasks import EvalContext
 from research.train import initialization, nonfinite, optim, preemption
@@ -237,6 +238,8 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
         diverged = saver.diverged(state) if record or evaluate_now else None  # synced already
         if evaluate_now and not diverged:
           record.update(evaluate(r, steps, state.params))
+          if r.prune.active:  # the real sparsity of the parameters evaluated
+            record[magnitude.REPORT_KEY] = magnitude.sparsity(state.params, r.prune)
           if best is not None:
             best.update(done, record, state.params)
             stopped = best.should_stop
@@ -349,5 +352,7 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
   summary.update(r.task_set.stats)
   if r.model_cfg.peft.method == "adalora":  # the rank each module kept, of the final parameters
     summary.update(adalora.report(final_params, r.model_cfg.peft))
+  if r.prune.active:  # the real sparsity of the parameters tested (the best ones, if kept)
+    summary.update(magnitude.report(final_params, r.prune))
   t.tracker.finish(summary)
   return summary
