@@ -11,8 +11,8 @@ thousand parameters and the logits' last layer, the embeddings a lookup, not a m
 
 With --quantize_activations each projection's input also gets a static per-tensor `input_scale`
 = max|x| / 127, the maximum over the first N batches of the run's eval split run through the
-float model (calibration by max, no percentile clipping); the model then multiplies int8 x int8
-into int32. DIR2 is a workdir like any other (config.json with model.quantization =
+float model (calibration by max; --calibration_percentile=P < 100 takes each batch's P-th
+percentile of |x| instead, clipping outliers); the model then multiplies int8 x int8 into int32. DIR2 is a workdir like any other (config.json with model.quantization =
 'int8_weights' or 'int8' and the unrolled layer layout, tokenizer.json, labels.json,
 checkpoints/): `python -m research.predict --workdir=DIR2` runs the int8 model, and
 `python -m research.convert --from=DIR2 --to_hf=OUT` writes dequantized float32 weights
@@ -43,11 +43,16 @@ def define_flags():
   flags.DEFINE_integer("calibration_batches", 4,
                        "Batches of the run's eval split run through the float model to find the "
                        "projections (and, with --quantize_activations, their input scales).")
+  flags.DEFINE_float("calibration_percentile", 100.0,
+                     "With --quantize_activations: an input's range is this percentile of |x| "
+                     "(the largest over the batches); 100 = its maximum.")
 
 
-def projection_inputs(model_cfg: ModelConfig, params, batches) -> dict:
-  """{module path: (equation, max |input| over `batches`)} of every `layers.Einsum` of the
-  float model `model_cfg` (unrolled layout) with `params`."""
+def projection_inputs(model_cfg: ModelConfig, params, batches, percentile: float = 100.0
+                      ) -> dict:
+  """{module path: (equation, |input| range)} of every `layers.Einsum` of the float model
+  `model_cfg` (unrolled layout) with `params`: the range is the largest, over `batches`, of each
+  batch's `percentile`-th percentile of |input| (100: its maximum)."""
   from research import models  # pylint: disable=g-import-not-at-top
   from research.train import step as step_lib  # pylint: disable=g-import-not-at-top
   model = models.build(model_cfg)
@@ -57,7 +62,9 @@ def projection_inputs(model_cfg: ModelConfig, params, batches) -> dict:
     module = context.module
     if isinstance(module, layers.Einsum) and context.method_name == "__call__":
       equations["/".join(module.path)] = module.equation
-      module.sow("intermediates", SAMPLE_NAME, jnp.max(jnp.abs(args[0])).astype(jnp.float32))
+      magnitude = jnp.abs(args[0]).astype(jnp.float32)
+      module.sow("intermediates", SAMPLE_NAME, jnp.max(magnitude) if percentile >= 100 else
+                 jnp.percentile(magnitude, percentile))
     return next_fun(*args, **kwargs)
 
   @jax.jit
@@ -76,16 +83,18 @@ def projection_inputs(model_cfg: ModelConfig, params, batches) -> dict:
   return {path: (equation, seen[path]) for path, equation in equations.items()}
 
 
-def quantize(params, model_cfg: ModelConfig, batches, activations: bool = False) -> tuple:
+def quantize(params, model_cfg: ModelConfig, batches, activations: bool = False,
+             percentile: float = 100.0) -> tuple:
   """(int8 params, their ModelConfig) of float `params` of `model_cfg`; `batches` (at least
-  one) find the projections and, with `activations`, calibrate their input scales."""
+  one) find the projections and, with `activations`, calibrate their input scales (range /
+  127, the range as `projection_inputs` measures it with `percentile`)."""
   if model_cfg.quantization in quantization.INT8_MODES:
     raise UserError(f"the model is already quantized (model.quantization="
                     f"{model_cfg.quantization!r}); quantize its float workdir instead")
   float_cfg = ModelConfig.from_dict({**_fields(model_cfg), "quantization": "none",
                                      "scan_layers": False}, model_cfg.peft)
   flat = params_lib.flatten(layout.unstack_layers(params))
-  inputs = projection_inputs(float_cfg, params_lib.unflatten(flat), batches)
+  inputs = projection_inputs(float_cfg, params_lib.unflatten(flat), batches, percentile)
   for path, (equation, input_max) in inputs.items():
     kernel = np.asarray(flat[path + "/kernel"], np.float32)
     scale = quantization.channel_scale(kernel, quantization.scale_shape(equation, kernel.shape))
@@ -133,6 +142,9 @@ def check_flags(FLAGS, config: dict):  # pylint: disable=invalid-name
   """One-line refusals, before anything is read or written."""
   if FLAGS.calibration_batches < 1:
     raise UserError(f"--calibration_batches must be at least 1, got {FLAGS.calibration_batches}")
+  if not 0 < FLAGS.calibration_percentile <= 100:
+    raise UserError("--calibration_percentile must be in (0, 100], got "
+                    f"{FLAGS.calibration_percentile}")
   if not FLAGS.out:
     raise UserError("--out is required: the directory of the quantized workdir")
   if os.path.exists(FLAGS.out) and os.listdir(FLAGS.out):
@@ -152,7 +164,8 @@ def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
   model_cfg = ModelConfig.of_run(config)
   params = checkpoint.workdir_params(source, best=True)
   batches = calibration_batches(config, source, FLAGS.calibration_batches)
-  qparams, qcfg = quantize(params, model_cfg, batches, FLAGS.quantize_activations)
+  qparams, qcfg = quantize(params, model_cfg, batches, FLAGS.quantize_activations,
+                           FLAGS.calibration_percentile)
   config["model"] = _fields(qcfg)
   os.makedirs(out, exist_ok=True)
   ckpt = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), use_async=False)
@@ -167,7 +180,9 @@ def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
   flat = params_lib.flatten(qparams)
   int8 = sum(v.size for v in flat.values() if v.dtype == np.int8)
   total = sum(v.size for v in flat.values())
-  calibrated = (f", input scales from {len(batches)} eval batch(es) (max)"
+  statistic = ("max" if FLAGS.calibration_percentile >= 100 else
+               f"percentile {FLAGS.calibration_percentile:g}")
+  calibrated = (f", input scales from {len(batches)} eval batch(es) ({statistic})"
                 if FLAGS.quantize_activations else "")
   return (f"{source} -> {out}: model.quantization={qcfg.quantization}, {int8:,} of "
           f"{total:,} parameter values int8 (scales included){calibrated}")
