@@ -1,6 +1,7 @@
 """Int8 post-training quantization (research/compress/quantize.py, research/models/quantization.py):
 the per-channel error bound, int8 vs float logits on the real MiniLM weights, integer dots in the
 compiled program, quantization-aware training, and the command line end to end."""
+import dataclasses
 import importlib.util
 import json
 import os
@@ -144,8 +145,8 @@ def test_int8_logits_are_close_to_float_on_the_real_minilm_weights():
   def batch(part):
     features, _ = encoding.encode_texts(tokenizer, part, 128)
     return {k: np.stack([f[k] for f in features]) for k in features[0]}
-  cfg = ModelConfig.from_dict({**quantize_lib._fields(base_cfg), "heads": ("classification",),
-                               "num_labels": len(names), "dtype": "float32"})
+  cfg = dataclasses.replace(base_cfg, heads=("classification",), num_labels=len(names),
+                            dtype="float32")
   backbone = models.build(base_cfg)
   fit_batch = batch(fit)
   pooled = backbone.apply({"params": params}, fit_batch["input_ids"],
@@ -174,7 +175,7 @@ def test_int8_logits_are_close_to_float_on_the_real_minilm_weights():
 
 def test_quantization_aware_training_fake_quantizes_with_straight_through_gradients():
   import optax  # pylint: disable=g-import-not-at-top
-  qat = ModelConfig.from_dict({**quantize_lib._fields(TINY), "quantization": "qat"})
+  qat = dataclasses.replace(TINY, quantization="qat")
   params, batch = _tiny_params(), _tiny_batch()
   labels = jnp.asarray([0, 1, 2, 1])
 

@@ -31,7 +31,7 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 flags.DEFINE_string("teacher", "/tmp/teacher_quantize", "The fine-tuned float workdir.")
 flags.DEFINE_string("out", "/tmp/quantize_bbc", "Where the int8 workdirs and results go.")
-flags.DEFINE_integer("repeats", 7, "Interleaved latency repeats (the median is reported).")
+flags.DEFINE_integer("repeats", 15, "Interleaved latency repeats (the median is reported).")
 FLAGS = flags.FLAGS
 
 ROWS = {"int8 weights": (), "int8 weights + activations": ("--quantize_activations",)}
@@ -90,6 +90,7 @@ def main(argv):
         "int8_params": int(sum(np.size(l) for l in leaves if np.asarray(l).dtype == np.int8)),
         "disk_bytes": disk_bytes(params_dir(workdir)),
         "test/accuracy": float((logits.argmax(-1) == labels).mean()),
+        "max_abs_logit": float(np.abs(logits).max()),
         "max_logit_diff": float(np.abs(logits - teacher_logits).max()),
         "argmax_agreement": float((logits.argmax(-1) == teacher_logits.argmax(-1)).mean())}
   texts = [r["text"] for r in labelled.load_rows(
@@ -102,7 +103,8 @@ def main(argv):
   with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   print(table(results))
-  print(results["_uptime"])
+  print(f"max |teacher logit| {results['float teacher']['max_abs_logit']:.2f}; "
+        f"{results['_uptime']}")
 
 
 def table(results: dict) -> str:

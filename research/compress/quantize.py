@@ -18,6 +18,7 @@ checkpoints/): `python -m research.predict --workdir=DIR2` runs the int8 model, 
 `python -m research.convert --from=DIR2 --to_hf=OUT` writes dequantized float32 weights
 (q * scale: the int8 values, not the original floats).
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -91,8 +92,7 @@ def quantize(params, model_cfg: ModelConfig, batches, activations: bool = False,
   if model_cfg.quantization in quantization.INT8_MODES:
     raise UserError(f"the model is already quantized (model.quantization="
                     f"{model_cfg.quantization!r}); quantize its float workdir instead")
-  float_cfg = ModelConfig.from_dict({**_fields(model_cfg), "quantization": "none",
-                                     "scan_layers": False}, model_cfg.peft)
+  float_cfg = dataclasses.replace(model_cfg, quantization="none", scan_layers=False)
   flat = params_lib.flatten(layout.unstack_layers(params))
   inputs = projection_inputs(float_cfg, params_lib.unflatten(flat), batches, percentile)
   for path, (equation, input_max) in inputs.items():
@@ -103,12 +103,11 @@ def quantize(params, model_cfg: ModelConfig, batches, activations: bool = False,
     if activations:
       flat[path + "/input_scale"] = np.float32(input_max / quantization.QMAX if input_max else 1.0)
   mode = "int8" if activations else "int8_weights"
-  return params_lib.unflatten(flat), ModelConfig.from_dict(
-      {**_fields(float_cfg), "quantization": mode}, model_cfg.peft)
+  return params_lib.unflatten(flat), dataclasses.replace(float_cfg, quantization=mode)
 
 
-def _fields(model_cfg: ModelConfig) -> dict:
-  import dataclasses  # pylint: disable=g-import-not-at-top
+def _model_section(model_cfg: ModelConfig) -> dict:
+  """The run config's `model` section of `model_cfg` (its `peft` is a section of its own)."""
   fields = dataclasses.asdict(model_cfg)
   del fields["peft"]
   return fields
@@ -166,7 +165,7 @@ def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
   batches = calibration_batches(config, source, FLAGS.calibration_batches)
   qparams, qcfg = quantize(params, model_cfg, batches, FLAGS.quantize_activations,
                            FLAGS.calibration_percentile)
-  config["model"] = _fields(qcfg)
+  config["model"] = _model_section(qcfg)
   os.makedirs(out, exist_ok=True)
   ckpt = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), use_async=False)
   ckpt.save(0, {"params": qparams}, {"next_step": 0}, config)
