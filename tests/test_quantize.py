@@ -293,3 +293,18 @@ def test_bad_input_is_refused_in_one_line(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=600)
   _fails_with(proc, "holds int8 kernels, an inference model")
   assert not os.path.exists(tmp_path / "run") or not os.listdir(tmp_path / "run")
+
+
+def test_a_scanned_decoder_is_quantized_into_the_unrolled_layout():
+  cfg = dataclasses.replace(TINY, kind="decoder", heads=("lm",), pooler=False, scan_layers=True,
+                            type_vocab_size=0)
+  params, batch = _tiny_params(cfg), _tiny_batch()
+  assert "layers" in params["backbone"]
+  qparams, qcfg = quantize_lib.quantize(params, cfg, [batch], activations=True)
+  assert not qcfg.scan_layers and qcfg.kind == "decoder"
+  assert qparams["backbone"]["layer_1"]["mlp"]["down"]["kernel"].dtype == np.int8
+  logits = lambda c, p: np.asarray(models.build(c).apply({"params": p}, batch["input_ids"])[
+      "lm_logits"])
+  reference, out = logits(cfg, params), logits(qcfg, qparams)
+  # random weights, measured: max |logit| 0.55, max |logit diff| 0.0031 (0.6%)
+  assert np.abs(out - reference).max() < 0.02 * np.abs(reference).max()
