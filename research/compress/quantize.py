@@ -89,9 +89,7 @@ def quantize(params, model_cfg: ModelConfig, batches, activations: bool = False,
   """(int8 params, their ModelConfig) of float `params` of `model_cfg`; `batches` (at least
   one) find the projections and, with `activations`, calibrate their input scales (range /
   127, the range as `projection_inputs` measures it with `percentile`)."""
-  if model_cfg.quantization in quantization.INT8_MODES:
-    raise UserError(f"the model is already quantized (model.quantization="
-                    f"{model_cfg.quantization!r}); quantize its float workdir instead")
+  check_float(model_cfg.quantization, "the model")
   float_cfg = dataclasses.replace(model_cfg, quantization="none", scan_layers=False)
   flat = params_lib.flatten(layout.unstack_layers(params))
   inputs = projection_inputs(float_cfg, params_lib.unflatten(flat), batches, percentile)
@@ -148,10 +146,14 @@ def check_flags(FLAGS, config: dict):  # pylint: disable=invalid-name
     raise UserError("--out is required: the directory of the quantized workdir")
   if os.path.exists(FLAGS.out) and os.listdir(FLAGS.out):
     raise UserError(f"--out {FLAGS.out!r} exists and is not empty: give a new directory")
-  mode = config.get("model", {}).get("quantization", "none")
+  check_float(config.get("model", {}).get("quantization", "none"), f"--workdir {FLAGS.workdir!r}")
+
+
+def check_float(mode: str, what: str):
+  """Quantizing int8 kernels again would only lose precision: refused."""
   if mode in quantization.INT8_MODES:
-    raise UserError(f"--workdir {FLAGS.workdir!r} is already quantized (model.quantization="
-                    f"{mode!r}): quantize its float workdir instead")
+    raise UserError(f"{what} is already quantized (model.quantization={mode!r}): quantize its "
+                    "float workdir instead")
 
 
 def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
