@@ -1,35 +1,43 @@
-r"""Compress a trained workdir into a smaller one (see README "Compression").
+r"""Compress a workdir of ours into a new one (see README "Compression").
 
-  python -m research.compress --workdir=DIR --method=prune [--prune_heads=F] [--prune_neurons=F]
-      [--prune_sparsity=S] --out=DIR2
+  python -m research.compress --workdir=DIR --method=quantize [--quantize_activations] \
+      [--calibration_batches=N] [--calibration_percentile=P] --out=DIR2
+  python -m research.compress --workdir=DIR --method=prune [--prune_heads=F] [--prune_neurons=F] \
+      [--prune_sparsity=S] [--prune_scope=global|per_layer] --out=DIR2
+  python -m research.compress --workdir=TEACHER --method=distill --distill_layers=N [...] --out=DIR2
 
-Bad input ends with one line on stderr and exit code 2 (--verbose shows the traceback).
+DIR2 is a workdir like any other (config.json, tokenizer.json, labels.json, checkpoints/) that
+`research.predict`, `research.convert` and the evaluation read. Bad input ends with one line on
+stderr and exit code 2 (--verbose shows the traceback).
 """
 from absl import app, flags
 
-from research.compress import prune
+from research.compress import distill, prune, quantize
 from research.errors import UserError, exit_with
 
-METHODS = {"prune": prune}
+METHODS = {"distill": distill, "prune": prune, "quantize": quantize}
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "The trained workdir to compress.")
-  flags.DEFINE_enum("method", None, list(METHODS), "How to compress.")
-  flags.DEFINE_string("out", None, "Where to write the compressed workdir.")
+  """The command's flags (each method's own, prefixed by its name), defined only when it runs."""
+  flags.DEFINE_string("workdir", None, "The workdir to compress (its best, else latest, weights).")
+  flags.DEFINE_enum("method", None, list(METHODS), "How to compress it.")
+  flags.DEFINE_string("out", None, "Where to write the compressed workdir (new or empty).")
   flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
   for module in METHODS.values():
     module.define_flags()
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    exit_with(f"unexpected arguments {argv[1:]}")
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the result
   try:
-    if not FLAGS.workdir or not FLAGS.method:
-      raise UserError("pass --workdir=DIR --method=METHOD --out=DIR2")
+    if not (FLAGS.workdir and FLAGS.method and FLAGS.out):
+      raise UserError("pass --workdir=DIR --method=METHOD --out=DIR2 "
+                      f"(METHOD one of {sorted(METHODS)})")
     print(METHODS[FLAGS.method].compress_from_flags(FLAGS))
   except UserError as e:
     if FLAGS.verbose:

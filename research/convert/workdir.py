@@ -32,13 +32,20 @@ def export_hf(workdir: str, out: str) -> str:
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   from research.convert import hf  # pylint: disable=g-import-not-at-top
   from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from research.compress import quantize  # pylint: disable=g-import-not-at-top
+  from research.models import quantization  # pylint: disable=g-import-not-at-top
   from research.peft import lora  # pylint: disable=g-import-not-at-top
   run_config = checkpoint.workdir_config(workdir)
   params = checkpoint.workdir_params(workdir, best=True)
-  peft = ModelConfig.of_run(run_config).peft
+  model_cfg = ModelConfig.of_run(run_config)
+  peft = model_cfg.peft
   if peft.method == "lora":
     params = lora.merge(params, peft)[0]
-  hf.save_pretrained(run_config["model"], params, out)
+  model_section = run_config["model"]
+  if model_cfg.quantization in quantization.INT8_MODES:  # float32 kernels = q * scale
+    params = quantize.dequantize(params)
+    model_section = dict(model_section, quantization="none")
+  hf.save_pretrained(model_section, params, out)
   tokenizer = os.path.join(workdir, "tokenizer.json")
   if os.path.exists(tokenizer):
     shutil.copy(tokenizer, os.path.join(out, "tokenizer.json"))

@@ -9,6 +9,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from research.errors import UserError
+from research.models import quantization
 from research.peft.config import PeftConfig
 
 # (num_layers, hidden_size, num_heads). tiny..small are the BERT miniatures of Turc et al. (2019);
@@ -80,6 +81,10 @@ class ModelConfig:
   attention_impl: Optional[str] = None  # None: cuDNN on GPU with 16-bit compute, else XLA
   remat: str = "none"  # recompute block activations in the backward pass: 'none', 'full', 'dots'
   scan_layers: bool = False  # one nn.scan over the blocks (parameters stacked on a 'layers' axis)
+  # Projections (every `layers.Einsum`): 'none', 'int8_weights', 'int8' (weights and
+  # activations; inference only: `python -m research.compress --method=quantize` writes them), or
+  # 'qat' (fake-quantized int8 weights in training); see research/models/quantization.py.
+  quantization: str = "none"
   peft: PeftConfig = PeftConfig()  # the run's `peft` section (research/peft): adapter parameters
 
   @property
@@ -133,7 +138,7 @@ class ModelConfig:
     choices = {"norm": ("layernorm", "rmsnorm"), "activation": ACTIVATIONS,
                "position_embedding": ("learned", "rotary"),
                "classifier": ("pooled", "first_token_mlp"), "remat": ("none", "full", "dots"),
-               "attention_impl": (None, "", "xla", "cudnn")}
+               "attention_impl": (None, "", "xla", "cudnn"), "quantization": quantization.MODES}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise UserError(f"model.{field} must be one of {allowed}, got {getattr(self, field)!r}")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from research.models import kv_cache
 from research.models import layout
+from research.models import quantization
 from research.errors import UserError
 from research.models.config import ModelConfig
 from research.peft import adalora
@@ -155,7 +156,10 @@ class Einsum(nn.Module):
 
   Every projection of the backbone is one, so this is where PEFT methods that adapt projections
   act: a module whose path `cfg.peft` targets gets a LoRA update (research/peft/lora.py), an
-  AdaLoRA one (research/peft/adalora.py) or IA3 rescaling (research/peft/ia3.py)."""
+  AdaLoRA one (research/peft/adalora.py) or IA3 rescaling (research/peft/ia3.py). It is also
+  where `cfg.quantization` acts (research/models/quantization.py): int8 `kernel` + float32
+  `kernel_scale` (+ `input_scale`, mode int8) read by an int8 matmul, or fake-quantized float
+  kernels (mode qat)."""
   equation: str
   kernel_shape: tuple
   kernel_axes: tuple
@@ -165,15 +169,24 @@ class Einsum(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
-    kernel = self.param("kernel", normal_init(self.kernel_axes), self.kernel_shape,
-                        self.cfg.param_dtype)
+    mode = self.cfg.quantization
+    int8 = mode in quantization.INT8_MODES
+    kernel = self.param("kernel", zeros_init(self.kernel_axes) if int8 else
+                        normal_init(self.kernel_axes), self.kernel_shape,
+                        jnp.int8 if int8 else self.cfg.param_dtype)
     x_in = x
     peft = self.cfg.peft
     targeted = peft.method in ("lora", "adalora", "ia3") and is_target(peft, "/".join(self.path))
-    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.cfg.compute_dtype)
+    if not int8:
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.cfg.compute_dtype)
     if targeted and peft.method == "ia3" and ia3.is_feed_forward("/".join(self.path)):
       x = ia3.scale_input(self, x)
-    y = jnp.einsum(self.equation, x, kernel)
+    if int8:
+      y = self._int8_einsum(x, kernel, mode)
+    else:
+      if mode == "qat":
+        kernel = quantization.fake_quantize(kernel, self.equation)
+      y = jnp.einsum(self.equation, x, kernel)
     if self.use_bias:
       bias_shape = tuple(self.kernel_shape[-len(self.bias_axes):])
       bias = self.param("bias", zeros_init(self.bias_axes), bias_shape, self.cfg.param_dtype)
@@ -185,6 +198,19 @@ class Einsum(nn.Module):
     if targeted and peft.method == "adalora":  # adalora's attribute read here, not at import:
       y = y + adalora.svd_update(self, x_in, deterministic)  # it imports research.models.layout
     return y
+
+  def _int8_einsum(self, x, kernel, mode: str):
+    scale_axes = tuple(None if n == 1 else a for n, a in zip(
+        quantization.scale_shape(self.equation, self.kernel_shape), self.kernel_axes))
+    kernel_scale = self.param(
+        "kernel_scale", nn.with_logical_partitioning(nn.initializers.ones_init(), scale_axes),
+        quantization.scale_shape(self.equation, self.kernel_shape), jnp.float32)
+    input_scale = None
+    if mode == "int8":
+      input_scale = self.param("input_scale", nn.with_logical_partitioning(
+          nn.initializers.ones_init(), ()), (), jnp.float32)
+    return quantization.int8_einsum(self.equation, x, kernel, kernel_scale, input_scale,
+                                    self.cfg.compute_dtype)
 
 
 class SelfAttention(nn.Module):

@@ -25,6 +25,7 @@ from research.compress import magnitude
 from research import models, sharding, tasks, validation
 from research import params as params_lib
 from research.errors import UserError
+from research.models import quantization
 from research.peft import adalora
 from research.peft import targets as peft_targets
 from research import objectives
@@ -51,6 +52,7 @@ def resolve(config, workdir: str) -> Run:
   check_not_in_use(workdir, jax.process_index())
   config = config.copy_and_resolve_references()
   validation.check_config(config)
+  check_trainable_quantization(config.model.get("quantization", "none"))
   mesh = sharding.make_mesh(config.mesh)
   check_batch(config, mesh)
   own = os.path.join(workdir, "checkpoints")
@@ -90,6 +92,15 @@ def resolve(config, workdir: str) -> Run:
     check_base(other, step)
   return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
              sharding.rules_of(config), latest)
+
+
+def check_trainable_quantization(mode: str):
+  """Int8 kernels are for inference: a run trains float ones (fake-quantized with 'qat')."""
+  if mode in quantization.INT8_MODES:
+    raise UserError(f"model.quantization={mode!r} holds int8 kernels, an inference model "
+                    "(research.predict): it cannot be trained; fine-tune with "
+                    "model.quantization='qat', then quantize with python -m research.compress "
+                    "--method=quantize")
 
 
 def check_base(ckpt: ckpt_lib.Checkpointer, step: int):
