@@ -9,6 +9,7 @@ import os
 
 import ml_collections
 
+from research.compress import distill
 from research.errors import UserError
 from research.models.config import SIZES, ModelConfig
 from research.peft.config import PeftConfig
@@ -95,6 +96,7 @@ def common(config):
   config.init = {"resume": "", "weights": "", "exclude": ()}
   config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True)
   config.peft = dataclasses.asdict(PeftConfig())  # parameter-efficient fine-tuning: research/peft
+  config.distill = distill.section()  # knowledge distillation from a teacher: off until one is set
   return config
 
 

@@ -251,6 +251,21 @@ class Mlp(nn.Module):
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
 
 
+# The collection each block's output is sown into when an apply makes it mutable (distillation
+# matches a student's blocks to a teacher's: research/objectives/distillation.py).
+LAYER_OUTPUTS = "intermediates"
+
+
+def layer_outputs(collection) -> jax.Array:
+  """Every block's output, (batch, num_layers, length, hidden), from the `LAYER_OUTPUTS`
+  collection of an apply (unrolled blocks or one scanned, stacked block alike)."""
+  backbone = collection["backbone"]
+  if layout.STACKED in backbone:
+    return backbone[layout.STACKED]["output"][0].swapaxes(0, 1)
+  blocks = [layout.unrolled_name(i) for i in range(len(backbone))]
+  return jnp.stack([backbone[name]["output"][0] for name in blocks if name in backbone], axis=1)
+
+
 REMAT_POLICIES = {
     "none": None,  # keep every activation for the backward pass
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
@@ -292,7 +307,7 @@ def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool
     return x
   scanned = nn.scan(
       transformer_block(cfg, ScannedBlock), length=cfg.num_layers,
-      variable_axes={"params": 0, kv_cache.COLLECTION: 0},
+      variable_axes={"params": 0, kv_cache.COLLECTION: 0, LAYER_OUTPUTS: 0},
       split_rngs={"params": True, "dropout": True},
       in_axes=(nn.broadcast,) * 5, metadata_params={nn.PARTITION_NAME: layout.STACKED})
   x, _ = scanned(cfg, pre_norm=pre_norm, name=layout.STACKED)(x, mask, positions, deterministic,
@@ -326,7 +341,9 @@ class TransformerBlock(nn.Module):
     else:
       x = ln1(x + attn(x))
       x = ln2(x + mlp(x))
-    return constrain_hidden(x)
+    x = constrain_hidden(x)
+    self.sow(LAYER_OUTPUTS, "output", x)  # kept only when the caller asks (`layer_outputs`)
+    return x
 
 
 class ScannedBlock(TransformerBlock):

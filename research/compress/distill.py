@@ -1,0 +1,225 @@
+"""Knowledge distillation: the `distill` config section, the frozen teacher, the student's start.
+
+`config.distill` (configs/finetune.py and configs/mlm.py; off while `teacher` is ''):
+  teacher        a workdir of ours (its latest weights) or 'hf:DIR' (a transformers checkpoint)
+                 with the student's heads and the student's tokenizer
+  temperature    T of the soft targets
+  soft_weight    weight of T^2 KL(teacher || student) on the soft targets (each task objective's
+                 predictions: classes, token labels, masked tokens)
+  hard_weight    weight of the task's own loss
+  hidden_weight  weight of hidden-state matching (0: off): student block i's output against
+                 teacher block (i + 1) m - 1, m = teacher layers / student layers (TinyBERT's
+                 layer map); same width only
+  init           '' (the usual policy: scratch, or `init.weights` from another checkpoint) or
+                 'every_k': the student takes the teacher's shape but `model.num_layers`, and its
+                 embeddings, pooler, heads and blocks 0, m, 2m, ... (research/train/initialization)
+The loss terms are research/objectives/distillation.py; the step runs the teacher
+(research/train/step.py). `configure` and `check` run in research/train/resolve.py, before
+anything is written; `Teacher.load` in the trainer's build_state (a resumed run reloads the
+teacher: it is never checkpointed).
+"""
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from research import checkpoint as ckpt_lib
+from research import models
+from research import params as params_lib
+from research.data import tokenizer as tokenizer_lib
+from research.errors import UserError
+from research.models import layout
+from research.objectives import distillation
+
+INITS = ("", "every_k")
+# Model fields an every_k student keeps from its own config (the rest are the teacher's).
+STUDENT_FIELDS = ("num_layers", "heads", "num_labels", "dtype", "param_dtype", "attention_impl",
+                  "remat", "scan_layers", "peft", "dropout_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  teacher: str = ""
+  temperature: float = 2.0
+  soft_weight: float = 1.0
+  hard_weight: float = 1.0
+  hidden_weight: float = 0.0
+  init: str = ""
+
+  @classmethod
+  def from_dict(cls, d) -> "DistillConfig":
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise UserError(f"unknown distill config keys {unknown}; known: {sorted(names)}")
+    cfg = cls(**d)
+    cfg.validate()
+    return cfg
+
+  @property
+  def active(self) -> bool:
+    return bool(self.teacher)
+
+  def validate(self):
+    if self.temperature <= 0:
+      raise UserError(f"distill.temperature must be > 0, got {self.temperature!r}")
+    for name in ("soft_weight", "hard_weight", "hidden_weight"):
+      if getattr(self, name) < 0:
+        raise UserError(f"distill.{name} must be >= 0, got {getattr(self, name)!r}")
+    if self.init not in INITS:
+      raise UserError(f"distill.init must be one of {list(INITS)}, got {self.init!r}")
+
+
+def section() -> dict:
+  """The `distill` section of a recipe: off (no teacher)."""
+  return dataclasses.asdict(DistillConfig())
+
+
+def of_run(config) -> DistillConfig:
+  return DistillConfig.from_dict(config.get("distill"))
+
+
+def _hf_dir(teacher: str) -> str | None:
+  if not teacher.startswith("hf:"):
+    return None
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  return hf.resolve(teacher[3:])
+
+
+def teacher_model_config(teacher: str) -> models.ModelConfig:
+  """The teacher's own ModelConfig (reading its config only, no weights)."""
+  directory = _hf_dir(teacher)
+  if directory:
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    return hf.model_config_of(directory)
+  saved = ckpt_lib.workdir_config(teacher)
+  return models.ModelConfig.from_dict(saved["model"], saved.get("peft"))
+
+
+def teacher_tokenizer(teacher: str) -> str:
+  """The path of the teacher's tokenizer (the HF directory, or WORKDIR/tokenizer.json)."""
+  return _hf_dir(teacher) or os.path.join(teacher, "tokenizer.json")
+
+
+def configure(config):
+  """What a teacher implies for the student's config: its tokenizer (unless one is given) and,
+  with init=every_k, its model shape but `model.num_layers` (and the run's own STUDENT_FIELDS)."""
+  d = of_run(config)
+  if not d.active:
+    return
+  if d.init == "every_k" and (config.init.weights or config.init.resume):
+    raise UserError("distill.init=every_k starts the student from the teacher: leave "
+                    "init.weights and init.resume empty")
+  if not _hf_dir(d.teacher):
+    ckpt_lib.checkpoints_of(d.teacher, "distill.teacher")
+  if not config.data.tokenizer:
+    config.data.tokenizer = teacher_tokenizer(d.teacher)
+  if d.init == "every_k":
+    teacher = dataclasses.asdict(teacher_model_config(d.teacher))
+    for field, value in teacher.items():
+      if field not in STUDENT_FIELDS:
+        config.model[field] = value
+
+
+def layer_ratio(teacher_layers: int, student_layers: int) -> int:
+  """m of the layer map (student block i <-> teacher block (i + 1) m - 1, init every m-th)."""
+  if teacher_layers % student_layers:
+    raise UserError(f"distill: the teacher's {teacher_layers} blocks are not a multiple of the "
+                    f"student's model.num_layers ({student_layers}); the layer map pairs student "
+                    "block i with teacher block (i + 1) m - 1")
+  return teacher_layers // student_layers
+
+
+def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
+  """Refuses, in one line, a teacher the student cannot learn from: another vocabulary, other
+  heads, a width or depth the layer map cannot pair, an objective without soft targets."""
+  d = of_run(config)
+  if not d.active:
+    return
+  own = tokenizer_lib.load(teacher_tokenizer(d.teacher))
+  if own.get_vocab() != tokenizer.get_vocab():
+    raise UserError(
+        f"distill.teacher {d.teacher!r} uses another tokenizer than the student "
+        f"({own.get_vocab_size()} vs {tokenizer.get_vocab_size()} tokens in data.tokenizer "
+        f"{config.data.tokenizer!r}): leave data.tokenizer empty to take the teacher's")
+  teacher = teacher_model_config(d.teacher)
+  if teacher.vocab_size != model_cfg.vocab_size:
+    raise UserError(f"distill.teacher {d.teacher!r} has model.vocab_size {teacher.vocab_size}, the "
+                    f"student {model_cfg.vocab_size}: they must predict the same vocabulary")
+  heads = lambda cfg: sorted((s.name, s.kind, s.num_labels) for s in cfg.head_specs)
+  if heads(teacher) != heads(model_cfg):
+    raise UserError(f"distill.teacher {d.teacher!r} has heads {list(teacher.heads)}, the student "
+                    f"needs {list(model_cfg.heads)} (num_labels {model_cfg.num_labels})")
+  if d.init == "every_k" or d.hidden_weight:
+    layer_ratio(teacher.num_layers, model_cfg.num_layers)
+  if d.hidden_weight and teacher.hidden_size != model_cfg.hidden_size:
+    raise UserError(f"distill.hidden_weight: the teacher's hidden_size ({teacher.hidden_size}) "
+                    f"differs from the student's ({model_cfg.hidden_size}); hidden-state matching "
+                    "needs the same width (set distill.hidden_weight=0)")
+  no_soft = [o.name for o in objectives if o.predictions is None]
+  if d.soft_weight and no_soft:
+    raise UserError(f"distill.soft_weight: objectives {no_soft} predict no classes (regression, "
+                    "multi-label) and have no soft targets; set distill.soft_weight=0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """The frozen teacher of a run: its model and its (host) parameters. `outputs` is what the
+  train step calls with the parameters as the step's argument."""
+  source: str
+  model_cfg: models.ModelConfig
+  params: dict
+  ratio: int  # m of the layer map
+  matches_hidden: bool
+
+  @classmethod
+  def load(cls, config, student_cfg: models.ModelConfig) -> "Teacher | None":
+    d = of_run(config)
+    if not d.active:
+      return None
+    own = teacher_model_config(d.teacher)
+    model_cfg = dataclasses.replace(own, heads=student_cfg.heads,
+                                    num_labels=student_cfg.num_labels, dtype=student_cfg.dtype,
+                                    scan_layers=False, remat="none", dropout_rate=0.0)
+    source = ckpt_lib.weights_of(d.teacher, scan_layers=False, key="distill.teacher")
+    abstract = jax.eval_shape(lambda: models.build(model_cfg).init(
+        jax.random.key(0), np.zeros((1, 8), np.int32),
+        masked_positions=np.zeros((1, 1), np.int32))["params"])
+    shapes = {p: tuple(v.shape) for p, v in params_lib.flatten(abstract).items()}
+    missing = [p for p, shape in shapes.items()
+               if p not in source or tuple(source[p].shape) != shape]
+    if missing:
+      raise UserError(f"distill.teacher {d.teacher!r} lacks parameters {missing[:5]}")
+    params = params_lib.unflatten({p: np.asarray(source[p]) for p in shapes})
+    ratio = own.num_layers // student_cfg.num_layers
+    return cls(d.teacher, model_cfg, params, ratio, bool(d.hidden_weight))
+
+  def outputs(self, params, batch) -> dict:
+    """The teacher's logits (every '<head>_logits') and, when hidden states are matched, the
+    outputs of the blocks the layer map picks (batch, student layers, length, hidden)."""
+    from research.train.step import apply_model  # pylint: disable=g-import-not-at-top
+    out = apply_model(models.build(self.model_cfg), params, batch,
+                      layer_outputs=self.matches_hidden)
+    kept = {k: v for k, v in out.items() if k.endswith("_logits")}
+    if self.matches_hidden:
+      picked = np.arange(self.ratio - 1, self.model_cfg.num_layers, self.ratio)
+      kept[distillation.LAYER_OUTPUTS] = out[distillation.LAYER_OUTPUTS][:, picked]
+    return kept
+
+  def student_weights(self, num_layers: int, scan_layers: bool) -> dict:
+    """{path: array} of distill.init=every_k: everything but the blocks as the teacher's, student
+    block i the teacher's block i m (m = `ratio`), in the student's layout."""
+    backbone = dict(self.params["backbone"])
+    blocks = {layout.unrolled_name(i): backbone.pop(layout.unrolled_name(i * self.ratio))
+              for i in range(num_layers)}
+    for name in list(backbone):
+      if name.startswith("layer_"):
+        backbone.pop(name)
+    params = {**self.params, "backbone": {**backbone, **blocks}}
+    return params_lib.flatten(layout.as_layout(params, scan_layers))
+
+  def describe(self, num_layers: int) -> str:
+    return (f"distill.init=every_k from {self.source} (teacher blocks "
+            f"{[i * self.ratio for i in range(num_layers)]})")
