@@ -19,6 +19,7 @@ anything is written; `Teacher.load` in the trainer's build_state (a resumed run 
 teacher: it is never checkpointed).
 """
 import dataclasses
+import json
 import os
 
 import jax
@@ -223,3 +224,55 @@ class Teacher:
   def describe(self, num_layers: int) -> str:
     return (f"distill.init=every_k from {self.source} (teacher blocks "
             f"{[i * self.ratio for i in range(num_layers)]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m research.compress --method=distill: a training run of the student, nothing else.
+# ---------------------------------------------------------------------------------------------
+def define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_integer("distill_layers", 2, "Blocks of the student (model.num_layers).")
+  flags.DEFINE_enum("distill_init", "every_k", ["every_k", "scratch"],
+                    "The student's start: every k-th teacher block (same width), or scratch.")
+  flags.DEFINE_float("distill_temperature", DistillConfig.temperature, "distill.temperature")
+  flags.DEFINE_float("distill_soft_weight", DistillConfig.soft_weight, "distill.soft_weight")
+  flags.DEFINE_float("distill_hard_weight", DistillConfig.hard_weight, "distill.hard_weight")
+  flags.DEFINE_float("distill_hidden_weight", DistillConfig.hidden_weight,
+                     "distill.hidden_weight")
+  flags.DEFINE_integer("distill_steps", 0, "train.steps of the student (0: the teacher's).")
+
+
+def student_config(teacher: str, layers: int, settings: DistillConfig, steps: int = 0):
+  """The config of a run that distils workdir `teacher` into a `layers`-block student: the
+  teacher's own resolved config (its task, data, optimizer, schedule) with `distill` set, its
+  initialisation and PEFT method cleared, and the teacher's tokenizer (data.tokenizer '')."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  saved = ckpt_lib.workdir_config(teacher)
+  defaults = json.loads(config_lib.common(ml_collections.ConfigDict()).to_json())
+  saved.update(init=defaults["init"], peft=defaults["peft"])  # JSON values: no shared objects
+  config = ml_collections.ConfigDict(saved)
+  config.distill = dataclasses.asdict(settings)
+  config.model.num_layers = layers
+  config.data.tokenizer = ""
+  if steps:
+    config.train.steps = steps
+  return config
+
+
+def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
+  """Trains the student of --workdir (a workdir of ours) into --out; returns the summary line."""
+  from research.train import trainer  # pylint: disable=g-import-not-at-top
+  settings = DistillConfig(
+      teacher=FLAGS.workdir, temperature=FLAGS.distill_temperature,
+      soft_weight=FLAGS.distill_soft_weight, hard_weight=FLAGS.distill_hard_weight,
+      hidden_weight=FLAGS.distill_hidden_weight,
+      init="" if FLAGS.distill_init == "scratch" else FLAGS.distill_init)
+  settings.validate()
+  config = student_config(FLAGS.workdir, FLAGS.distill_layers, settings, FLAGS.distill_steps)
+  summary = trainer.run(config, FLAGS.out)
+  tests = {k: v for k, v in summary.items() if k.startswith("test/") and k.endswith("accuracy")}
+  shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())) or \
+      f"train/loss {summary.get('train/loss', float('nan')):.4f}"
+  return (f"distilled {FLAGS.workdir} into a {FLAGS.distill_layers}-block student in "
+          f"{FLAGS.out}: {summary['params/total']} parameters, {shown}")
