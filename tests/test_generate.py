@@ -270,3 +270,23 @@ def test_peft_models_decode_with_the_cache(method):
     merged = generate_lib.generate_ids(merged_params, merged_cfg, PROMPTS,
                                        generate_lib.Settings(max_new_tokens=8))
     np.testing.assert_array_equal(merged["tokens"], out["tokens"])
+
+
+@pytest.mark.slow
+def test_benchmark_command_prints_consistent_rows():
+  """The README's benchmark, shrunk: one row per batch with ratio = ours / theirs, and the
+  per-token row (late over early = the two medians' quotient)."""
+  proc = subprocess.run([sys.executable, "-m", "research.generate.benchmark", "--shapes=runlocal",
+                         "--batches=1,2", "--new_tokens=8", "--repeats=1", "--flat",
+                         "--flat_positions=16,96"], capture_output=True, text=True, timeout=600,
+                        cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  speed, flat = rows[:2], rows[2]
+  assert [r["batch"] for r in speed] == [1, 2]
+  for r in speed:
+    assert r["ratio"] == pytest.approx(r["ours_tokens_per_s"] / r["theirs_tokens_per_s"], rel=0.01)
+    assert r["ours_spread"][0] <= r["ours_tokens_per_s"] <= r["ours_spread"][1]
+  for side in ("ours", "theirs"):
+    assert flat[f"{side}_late_over_early"] == pytest.approx(
+        flat[f"{side}_ms_at_96"] / flat[f"{side}_ms_at_16"], rel=0.02)

@@ -123,6 +123,8 @@ class Workspace:
                       {"text": "The striker scored twice in the cup final"},
                       {"text": "The new phone has a faster chip"}]
     write_jsonl(self.files / "new_texts.jsonl", self.new_texts)
+    self.prompts = [{"prompt": "The bank said", "id": 1}, {"prompt": "Shares in", "id": 2}]
+    write_jsonl(self.files / "prompts.jsonl", self.prompts)
     self.glue = root / "glue"
     self.glue.mkdir()
     self.glue_dirs = {task: glue_dir(self.glue, task) for task in GLUE_FIXTURES}
@@ -160,6 +162,7 @@ class Workspace:
     paths = {"/tmp/": f"{self.tmp}/", "/data/": f"{self.data}/",
              "train.csv": str(self.files / "train.csv"), "dev.csv": str(self.files / "dev.csv"),
              "new_texts.jsonl": str(self.files / "new_texts.jsonl"),
+             "prompts.jsonl": str(self.files / "prompts.jsonl"),
              "predictions.jsonl": str(self.out / "predictions.jsonl")}
     if "ckpt/bert-base-uncased" in arg:
       paths["ckpt/bert-base-uncased"] = str(self.hf)
@@ -472,6 +475,41 @@ def check_clm_lora(ws, result):
   assert any(p.endswith("attention/query/lora_a") for p in trained)
 
 
+def _generated(ws, result, prompts, **settings):
+  """What research.generate.generate gives for `prompts` from the README's CLM run."""
+  from research import generate  # pylint: disable=g-import-not-at-top
+  result.assert_ok()
+  params, model_cfg, tokenizer = generate.load(ws.run("clm").workdir)
+  return generate.generate(params, model_cfg, tokenizer, prompts, generate.Settings(**settings))
+
+
+def check_generate_prompt(ws, result):
+  """The streamed completion is `generate`'s greedy text, after the prompt."""
+  prompt = result.flag("prompt")
+  text = _generated(ws, result, [prompt], max_new_tokens=int(result.flag("max_new_tokens")))[0]
+  assert result.proc.stdout == prompt + text + "\n"
+
+
+def check_generate_file(ws, result):
+  """One JSONL row per prompt, its fields kept, the completion `generate`'s beam-search text."""
+  texts = _generated(ws, result, [p["prompt"] for p in ws.prompts], strategy="beam",
+                     num_beams=int(result.flag("num_beams")),
+                     max_new_tokens=int(result.flag("max_new_tokens")))
+  with open(result.flag("output")) as f:
+    rows = [json.loads(line) for line in f]
+  assert rows == [{**p, "completion": t} for p, t in zip(ws.prompts, texts)]
+
+
+def check_generate_sample(ws, result):
+  """Sampling with a seed: the command's text is `generate`'s in another process."""
+  keys = ("temperature", "top_p", "repetition_penalty")
+  settings = {k: float(result.flag(k)) for k in keys}
+  settings.update(top_k=int(result.flag("top_k")), seed=int(result.flag("seed")),
+                  strategy="sample")
+  prompt = result.flag("prompt")
+  assert result.proc.stdout == prompt + _generated(ws, result, [prompt], **settings)[0] + "\n"
+
+
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
     "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
@@ -498,6 +536,12 @@ CHECKS = {
     "research.main --config=configs/clm.py:runlocal --workdir": ("clm", check_clm),
     "research.main --config=configs/clm.py:runlocal,peft=lora --workdir --config.init.weights":
         ("clm_lora", check_clm_lora),
+    "research.generate --workdir --prompt --max_new_tokens": ("generate_prompt",
+                                                              check_generate_prompt),
+    "research.generate --workdir --input --output --strategy --num_beams --max_new_tokens":
+        ("generate_file", check_generate_file),
+    "research.generate --workdir --prompt --strategy --temperature --top_k --top_p "
+    "--repetition_penalty --seed": ("generate_sample", check_generate_sample),
 }
 # Shapes deliberately not run here, and why.
 NOT_RUN = {
@@ -510,12 +554,15 @@ NOT_RUN = {
     "research.memory --kinds --batch": "the same, for the decoder",
     "research.bench --smoke --workloads --depths --steps": "minutes (48 unrolled blocks compile); "
                                                            "tests/test_bench.py runs --depths",
+    "research.generate.benchmark --flat": "minutes of timing; tests/test_generate.py runs it "
+                                          "shrunk",
 }
 # Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
 NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),
          "predict": ("finetune",), "mesh": ("quickstart",),
          "prepared_train": ("prepare", "quickstart"), "convert_to_hf_peft": ("peft_lora",),
-         "clm_lora": ("clm",)}
+         "clm_lora": ("clm",), "generate_prompt": ("clm",), "generate_file": ("clm",),
+         "generate_sample": ("clm",)}
 NAMES = {name: s for s, (name, _) in CHECKS.items()}
 COMMANDS = readme_commands()
 COMMANDS_BY_NAME = {CHECKS[shape(*c)][0]: c for c in COMMANDS if shape(*c) in CHECKS}
@@ -531,7 +578,8 @@ def test_every_command_is_mapped():
     assert any(any(a.startswith(required) for a in c[0]) for c in COMMANDS), required
 
 
-SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft"}  # ~1 min together; `-m slow`
+SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt", "generate_file",
+        "generate_sample"}  # ~1.5 min together; `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW
@@ -557,7 +605,8 @@ def _snippet(marker):
 
 
 def test_every_python_snippet_is_run():
-  markers = ("train.run(", "hf.load_pretrained(", "lora.merge(", "peft.PeftModel")
+  markers = ("train.run(", "hf.load_pretrained(", "lora.merge(", "peft.PeftModel",
+             "generate.load(")
   assert all(any(m in s for m in markers) for s in python_snippets()), python_snippets()
 
 
@@ -647,3 +696,16 @@ def test_snippet_peft_loads_the_export(ws):
   with torch.no_grad():
     theirs = namespace["model"].eval()(input_ids=torch.tensor(ids)).logits.numpy()
   np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-5)
+
+
+@pytest.mark.slow  # runs the README's CLM command first
+def test_snippet_generate(ws):
+  """generate.load + generate on the README's CLM run: the beam texts the command line writes."""
+  ws.run("clm").assert_ok()
+  namespace = {}
+  exec(compile(ws.substitute(_snippet("generate.load("), []), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  from research import generate  # pylint: disable=g-import-not-at-top
+  params, model_cfg, tokenizer = generate.load(ws.run("clm").workdir)
+  one_by_one = [generate.generate(params, model_cfg, tokenizer, [p], namespace["generate"].Settings(
+      max_new_tokens=20, strategy="beam", num_beams=4))[0] for p in ["The market", "Rain fell on"]]
+  assert namespace["texts"] == one_by_one  # batching (left padding) changes no text

@@ -48,16 +48,31 @@ def bucketed_length(longest: int, cfg: ModelConfig, settings: Settings) -> int:
   return min(padded, cfg.max_len - settings.max_new_tokens)
 
 
-class _TokenSink(threading.local):
-  """Where streamed tokens go: the compiled loop calls `forward`, which calls the current sink."""
-  current = None
+class _TokenSinks:
+  """Where streamed tokens go. The compiled loop is shared by every call of one shape, so it
+  cannot hold a call's callback: it passes the call's sink number (a traced input) to
+  `forward`, which may run on another thread, and that finds the call's callback here."""
 
-  def forward(self, index, tokens):
-    if self.current is not None:
-      self.current(int(index), np.asarray(tokens))
+  def __init__(self):
+    self.lock, self.sinks, self.next = threading.Lock(), {}, 1
+
+  def open(self, callback) -> int:
+    with self.lock:
+      number, self.next = self.next, self.next + 1
+      self.sinks[number] = callback
+      return number
+
+  def close(self, number: int):
+    with self.lock:
+      self.sinks.pop(number, None)
+
+  def forward(self, number, index, tokens):
+    callback = self.sinks.get(int(number))
+    if callback is not None:
+      callback(int(index), np.asarray(tokens))
 
 
-_SINK = _TokenSink()
+_SINKS = _TokenSinks()
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,11 +80,12 @@ def _compiled(cfg: ModelConfig, settings: Settings, prompt_length: int, stop_ids
               pad_id: int, stream: bool, keep_logits: bool):
   model = CachedModel(decoding_config(cfg), prompt_length, settings.max_new_tokens)
   if settings.strategy == "beam":
-    return jax.jit(lambda params, ids, mask, key: beam.decode(
+    return jax.jit(lambda params, ids, mask, key, sink: beam.decode(
         model, settings, params, ids, mask, stop_ids=stop_ids, pad_id=pad_id))
-  return jax.jit(lambda params, ids, mask, key: sampling.decode(
+  return jax.jit(lambda params, ids, mask, key, sink: sampling.decode(
       model, settings, params, ids, mask, key, stop_ids=stop_ids, pad_id=pad_id,
-      on_token=_SINK.forward if stream else None, keep_logits=keep_logits))
+      on_token=_SINKS.forward if stream else None, on_token_args=(sink,),
+      keep_logits=keep_logits))
 
 
 def param_shardings(cfg: ModelConfig, mesh, rules):
@@ -111,20 +127,20 @@ def generate_ids(params, model_cfg: ModelConfig, prompts, settings: Settings = S
   fn = _compiled(model_cfg, settings.compiled_key, length, stop_ids, int(pad_id),
                  on_token is not None, keep_logits)
   key = jax.random.key(settings.seed)
-  _SINK.current = on_token
+  sink = _SINKS.open(on_token) if on_token is not None else 0
   try:
     if mesh is None:
-      out = fn(params, ids, mask, key)
+      out = fn(params, ids, mask, key, sink)
     else:
       from research import sharding  # pylint: disable=g-import-not-at-top
       rules = rules if rules is not None else sharding.DEFAULT_RULES
       params = jax.device_put(params, param_shardings(model_cfg, mesh, rules))
       ids, mask = (jax.device_put(a, sharding.batch_sharding(mesh)) for a in (ids, mask))
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        out = fn(params, ids, mask, key)
+        out = fn(params, ids, mask, key, sink)
     out = jax.tree.map(np.asarray, out)
   finally:
-    _SINK.current = None
+    _SINKS.close(sink)
   out = {k: v[:len(prompts)] for k, v in out.items()}
   out["lengths"] = completion_lengths(out["tokens"], stop_ids)
   return out
@@ -176,6 +192,8 @@ def generate(params, model_cfg: ModelConfig, tokenizer, prompts, settings: Setti
     for tokens, length in zip(out["tokens"], out["lengths"]):
       kept = [int(t) for t in tokens[:length] if int(t) not in stop_ids]
       texts.append(tokenizer.decode(kept))
+  if on_token is not None:
+    on_token.finish(texts[0])
   return texts
 
 
@@ -198,6 +216,11 @@ class _Streamer:
     if text.startswith(self.shown) and not text.endswith("\ufffd"):
       self.on_text(text[len(self.shown):])
       self.shown = text
+
+  def finish(self, text: str):
+    """Hands over what is left of the final `text` (pieces held back as incomplete bytes)."""
+    if text.startswith(self.shown) and len(text) > len(self.shown):
+      self.on_text(text[len(self.shown):])
 
 
 def load_model(workdir: str):

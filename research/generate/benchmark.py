@@ -40,7 +40,9 @@ def define_flags():
   flags.DEFINE_list("batches", ["1", "16"], "Batch sizes.")
   flags.DEFINE_integer("new_tokens", 128, "New tokens per prompt.")
   flags.DEFINE_integer("repeats", 3, "Timed runs of each side (after a warm-up).")
-  flags.DEFINE_bool("flat", False, "Also measure the per-token time at positions 64 and 960.")
+  flags.DEFINE_bool("flat", False, "Also measure the per-token time early and late in the context.")
+  flags.DEFINE_list("flat_positions", ["64", "960"], "--flat: the prompt length and the last "
+                    "position decoded to.")
 
 
 def model_config(shape: str):
@@ -136,7 +138,7 @@ class _Arrivals:
 
 
 def flat_row(models, start: int = 64, end: int = 960) -> dict:
-  """Median seconds per step at positions [start, start+64) and [end-64, end), each side."""
+  """Median milliseconds per step at positions [start, start+64) and [end-64, end), each side."""
   cfg, params, model = models
   new_tokens = end - start
   batch = prompts(1, start)
@@ -150,7 +152,7 @@ def flat_row(models, start: int = 64, end: int = 960) -> dict:
     steps = [b - a for a, b in zip(times, times[1:])]  # steps[i]: position start + i + 1
     early = statistics.median(steps[:64]) * 1e3
     late = statistics.median(steps[-64:]) * 1e3
-    out.update({f"{side}_ms_at_{start}": round(early, 2), f"{side}_ms_at_{end}": round(late, 2),
+    out.update({f"{side}_ms_at_{start}": round(early, 3), f"{side}_ms_at_{end}": round(late, 3),
                 f"{side}_late_over_early": round(late / early, 2)})
   return out
 
@@ -168,7 +170,8 @@ def main(argv):
         print(json.dumps(speed_row(shape, int(batch), FLAGS.new_tokens, FLAGS.repeats, models)),
               flush=True)
       if FLAGS.flat and shape == "runlocal":
-        print(json.dumps(flat_row(models)), flush=True)
+        start, end = (int(p) for p in FLAGS.flat_positions)
+        print(json.dumps(flat_row(models, start, end)), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 The loop runs until every row has produced a stop token or `max_new_tokens` are out; a finished
 row gets `pad_id` from then on. Sampling draws step i's tokens with `fold_in(key, i)`, so the same
-seed gives the same tokens whatever the batch is run with. With `on_token`, every step's tokens
-go to the host as they are chosen (`io_callback`, ordered): that is how a single prompt streams.
+seed, prompts and batch size give the same tokens on any mesh. With `on_token`, every step's tokens
+go to the host as they are chosen (`io_callback`, ordered: `on_token(*on_token_args, index,
+tokens)`, the args traced operands): that is how a single prompt streams.
 """
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ def seen_tokens(prompt_ids, prompt_mask, vocab_size: int):
 
 
 def decode(model: CachedModel, settings: Settings, params, prompt_ids, prompt_mask, key, *,
-           stop_ids, pad_id: int, on_token=None, keep_logits: bool = False):
+           stop_ids, pad_id: int, on_token=None, on_token_args=(), keep_logits: bool = False):
   """Returns {'tokens': (batch, max_new_tokens) int32, pad after a row's stop token,
   'logits': (batch, max_new_tokens, vocab) raw next-token logits (only with `keep_logits`)}."""
   batch, budget = prompt_ids.shape[0], settings.max_new_tokens
@@ -49,7 +50,7 @@ def decode(model: CachedModel, settings: Settings, params, prompt_ids, prompt_ma
     if keep_logits:
       state["kept"] = state["kept"].at[:, i].set(state["logits"])
     if on_token is not None:
-      io_callback(on_token, None, i, token, ordered=True)
+      io_callback(on_token, None, *on_token_args, i, token, ordered=True)
     done = state["done"] | jnp.isin(token, stops)
     logits, cache = model.step(params, state["cache"], token, prompt_mask, i)
     return dict(index=i + 1, logits=logits, cache=cache,
