@@ -18,7 +18,8 @@ from research import tracking
 from research.compress import distill
 from research.objectives import distillation
 from research.train import trainer
-from research.train.step import TrainState, make_train_step
+from research.models import layers
+from research.train.step import TrainState, apply_model, make_train_step
 from test_cli_errors import _fails_with
 
 TEACHER_LAYERS, STUDENT_LAYERS = 4, 2
@@ -46,8 +47,8 @@ def test_kl_term_is_its_formula_on_hand_made_logits():
 
 
 class FakeTeacher:
-  """A teacher (the step's interface: `outputs`, `matches_hidden`) of a tiny model."""
-  matches_hidden = False
+  """A teacher (the step's interface: `outputs`, `sown`) of a tiny model."""
+  sown = ()
 
   def __init__(self, model):
     self.model = model
@@ -111,11 +112,42 @@ def test_the_teacher_is_an_argument_untouched_and_without_optimizer_state(tiny):
           [x.shape for x in jax.tree.leaves(plain_state.opt_state)])
 
 
+def test_sown_attention_distributions_are_what_attention_applies():
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 4, 8)) for i in range(3))
+  padding = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+  mask = layers.attention_mask(padding, None, causal=False)
+  log_probs = layers.attention_log_probs(q, k, mask)
+  np.testing.assert_allclose(jnp.exp(log_probs).sum(-1), 1.0, rtol=1e-6)
+  assert float(jnp.exp(log_probs)[1, :, :, 3:].max()) == 0.0  # padding keys get nothing
+  applied = jnp.einsum("bhqk,bkhd->bqhd", jnp.exp(log_probs), v)
+  np.testing.assert_allclose(applied, jax.nn.dot_product_attention(q, k, v, mask=mask),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_and_attention_terms_vanish_for_the_teacher_itself_only():
+  cfg = models.ModelConfig(hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, vocab_size=64,
+                           max_len=16, dtype="float32", dropout_rate=0.0)
+  model = models.build(cfg)
+  batch = {"input_ids": jax.random.randint(jax.random.key(1), (2, 6), 0, 64),
+           "attention_mask": jnp.array([[1] * 6, [1] * 4 + [0] * 2])}
+  params = [model.init(jax.random.key(s), batch["input_ids"])["params"] for s in (2, 3)]
+  teacher = distill.Teacher("t", cfg, params[0], ratio=1,
+                            sown=(layers.BLOCK_OUTPUTS, layers.ATTENTION))
+  batch[distillation.TEACHER] = teacher.outputs(params[0], batch)
+  terms = (distillation.hidden_states(1.0), distillation.attentions(1.0))
+  losses = []
+  for student in params:
+    outputs = apply_model(model, student, batch, sown=teacher.sown)
+    losses.append([float(o.sums(outputs, batch)["loss"]) for o in terms])
+  assert losses[0] == [0.0, 0.0]
+  assert min(losses[1]) > 0
+
+
 def test_every_k_takes_blocks_0_k_2k_in_either_layout():
   flat = {"token_embed/embedding": np.full((4, 2), -1.0),
           "heads_c/out/kernel": np.full((2, 3), -2.0)}
   flat.update({f"backbone/layer_{i}/mlp/up/kernel": np.full((2, 2), float(i)) for i in range(6)})
-  teacher = distill.Teacher("t", None, params_lib.unflatten(flat), ratio=3, matches_hidden=False)
+  teacher = distill.Teacher("t", None, params_lib.unflatten(flat), ratio=3)
   unrolled = teacher.student_weights(2, scan_layers=False)
   assert sorted(unrolled) == sorted(["token_embed/embedding", "heads_c/out/kernel",
                                      "backbone/layer_0/mlp/up/kernel",
@@ -152,7 +184,8 @@ def student_config(teacher_dir, steps=4, **distill_fields):
   config = tiny_config("finetune", steps=steps, **{"model.num_layers": STUDENT_LAYERS})
   config.data.seq_len = 32
   config.ckpt.every_steps = 2
-  config.distill.update(teacher=teacher_dir, init="every_k", hidden_weight=1.0, **distill_fields)
+  config.distill.update(teacher=teacher_dir, init="every_k", hidden_weight=1.0,
+                        attention_weight=1.0, **distill_fields)
   return config
 
 
@@ -189,7 +222,8 @@ def test_a_killed_and_resumed_student_equals_the_uninterrupted_one(teacher, tmp_
     assert np.array_equal(ours[path], theirs[path]), path
   got = {r["step"]: r for r in tracking.read_metrics(resumed)}
   for r in tracking.read_metrics(whole):
-    for key in ("train/loss", "train/bbc_news_soft/loss", "train/hidden/loss"):
+    for key in ("train/loss", "train/bbc_news_soft/loss", "train/hidden/loss",
+                "train/attention/loss"):
       assert got[r["step"]][key] == r[key], (r["step"], key)
 
 

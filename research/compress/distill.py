@@ -10,6 +10,8 @@
   hidden_weight  weight of hidden-state matching (0: off): student block i's output against
                  teacher block (i + 1) m - 1, m = teacher layers / student layers (TinyBERT's
                  layer map); same width only
+  attention_weight  weight of attention matching (0: off): KL(teacher || student) of each query's
+                 attention distribution in the same pairs of blocks; the same number of heads
   init           '' (the usual policy: scratch, or `init.weights` from another checkpoint) or
                  'every_k': the student takes the teacher's shape but `model.num_layers`, and its
                  embeddings, pooler, heads and blocks 0, m, 2m, ... (research/train/initialization)
@@ -30,8 +32,7 @@ from research import models
 from research import params as params_lib
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
-from research.models import layout
-from research.objectives import distillation
+from research.models import layers, layout
 
 INITS = ("", "every_k")
 # Model fields an every_k student keeps from its own config (the rest are the teacher's).
@@ -46,6 +47,7 @@ class DistillConfig:
   soft_weight: float = 1.0
   hard_weight: float = 1.0
   hidden_weight: float = 0.0
+  attention_weight: float = 0.0
   init: str = ""
 
   @classmethod
@@ -66,7 +68,7 @@ class DistillConfig:
   def validate(self):
     if self.temperature <= 0:
       raise UserError(f"distill.temperature must be > 0, got {self.temperature!r}")
-    for name in ("soft_weight", "hard_weight", "hidden_weight"):
+    for name in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight"):
       if getattr(self, name) < 0:
         raise UserError(f"distill.{name} must be >= 0, got {getattr(self, name)!r}")
     if self.init not in INITS:
@@ -153,8 +155,12 @@ def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
   if heads(teacher) != heads(model_cfg):
     raise UserError(f"distill.teacher {d.teacher!r} has heads {list(teacher.heads)}, the student "
                     f"needs {list(model_cfg.heads)} (num_labels {model_cfg.num_labels})")
-  if d.init == "every_k" or d.hidden_weight:
+  if d.init == "every_k" or d.hidden_weight or d.attention_weight:
     layer_ratio(teacher.num_layers, model_cfg.num_layers)
+  if d.attention_weight and teacher.num_heads != model_cfg.num_heads:
+    raise UserError(f"distill.attention_weight: the teacher has {teacher.num_heads} attention "
+                    f"heads, the student {model_cfg.num_heads}; attention matching pairs heads "
+                    "(set distill.attention_weight=0)")
   if d.hidden_weight and teacher.hidden_size != model_cfg.hidden_size:
     raise UserError(f"distill.hidden_weight: the teacher's hidden_size ({teacher.hidden_size}) "
                     f"differs from the student's ({model_cfg.hidden_size}); hidden-state matching "
@@ -173,7 +179,7 @@ class Teacher:
   model_cfg: models.ModelConfig
   params: dict
   ratio: int  # m of the layer map
-  matches_hidden: bool
+  sown: tuple = ()  # what the blocks' outputs are matched on: layers.BLOCK_OUTPUTS, ATTENTION
 
   @classmethod
   def load(cls, config, student_cfg: models.ModelConfig) -> "Teacher | None":
@@ -195,19 +201,18 @@ class Teacher:
       raise UserError(f"distill.teacher {d.teacher!r} lacks parameters {missing[:5]}")
     params = params_lib.unflatten({p: np.asarray(source[p]) for p in shapes})
     ratio = own.num_layers // student_cfg.num_layers
-    return cls(d.teacher, model_cfg, params, ratio, bool(d.hidden_weight))
+    sown = tuple(name for name, weight in ((layers.BLOCK_OUTPUTS, d.hidden_weight),
+                                          (layers.ATTENTION, d.attention_weight)) if weight)
+    return cls(d.teacher, model_cfg, params, ratio, sown)
 
   def outputs(self, params, batch) -> dict:
-    """The teacher's logits (every '<head>_logits') and, when hidden states are matched, the
-    outputs of the blocks the layer map picks (batch, student layers, length, hidden)."""
+    """The teacher's logits (every '<head>_logits') and what its blocks sowed (`sown`), of the
+    blocks the layer map picks: (batch, student layers, ...)."""
     from research.train.step import apply_model  # pylint: disable=g-import-not-at-top
-    out = apply_model(models.build(self.model_cfg), params, batch,
-                      layer_outputs=self.matches_hidden)
-    kept = {k: v for k, v in out.items() if k.endswith("_logits")}
-    if self.matches_hidden:
-      picked = np.arange(self.ratio - 1, self.model_cfg.num_layers, self.ratio)
-      kept[distillation.LAYER_OUTPUTS] = out[distillation.LAYER_OUTPUTS][:, picked]
-    return kept
+    out = apply_model(models.build(self.model_cfg), params, batch, sown=self.sown)
+    picked = np.arange(self.ratio - 1, self.model_cfg.num_layers, self.ratio)
+    return {**{k: v for k, v in out.items() if k.endswith("_logits")},
+            **{name: out[name][:, picked] for name in self.sown}}
 
   def student_weights(self, num_layers: int, scan_layers: bool) -> dict:
     """{path: array} of distill.init=every_k: everything but the blocks as the teacher's, student
@@ -239,6 +244,8 @@ def define_flags():
   flags.DEFINE_float("distill_hard_weight", DistillConfig.hard_weight, "distill.hard_weight")
   flags.DEFINE_float("distill_hidden_weight", DistillConfig.hidden_weight,
                      "distill.hidden_weight")
+  flags.DEFINE_float("distill_attention_weight", DistillConfig.attention_weight,
+                     "distill.attention_weight")
   flags.DEFINE_integer("distill_steps", 0, "train.steps of the student (0: the teacher's).")
 
 
@@ -266,7 +273,7 @@ def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
   settings = DistillConfig(
       teacher=FLAGS.workdir, temperature=FLAGS.distill_temperature,
       soft_weight=FLAGS.distill_soft_weight, hard_weight=FLAGS.distill_hard_weight,
-      hidden_weight=FLAGS.distill_hidden_weight,
+      hidden_weight=FLAGS.distill_hidden_weight, attention_weight=FLAGS.distill_attention_weight,
       init="" if FLAGS.distill_init == "scratch" else FLAGS.distill_init)
   settings.validate()
   config = student_config(FLAGS.workdir, FLAGS.distill_layers, settings, FLAGS.distill_steps)

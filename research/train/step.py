@@ -49,21 +49,21 @@ def model_inputs(batch) -> dict:
   return {k: batch[k] for k in keys if k in batch}
 
 
-def apply_model(model, params, batch, rng=None, layer_outputs=False):
-  """The model's outputs; with `layer_outputs`, also every block's output under
-  `distillation.LAYER_OUTPUTS` (batch, num_layers, length, hidden)."""
+def apply_model(model, params, batch, rng=None, sown=()):
+  """The model's outputs; plus, for each collection name in `sown` (`layers.BLOCK_OUTPUTS`,
+  `layers.ATTENTION`), what every block sowed there, (batch, num_layers, ...), under that name."""
   apply = lambda **kw: model.apply(
       {"params": params}, batch["input_ids"], **model_inputs(batch), deterministic=rng is None,
       rngs=None if rng is None else {"dropout": rng}, **kw)
-  if not layer_outputs:
+  if not sown:
     return apply()
-  outputs, sown = apply(mutable=[layers.LAYER_OUTPUTS])
-  return {**outputs, distillation.LAYER_OUTPUTS: layers.layer_outputs(sown[layers.LAYER_OUTPUTS])}
+  outputs, collections = apply(mutable=list(sown))
+  return {**outputs, **{name: layers.per_block(collections[name]) for name in sown}}
 
 
-def make_loss_fn(model, objectives, layer_outputs=False):
+def make_loss_fn(model, objectives, sown=()):
   def loss_fn(params, batch, rng, global_counts):
-    outputs = apply_model(model, params, batch, rng, layer_outputs)
+    outputs = apply_model(model, params, batch, rng, sown)
     return objectives_lib.loss_and_sums(objectives, outputs, batch, global_counts)
   return loss_fn
 
@@ -99,7 +99,7 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
   `teacher` (research.compress.distill.Teacher; None: no distillation) adds the step's third
   argument, the teacher's parameters, and its outputs to the batch before anything else.
   """
-  loss_fn = make_loss_fn(model, objectives, teacher is not None and teacher.matches_hidden)
+  loss_fn = make_loss_fn(model, objectives, teacher.sown if teacher is not None else ())
   # Differentiated with respect to the trainable parameters only; the frozen ones are constants.
   grad_fn = jax.value_and_grad(
       lambda trained, frozen, *args: loss_fn(params_lib.join(trained, frozen), *args),
