@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ from research import tracking
 from research.compress import distill
 from research.objectives import distillation
 from research.train import trainer
-from research.models import layers
+from research.models import layers, layout
 from research.train.step import TrainState, apply_model, make_train_step
 from test_cli_errors import _fails_with
 
@@ -243,3 +244,21 @@ def test_a_student_of_another_vocabulary_is_refused(teacher, tmp_path, flag, fra
                  flag.format(minilm=minilm))
   _fails_with(proc, *fragments)
   assert not workdir.exists()
+
+
+def test_what_the_blocks_sow_is_the_same_scanned_or_unrolled():
+  cfg = models.ModelConfig(hidden_size=16, num_layers=3, num_heads=2, mlp_dim=32, vocab_size=64,
+                           max_len=16, dtype="float32", dropout_rate=0.0)
+  batch = {"input_ids": jax.random.randint(jax.random.key(1), (2, 6), 0, 64),
+           "attention_mask": jnp.array([[1] * 6, [1] * 4 + [0] * 2])}
+  unrolled = models.build(cfg)
+  params = nn.unbox(unrolled.init(jax.random.key(2), batch["input_ids"])["params"])
+  scanned = models.build(dataclasses.replace(cfg, scan_layers=True))
+  sown = (layers.BLOCK_OUTPUTS, layers.ATTENTION)
+  a = apply_model(unrolled, params, batch, sown=sown)
+  b = apply_model(scanned, layout.stack_layers(jax.device_get(params)), batch, sown=sown)
+  assert a[layers.BLOCK_OUTPUTS].shape == (2, 3, 6, 16)
+  assert a[layers.ATTENTION].shape == (2, 3, 2, 6, 6)
+  np.testing.assert_allclose(a[layers.BLOCK_OUTPUTS][:, -1], a["hidden"], rtol=1e-6)
+  for name in sown:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
