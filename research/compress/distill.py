@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import numpy as np
 
 from research import checkpoint as ckpt_lib
@@ -190,11 +189,9 @@ class Teacher:
     model_cfg = dataclasses.replace(own, heads=student_cfg.heads,
                                     num_labels=student_cfg.num_labels, dtype=student_cfg.dtype,
                                     scan_layers=False, remat="none", dropout_rate=0.0)
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
     source = ckpt_lib.weights_of(d.teacher, scan_layers=False, key="distill.teacher")
-    abstract = jax.eval_shape(lambda: models.build(model_cfg).init(
-        jax.random.key(0), np.zeros((1, 8), np.int32),
-        masked_positions=np.zeros((1, 1), np.int32))["params"])
-    shapes = {p: tuple(v.shape) for p, v in params_lib.flatten(abstract).items()}
+    shapes = hf.expected_shapes(model_cfg)
     missing = [p for p, shape in shapes.items()
                if p not in source or tuple(source[p].shape) != shape]
     if missing:
