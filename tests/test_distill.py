@@ -262,3 +262,28 @@ def test_what_the_blocks_sow_is_the_same_scanned_or_unrolled():
   np.testing.assert_allclose(a[layers.BLOCK_OUTPUTS][:, -1], a["hidden"], rtol=1e-6)
   for name in sown:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_compress_command_writes_a_workdir_predict_reads(teacher, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  from research.predict import Predictor  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "student"
+  proc = subprocess.run(
+      [sys.executable, "-m", "research.compress", f"--workdir={teacher}", "--method=distill",
+       f"--out={out}", f"--distill_layers={STUDENT_LAYERS}", "--distill_steps=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"into a {STUDENT_LAYERS}-block student in {out}" in proc.stdout
+  config = checkpoint.workdir_config(str(out))
+  assert config["model"]["num_layers"] == STUDENT_LAYERS
+  assert config["distill"]["teacher"] == teacher and config["distill"]["init"] == "every_k"
+  predicted = Predictor(str(out)).predict([{"text": "The match ended in a draw."}])
+  assert len(predicted) == 1 and predicted[0]["label"] in predicted[0]["scores"]
+  refused = subprocess.run(
+      [sys.executable, "-m", "research.compress", f"--workdir={tmp_path}/none",
+       "--method=distill", f"--out={tmp_path}/x"], cwd=REPO, capture_output=True, text=True)
+  _fails_with(refused, "no config.json")
+  assert not (tmp_path / "x").exists()

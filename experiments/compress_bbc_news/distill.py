@@ -67,8 +67,12 @@ def test_texts(n: int = 32) -> list:
 
 def main(argv):
   del argv
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the result
   from latency import per_example_latency  # pylint: disable=g-import-not-at-top
-  workdirs, results = {"teacher (MiniLM, 6 blocks)": FLAGS.teacher}, {}
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  blocks = checkpoint.workdir_config(FLAGS.teacher)["model"]["num_layers"]
+  workdirs, results = {f"teacher, {blocks} blocks": FLAGS.teacher}, {}
   commands = {}
   for layers in map(int, FLAGS.layers):
     out = os.path.join(FLAGS.root, f"student_{layers}")
@@ -81,7 +85,9 @@ def main(argv):
                      "bytes": kept_bytes(workdir, summary["best/step"]),
                      "test/accuracy": summary["test/bbc_news/accuracy"],
                      "command": " ".join(commands[name]) if name in commands else None}
+  load_before = os.getloadavg()[0]
   latency = per_example_latency(workdirs, test_texts(), batch_sizes=(1, 32))
+  load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after the timing"
   lines = ["| model | params | size on disk (MiB) | test acc | ms/example, batch 1 | "
            "ms/example, batch 32 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
   for name, r in results.items():
@@ -90,8 +96,9 @@ def main(argv):
                  f"{r['test/accuracy']:.4f} | {1e3 * latency[name][1]:.2f} | "
                  f"{1e3 * latency[name][32]:.2f} |")
   print("\n".join(lines))
+  print(load)
   with open(os.path.join(FLAGS.root, "distill_results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+    json.dump({"rows": results, "load": load}, f, indent=2)
 
 
 if __name__ == "__main__":
