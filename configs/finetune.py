@@ -9,6 +9,10 @@ From the runlocal MLM checkpoint (weights only; the classification head is new):
 From a Hugging Face checkpoint directory (its tokenizer comes along):
   python -m research.main --config=configs/finetune.py:task=mrpc --workdir=/tmp/mrpc \
       --config.init.weights=hf:ckpt/bert-base-uncased
+Distilled into a 1-block student starting from the run above's first block (the teacher runs
+frozen inside the train step; research/compress/distill.py documents config.distill):
+  python -m research.compress --workdir=/tmp/ft2 --method=distill --out=/tmp/ft2_1block \
+      --distill_layers=1
 Your own files (JSONL or CSV with columns text[, text_pair], label; string labels are fine):
   python -m research.main --config=configs/finetune.py:task=local,train=tr.csv,eval=dev.csv,runlocal \
       --workdir=/tmp/mine

@@ -9,6 +9,7 @@ import os
 
 import ml_collections
 
+from research.compress import distill
 from research.errors import UserError
 from research.compress.magnitude import PruneConfig
 from research.models.config import SIZES, ModelConfig
@@ -97,6 +98,7 @@ def common(config):
   config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True)
   config.peft = dataclasses.asdict(PeftConfig())  # parameter-efficient fine-tuning: research/peft
   config.prune = dataclasses.asdict(PruneConfig())  # magnitude pruning: research/compress/magnitude.py
+  config.distill = distill.section()  # knowledge distillation from a teacher: off until one is set
   return config
 
 

@@ -240,6 +240,8 @@ class SelfAttention(nn.Module):
       q, k = (apply_rotary(t, positions, cfg.rope_theta) for t in (q, k))
     if decode is not None:
       k, v = kv_cache.update(self, k, v, decode)
+    if self.is_mutable_collection(ATTENTION) and decode is None:  # asked for (distillation)
+      self.sow(ATTENTION, "log_probs", attention_log_probs(q, k, mask.dense(*x.shape[:2])))
     impl = attention_impl(cfg)
     kwargs = mask.kwargs(impl)
     if cfg.peft.method == "prefix":
@@ -275,6 +277,32 @@ class Mlp(nn.Module):
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
     out = dense("down", (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), h)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+
+
+# Collections the blocks sow into when an apply makes them mutable (distillation matches a
+# student's blocks to a teacher's: research/objectives/distillation.py); otherwise nothing is kept
+# or computed. Each block sows one array into each.
+BLOCK_OUTPUTS = "block_outputs"  # the block's output (batch, length, hidden)
+ATTENTION = "attention_log_probs"  # its attention's log-probabilities (batch, heads, query, key)
+
+
+def per_block(collection) -> jax.Array:
+  """The arrays the blocks sowed into one collection, (batch, num_layers, ...), whether the blocks
+  are unrolled or one scanned, stacked block."""
+  backbone = collection["backbone"]
+  if layout.STACKED in backbone:
+    return jax.tree.leaves(backbone[layout.STACKED])[0].swapaxes(0, 1)
+  blocks = [layout.unrolled_name(i) for i in range(len(backbone))]
+  return jnp.stack([jax.tree.leaves(backbone[name])[0] for name in blocks if name in backbone],
+                   axis=1)
+
+
+def attention_log_probs(q, k, mask):
+  """log softmax(q k / sqrt(head_dim)) over the keys, (batch, heads, query, key); keys `mask`
+  (batch, 1, query, key) hides get a large negative logit, not -inf, so KL terms stay finite."""
+  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)  # grouped-query attention's shared keys
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+  return jax.nn.log_softmax(jnp.where(mask, logits, -1e9), axis=-1)
 
 
 REMAT_POLICIES = {
@@ -318,7 +346,7 @@ def transformer_blocks(cfg: ModelConfig, x, mask, positions, deterministic: bool
     return x
   scanned = nn.scan(
       transformer_block(cfg, ScannedBlock), length=cfg.num_layers,
-      variable_axes={"params": 0, kv_cache.COLLECTION: 0},
+      variable_axes={"params": 0, kv_cache.COLLECTION: 0, BLOCK_OUTPUTS: 0, ATTENTION: 0},
       split_rngs={"params": True, "dropout": True},
       in_axes=(nn.broadcast,) * 5, metadata_params={nn.PARTITION_NAME: layout.STACKED})
   x, _ = scanned(cfg, pre_norm=pre_norm, name=layout.STACKED)(x, mask, positions, deterministic,
@@ -352,7 +380,9 @@ class TransformerBlock(nn.Module):
     else:
       x = ln1(x + attn(x))
       x = ln2(x + mlp(x))
-    return constrain_hidden(x)
+    x = constrain_hidden(x)
+    self.sow(BLOCK_OUTPUTS, "output", x)  # kept only when an apply asks (`per_block`)
+    return x
 
 
 class ScannedBlock(TransformerBlock):

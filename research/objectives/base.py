@@ -4,6 +4,8 @@ An `Objective` is a loss term a task trains on, in two pure parts:
   count(batch) -> scalar           how many predictions the batch holds (its label weights'
                                    sum): a function of the batch alone, never of the model
   sums(outputs, batch) -> dict     per-metric sums over those predictions; 'loss' is required
+  predictions(outputs, batch)      optional: (logits, weights) of what the objective predicts
+                                   as classes, for soft targets (distillation) to read
 The step computes every objective's count over the whole global batch first, then the loss
   sum over objectives of weight * sums['loss'] / count(global batch),
 so a microbatch contributes its share of the full-batch mean: gradient accumulation and any
@@ -24,6 +26,7 @@ class Objective:
   count: Callable  # batch -> scalar
   sums: Callable  # (outputs, batch) -> {'loss': scalar, ...}
   weight: float = 1.0
+  predictions: Callable | None = None  # (outputs, batch) -> (logits (..., classes), weights (...))
 
 
 def row_weights(batch, weights):

@@ -27,8 +27,12 @@ def _sums(outputs, batch):
   return sums
 
 
+def _predictions(outputs, batch):
+  return outputs["lm_logits"][:, :-1], _weights(batch)
+
+
 def causal_lm(name: str = "clm", weight: float = 1.0) -> Objective:
-  return Objective(name, lambda batch: _weights(batch).sum(), _sums, weight)
+  return Objective(name, lambda batch: _weights(batch).sum(), _sums, weight, _predictions)
 
 
 def completion_weights(batch):

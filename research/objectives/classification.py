@@ -18,8 +18,9 @@ def _count(batch):
 
 def classification(name: str, head: str) -> Objective:
   """Softmax cross-entropy over integer labels; accuracy."""
+  predictions = lambda outputs, batch: (outputs[f"{head}_logits"], _rows(batch))
   return Objective(name, _count, lambda outputs, batch: cross_entropy_sums(
-      outputs[f"{head}_logits"], batch["label"], _rows(batch)))
+      outputs[f"{head}_logits"], batch["label"], _rows(batch)), predictions=predictions)
 
 
 def multilabel(name: str, head: str) -> Objective:

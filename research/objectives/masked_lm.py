@@ -19,8 +19,12 @@ def _sums(outputs, batch):
   return sums
 
 
+def _predictions(outputs, batch):
+  return outputs["mlm_logits"], _weights(batch)
+
+
 def masked_lm(name: str = "mlm", weight: float = 1.0) -> Objective:
-  return Objective(name, lambda batch: _weights(batch).sum(), _sums, weight)
+  return Objective(name, lambda batch: _weights(batch).sum(), _sums, weight, _predictions)
 
 
 def max_predictions(objective_cfg, seq_len: int) -> int:

@@ -9,6 +9,8 @@ def _weights(batch):
 
 
 def token_classification(name: str, head: str) -> Objective:
+  predictions = lambda outputs, batch: (outputs[f"{head}_logits"], _weights(batch))
   return Objective(name, lambda batch: _weights(batch).sum(),
                    lambda outputs, batch: cross_entropy_sums(
-                       outputs[f"{head}_logits"], batch["labels"], _weights(batch)))
+                       outputs[f"{head}_logits"], batch["labels"], _weights(batch)),
+                   predictions=predictions)

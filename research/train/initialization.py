@@ -5,7 +5,9 @@
   2. `init.resume`: the full state of another run's latest valid checkpoint,
   3. `init.weights`: weights only, from a workdir of ours or 'hf:DIR' (a transformers
      checkpoint), every parameter whose path and shape match, minus `init.exclude` regexes,
-     the source's blocks first put in this model's layout (`model.scan_layers`),
+     the source's blocks first put in this model's layout (`model.scan_layers`); or, for a
+     distillation student with `distill.init=every_k`, the teacher's weights, every k-th block
+     (research/compress/distill.py),
   4. from scratch.
 
 A PEFT run (`peft.method` other than 'none') that starts from `init.weights` saves adapter-only
@@ -83,10 +85,10 @@ def check_sources(config, resuming: bool):
     ckpt_lib.checkpoints_of(config.init.weights, "init.weights")
 
 
-def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings):
+def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings, teacher=None):
   """(state, data_state, description, base) by the policy; `fresh` is the scratch state, `base`
   the `BaseReference` the run's checkpoints hold in place of their frozen parameters (None: full
-  checkpoints).
+  checkpoints). `teacher`: a distillation run's `distill.Teacher` (or None).
 
   A damaged checkpoint of our own workdir is moved aside and the one before it used; if none is
   left the run stops (one line naming what was moved) rather than silently start over."""
@@ -107,6 +109,11 @@ def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings
                       "is damaged: see the warnings above)")
     state, data_state, base = restored
     return state, data_state, f"init.resume {config.init.resume} (step {step})", base
+  if teacher is not None and config.distill.init == "every_k":
+    source = teacher.student_weights(config.model.num_layers, config.model.scan_layers)
+    state, loaded, total = load_weights(fresh, source, config.init.exclude, shardings)
+    return (state, {"next_step": 0},
+            f"{teacher.describe(config.model.num_layers)} ({len(loaded)} of {total} arrays)", None)
   if config.init.weights:
     source = ckpt_lib.weights_of(config.init.weights, config.model.scan_layers)
     state, loaded, total = load_weights(fresh, source, config.init.exclude, shardings)

@@ -29,6 +29,7 @@ from research.models import quantization
 from research.peft import adalora
 from research.peft import targets as peft_targets
 from research import objectives
+from research.compress import distill
 from research.train import initialization, optim
 from research.train import state as state_lib
 from research.workdir import check_not_in_use
@@ -61,12 +62,15 @@ def resolve(config, workdir: str) -> Run:
     check_base(ckpt_lib.Checkpointer(own, use_async=False), latest)
   initialization.check_sources(config, resuming=latest is not None)
   initialization.configure(config)
+  distill.configure(config)  # a teacher's tokenizer and, for an every_k student, its shape
   resolve_max_predictions(config)
   task_set = tasks.build(config, workdir)
   resolve_vocab(config, task_set.tokenizer)
   resolve_heads(config, task_set)
   model_cfg = models.ModelConfig.of_run(config)
   peft_targets.check_architecture(model_cfg, config.data.seq_len)
+  distill.check(config, model_cfg, task_set.tokenizer,
+                tuple(o for task in task_set.tasks for o in task.objectives))
   task_set = dataclasses.replace(  # the PEFT method's loss terms (AdaLoRA's orthogonality)
       task_set, regularizers=task_set.regularizers + adalora.regularizers(model_cfg.peft))
   optim.build(config)  # its settings fail here, not after the workdir is written

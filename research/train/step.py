@@ -7,6 +7,12 @@ global batch's counts, so accumulation gives exactly the full-batch loss and gra
 An update whose loss or gradients are not finite is dropped and counted in `state.health`
 (research/train/nonfinite.py). `eval_step(params, batch)` returns the task's
 `eval_outputs(outputs, batch)`. Both stay on device: nothing here forces a host sync.
+
+Distillation (research/compress/distill.py): with a `teacher` the step is
+`train_step(state, batch, teacher_params)`. The frozen teacher's parameters are an argument of
+the step, not part of the state: never differentiated, no optimizer state, never checkpointed.
+Its outputs are computed first, under `stop_gradient`, and go into the batch (under
+`distillation.TEACHER`), where the distillation objectives read them like labels.
 """
 from typing import Any
 
@@ -18,6 +24,8 @@ import optax
 from research import objectives as objectives_lib
 from research import params as params_lib
 from research.errors import UserError
+from research.models import layers
+from research.objectives import distillation
 from research.train import nonfinite
 
 
@@ -41,14 +49,21 @@ def model_inputs(batch) -> dict:
   return {k: batch[k] for k in keys if k in batch}
 
 
-def apply_model(model, params, batch, rng=None):
-  return model.apply({"params": params}, batch["input_ids"], **model_inputs(batch),
-                     deterministic=rng is None, rngs=None if rng is None else {"dropout": rng})
+def apply_model(model, params, batch, rng=None, sown=()):
+  """The model's outputs; plus, for each collection name in `sown` (`layers.BLOCK_OUTPUTS`,
+  `layers.ATTENTION`), what every block sowed there, (batch, num_layers, ...), under that name."""
+  apply = lambda **kw: model.apply(
+      {"params": params}, batch["input_ids"], **model_inputs(batch), deterministic=rng is None,
+      rngs=None if rng is None else {"dropout": rng}, **kw)
+  if not sown:
+    return apply()
+  outputs, collections = apply(mutable=list(sown))
+  return {**outputs, **{name: layers.per_block(collections[name]) for name in sown}}
 
 
-def make_loss_fn(model, objectives):
+def make_loss_fn(model, objectives, sown=()):
   def loss_fn(params, batch, rng, global_counts):
-    outputs = apply_model(model, params, batch, rng)
+    outputs = apply_model(model, params, batch, rng, sown)
     return objectives_lib.loss_and_sums(objectives, outputs, batch, global_counts)
   return loss_fn
 
@@ -71,7 +86,7 @@ def derive_dropout_key(key, prng: str):
 
 
 def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_steps=1,
-                    regularizers=(), nonfinite_limit=1, trainable=None):
+                    regularizers=(), nonfinite_limit=1, trainable=None, teacher=None):
   """The train step of `objectives` (a task's loss terms, see research.objectives.base).
 
   Every objective's count is taken over the whole batch first; each microbatch's loss is its sum
@@ -81,14 +96,19 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
   which `state.health` stops changing, for the host to stop the run (`nonfinite.limit`).
   `trainable` (path -> bool; None: all) picks the parameters that are differentiated: frozen
   ones (PEFT) get no gradient computed, only zeros that `tx` (which freezes them) discards.
+  `teacher` (research.compress.distill.Teacher; None: no distillation) adds the step's third
+  argument, the teacher's parameters, and its outputs to the batch before anything else.
   """
-  loss_fn = make_loss_fn(model, objectives)
+  loss_fn = make_loss_fn(model, objectives, teacher.sown if teacher is not None else ())
   # Differentiated with respect to the trainable parameters only; the frozen ones are constants.
   grad_fn = jax.value_and_grad(
       lambda trained, frozen, *args: loss_fn(params_lib.join(trained, frozen), *args),
       has_aux=True)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, teacher_params=None):
+    if teacher is not None:
+      batch = {**batch, distillation.TEACHER: jax.lax.stop_gradient(
+          teacher.outputs(teacher_params, batch))}
     rng = jax.random.fold_in(dropout_key, state.step)
     global_counts = objectives_lib.counts(objectives, batch)
     trained, frozen = params_lib.split(state.params, trainable or (lambda path: True))

@@ -28,7 +28,8 @@ from research import data as data_lib
 from research import models, perf, sharding, tracking
 from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
-from research.compress import magnitude
+from research.compress import distill, magnitude
+from research.objectives import distillation
 from research.peft import adalora
 from research.tasks import EvalContext
 from research.train import initialization, nonfinite, optim, preemption
@@ -99,6 +100,7 @@ class Built:
   init_source: str
   ckpt: ckpt_lib.Checkpointer
   base: ckpt_lib.BaseReference | None  # adapter-only checkpoints refer to it (None: full ones)
+  teacher: distill.Teacher | None  # a distillation run's frozen teacher (never checkpointed)
 
 
 def build_state(r: Run, workdir: str) -> Built:
@@ -112,15 +114,16 @@ def build_state(r: Run, workdir: str) -> Built:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=config.ckpt.keep, use_async=config.ckpt.use_async,
                                clean_unfinished=True)
+  teacher = distill.Teacher.load(config, r.model_cfg)  # reloaded by a resumed run too
   state, data_state, source, base = initialization.initial_state(config, ckpt, fresh, abstract,
-                                                                 shardings)
+                                                                 shardings, teacher)
   if int(data_state["next_step"]) != int(state.step):
     raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
                     f"iterator at step {data_state['next_step']}")
   log.info("model: %s, %d parameters (%s trained); %s", r.model_cfg.kind,
            state_lib.count_params(state.params), trained_share(r.config, state.params), source)
   return Built(model, tx, lr_schedule, dropout_key, state, abstract, shardings, data_state,
-               source, ckpt, base)
+               source, ckpt, base, teacher)
 
 
 def trained_share(config, params) -> str:
@@ -142,32 +145,45 @@ class Steps:
 
 
 def compile_steps(r: Run, b: Built) -> Steps:
+  """With a teacher (distillation) each train step takes the teacher's parameters as its third
+  argument, replicated on every device, and trains on `distillation.with_distillation`."""
   batch_sharding = sharding.batch_sharding(r.mesh)
   tasks = r.task_set.tasks
+  settings = distill.of_run(r.config)
+  objectives = lambda task: (distillation.with_distillation(task.objectives, settings)
+                             if b.teacher else task.objectives)
+  extra, extra_shardings = (), ()
+  if b.teacher:
+    replicated = jax.sharding.NamedSharding(r.mesh, jax.sharding.PartitionSpec())
+    extra = (jax.device_put(b.teacher.params, replicated),)
+    extra_shardings = (jax.tree.map(lambda _: replicated, b.teacher.params),)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     train_steps = [CompiledStep(jax.jit(
-        make_train_step(b.model, task.objectives, b.tx, b.lr_schedule, b.dropout_key,
+        make_train_step(b.model, objectives(task), b.tx, b.lr_schedule, b.dropout_key,
                         r.config.train.grad_accum_steps, r.task_set.regularizers,
-                        nonfinite.limit(r.config.train), optim.trainable_predicate(r.config)),
-        in_shardings=(b.shardings, batch_sharding), out_shardings=(b.shardings, None),
-        donate_argnums=0)) for task in tasks]
+                        nonfinite.limit(r.config.train), optim.trainable_predicate(r.config),
+                        b.teacher),
+        in_shardings=(b.shardings, batch_sharding, *extra_shardings),
+        out_shardings=(b.shardings, None), donate_argnums=0), extra) for task in tasks]
     eval_steps = [jax.jit(make_eval_step(b.model, task.eval_outputs),
                           in_shardings=(b.shardings.params, batch_sharding)) for task in tasks]
   return Steps(train_steps, eval_steps, batch_sharding)
 
 
 class CompiledStep:
-  """A jitted train step, compiled ahead of its first call (when the batch's shapes are known) so
-  the run can report the memory the compiled step holds (`perf.compiled_bytes`)."""
+  """A jitted train step (its `extra` arguments bound), compiled ahead of its first call (when
+  the batch's shapes are known) so the run can report the memory the compiled step holds
+  (`perf.compiled_bytes`)."""
 
-  def __init__(self, jitted):
+  def __init__(self, jitted, extra=()):
     self.jitted, self.compiled, self.memory_bytes = jitted, None, None
+    self.extra = extra  # arguments after (state, batch): a distillation teacher's parameters
 
   def __call__(self, state, batch):
     if self.compiled is None:
-      self.compiled = self.jitted.lower(state, batch).compile()
+      self.compiled = self.jitted.lower(state, batch, *self.extra).compile()
       self.memory_bytes = perf.compiled_bytes(self.compiled)
-    return self.compiled(state, batch)
+    return self.compiled(state, batch, *self.extra)
 
 
 def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=False) -> dict:

