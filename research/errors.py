@@ -15,6 +15,7 @@ Exit codes of `python -m research.main`:
   5  a checkpoint could not be written (`SaveFailed`): the checkpoints before it intact
   6  a second SIGTERM/SIGINT: stopped at once, without a save (`EXIT_ABORTED`)
 """
+import contextlib
 
 
 class UserError(Exception):
@@ -54,6 +55,18 @@ class SaveFailed(Exception):
   The run stops there with one line naming the step that failed, the cause and the last
   checkpoint that is intact, and exit code `EXIT_SAVE_FAILED`; rerunning resumes from that one.
   """
+
+
+@contextlib.contextmanager
+def one_line_errors(verbose: bool):
+  """A command's body: a `UserError` inside ends the program with `exit_with` (one line, exit
+  code 2), or, with `verbose` (the commands' --verbose), with its traceback."""
+  try:
+    yield
+  except UserError as e:
+    if verbose:
+      raise
+    exit_with(e)
 
 
 def exit_with(error) -> None:

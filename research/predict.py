@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from research.errors import UserError, exit_with
+from research.errors import UserError, exit_with, one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -103,32 +103,29 @@ def main(argv):
   del argv
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not predictions
-  try:
-    if not FLAGS.workdir:
-      raise UserError("--workdir is required")
-    predictor = Predictor(FLAGS.workdir, FLAGS.task, FLAGS.batch_size)
-    source = sys.stdin if FLAGS.input == "-" else _open(FLAGS.input)
-    sink = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w")
-    import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm.tqdm(unit="row", desc="predict", disable=not FLAGS.progress, file=sys.stderr)
-    chunk = []
-    for row in read_rows(source):
-      chunk.append(row)
-      if len(chunk) == CHUNK:
-        _write(sink, predictor.predict(chunk, bar))
-        chunk = []
-    _write(sink, predictor.predict(chunk, bar))
-    bar.close()
-    if sink is not sys.stdout:
-      sink.close()
-  except UserError as e:
-    if FLAGS.verbose:
-      raise
-    exit_with(e)
-  except KeyError as e:
-    if FLAGS.verbose:
-      raise
-    exit_with(f"an input row lacks the field {e}")
+  with one_line_errors(FLAGS.verbose):
+    try:
+      if not FLAGS.workdir:
+        raise UserError("--workdir is required")
+      predictor = Predictor(FLAGS.workdir, FLAGS.task, FLAGS.batch_size)
+      source = sys.stdin if FLAGS.input == "-" else _open(FLAGS.input)
+      sink = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w")
+      import tqdm  # pylint: disable=g-import-not-at-top
+      bar = tqdm.tqdm(unit="row", desc="predict", disable=not FLAGS.progress, file=sys.stderr)
+      chunk = []
+      for row in read_rows(source):
+        chunk.append(row)
+        if len(chunk) == CHUNK:
+          _write(sink, predictor.predict(chunk, bar))
+          chunk = []
+      _write(sink, predictor.predict(chunk, bar))
+      bar.close()
+      if sink is not sys.stdout:
+        sink.close()
+    except KeyError as e:
+      if FLAGS.verbose:
+        raise
+      exit_with(f"an input row lacks the field {e}")
 
 
 def _open(path):

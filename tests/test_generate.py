@@ -167,6 +167,8 @@ def test_bad_input_is_one_line(tmp_path):
   tokens = len(tokenizer_lib.from_file(os.path.join(decoder, "tokenizer.json")).encode(
       long_prompt, add_special_tokens=False).ids)
   assert tokens > 1024
+  bad_rows = tmp_path / "rows.jsonl"
+  bad_rows.write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
   cases = {
       (f"--workdir={decoder}", "--prompt=" + long_prompt):
           f"error: a prompt of {tokens} tokens + max_new_tokens 64 exceeds the model's context "
@@ -179,6 +181,10 @@ def test_bad_input_is_one_line(tmp_path):
       (f"--workdir={decoder}", "--prompt=x", "--top_p=0"): "error: top_p must be in (0, 1], got 0.0",
       (f"--workdir={decoder}", "--prompt=x", "--top_p=1.5"):
           "error: top_p must be in (0, 1], got 1.5",
+      (f"--workdir={decoder}", "--prompt=x", "--stop=notavocabularyentry"):
+          "error: --stop 'notavocabularyentry' is not a token of this model's vocabulary",
+      (f"--workdir={decoder}", f"--input={bad_rows}"):
+          f"error: {bad_rows}:2: the row has no 'prompt' field",
   }
   for args, line in cases.items():
     proc = _generate_cli(*args)

@@ -599,8 +599,8 @@ NOT_RUN = {
     "research.memory --kinds --batch": "the same, for the decoder",
     "research.bench --smoke --workloads --depths --steps": "minutes (48 unrolled blocks compile); "
                                                            "tests/test_bench.py runs --depths",
-    "research.generate.benchmark --flat": "minutes of timing; tests/test_generate.py runs it "
-                                          "shrunk",
+    "research.generate.benchmark --flat --repeats": "minutes of timing; tests/test_generate.py "
+                                                    "runs it shrunk",
 }
 # Commands that read what an earlier one wrote (/tmp/mlm, /tmp/bert_cont, /tmp/ft), or compare.
 NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",),

@@ -18,7 +18,7 @@ Bad input ends with one line on stderr and exit code 2 (--verbose shows the trac
 from absl import app, flags
 
 from research.convert.workdir import export_hf, import_hf
-from research.errors import UserError, exit_with
+from research.errors import UserError, one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -39,7 +39,7 @@ def main(argv):
   del argv
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the result
-  try:
+  with one_line_errors(FLAGS.verbose):
     if FLAGS.from_hf and FLAGS.to and not (FLAGS["from"].value or FLAGS.to_hf):
       print(import_hf(FLAGS.from_hf, FLAGS.to))
     elif FLAGS["from"].value and FLAGS.to_hf and not (FLAGS.from_hf or FLAGS.to or
@@ -51,10 +51,6 @@ def main(argv):
     else:
       raise UserError("pass one of --from_hf=DIR --to=OUT, --from=WORKDIR --to_hf=OUT or "
                       "--from=WORKDIR --to_hf_peft=OUT")
-  except UserError as e:
-    if FLAGS.verbose:
-      raise
-    exit_with(e)
 
 
 if __name__ == "__main__":

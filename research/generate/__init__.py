@@ -88,8 +88,10 @@ def _compiled(cfg: ModelConfig, settings: Settings, prompt_length: int, stop_ids
       keep_logits=keep_logits))
 
 
-def param_shardings(cfg: ModelConfig, mesh, rules):
-  """The parameters' NamedShardings on `mesh` under the logical axis `rules` (as training's)."""
+@functools.lru_cache(maxsize=8)
+def param_shardings(cfg: ModelConfig, mesh, rules: tuple):
+  """The parameters' NamedShardings on `mesh` under the logical axis `rules` (as training's).
+  Cached: an evaluation decodes batch after batch with the same model and mesh."""
   from research import sharding  # pylint: disable=g-import-not-at-top
   from research.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
   ids = jnp.zeros((1, 8), jnp.int32)
@@ -133,7 +135,7 @@ def generate_ids(params, model_cfg: ModelConfig, prompts, settings: Settings = S
       out = fn(params, ids, mask, key, sink)
     else:
       from research import sharding  # pylint: disable=g-import-not-at-top
-      rules = rules if rules is not None else sharding.DEFAULT_RULES
+      rules = tuple(rules) if rules is not None else sharding.DEFAULT_RULES
       params = jax.device_put(params, param_shardings(model_cfg, mesh, rules))
       ids, mask = (jax.device_put(a, sharding.batch_sharding(mesh)) for a in (ids, mask))
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

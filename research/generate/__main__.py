@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from research.errors import UserError, exit_with
+from research.errors import UserError, one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -104,7 +104,7 @@ def main(argv):
   del argv
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the output
-  try:
+  with one_line_errors(FLAGS.verbose):
     if not FLAGS.workdir:
       raise UserError("--workdir is required")
     if (FLAGS.prompt is None) == (FLAGS.input is None):
@@ -142,10 +142,6 @@ def main(argv):
     bar.close()
     if sink is not sys.stdout:
       sink.close()
-  except UserError as e:
-    if FLAGS.verbose:
-      raise
-    exit_with(e)
 
 
 if __name__ == "__main__":
