@@ -185,8 +185,8 @@ def student_config(teacher_dir, steps=4, **distill_fields):
   config = tiny_config("finetune", steps=steps, **{"model.num_layers": STUDENT_LAYERS})
   config.data.seq_len = 32
   config.ckpt.every_steps = 2
-  config.distill.update(teacher=teacher_dir, init="every_k", hidden_weight=1.0,
-                        attention_weight=1.0, **distill_fields)
+  config.distill.update({"teacher": teacher_dir, "init": "every_k", "hidden_weight": 1.0,
+                         "attention_weight": 1.0, **distill_fields})
   return config
 
 
@@ -287,3 +287,60 @@ def test_the_compress_command_writes_a_workdir_predict_reads(teacher, tmp_path):
        "--method=distill", f"--out={tmp_path}/x"], cwd=REPO, capture_output=True, text=True)
   _fails_with(refused, "no config.json")
   assert not (tmp_path / "x").exists()
+
+
+def test_a_narrower_student_matches_hidden_states_through_its_learned_projection():
+  """TinyBERT's W_h: with `distill_width` every block's sown output is its output times a learned
+  (width x teacher width) map, which the hidden term trains; inference never applies it."""
+  cfg = models.ModelConfig(hidden_size=8, num_layers=2, num_heads=2, mlp_dim=16, vocab_size=64,
+                           max_len=16, dtype="float32", dropout_rate=0.0, distill_width=16)
+  model = models.build(cfg)
+  batch = {"input_ids": jax.random.randint(jax.random.key(1), (2, 6), 0, 64),
+           "attention_mask": jnp.array([[1] * 6, [1] * 4 + [0] * 2])}
+  params = nn.unbox(model.init(jax.random.key(2), batch["input_ids"])["params"])
+  kernel = params["backbone"]["layer_1"][layers.DISTILL_PROJECTION]["kernel"]
+  assert kernel.shape == (8, 16)
+  plain = models.build(dataclasses.replace(cfg, distill_width=0))
+  no_projection = {**params, "backbone": {
+      name: {k: v for k, v in block.items() if k != layers.DISTILL_PROJECTION}
+      for name, block in params["backbone"].items()}}
+  outputs = apply_model(model, params, batch, sown=(layers.BLOCK_OUTPUTS,))
+  unprojected = apply_model(plain, no_projection, batch, sown=(layers.BLOCK_OUTPUTS,))
+  np.testing.assert_array_equal(apply_model(model, params, batch)["hidden"],
+                                unprojected["hidden"])  # the model itself is unchanged
+  bias = params["backbone"]["layer_1"][layers.DISTILL_PROJECTION]["bias"]
+  np.testing.assert_allclose(outputs[layers.BLOCK_OUTPUTS][:, 1],
+                             unprojected[layers.BLOCK_OUTPUTS][:, 1] @ kernel + bias, rtol=1e-5,
+                             atol=1e-6)
+  batch[distillation.TEACHER] = {
+      layers.BLOCK_OUTPUTS: jax.random.normal(jax.random.key(3), (2, 2, 6, 16))}
+  term = distillation.hidden_states(1.0)
+  grads = jax.grad(lambda p: term.sums(apply_model(model, p, batch,
+                                                   sown=(layers.BLOCK_OUTPUTS,)), batch)["loss"])(
+                                                       params)
+  for name in ("layer_0", "layer_1"):
+    assert float(jnp.abs(grads["backbone"][name][layers.DISTILL_PROJECTION]["kernel"]).max()) > 0
+
+
+@pytest.mark.slow
+def test_a_narrower_student_trains_predicts_and_exports(teacher, tmp_path):
+  from research.convert.workdir import export_hf  # pylint: disable=g-import-not-at-top
+  from research.predict import Predictor  # pylint: disable=g-import-not-at-top
+  config = student_config(teacher, init="")
+  config.model.update(hidden_size=64, num_heads=2, mlp_dim=128)
+  workdir = str(tmp_path / "narrow")
+  trainer.run(config, workdir)
+  saved = checkpoint.workdir_config(workdir)
+  assert saved["model"]["distill_width"] == 128  # the tiny teacher's width
+  flat = params_lib.flatten(checkpoint.workdir_params(workdir))
+  projections = [p for p in flat if layers.DISTILL_PROJECTION in p]
+  assert len(projections) == 2 * STUDENT_LAYERS and flat[projections[0]].shape in {(64, 128),
+                                                                                   (128,)}
+  metrics = tracking.read_metrics(workdir)
+  assert metrics[-1]["train/hidden/loss"] < metrics[0]["train/hidden/loss"]
+  assert len(Predictor(workdir).predict([{"text": "Shares fell."}])) == 1
+  export_hf(workdir, str(tmp_path / "hf"))
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  assert not [name for name in exported if "distill" in name]
+  assert exported["bert.embeddings.word_embeddings.weight"].shape[1] == 64

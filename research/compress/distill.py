@@ -34,6 +34,7 @@ from research.errors import UserError
 from research.models import layers, layout
 
 INITS = ("", "every_k")
+PROJECTION_PATTERN = f"/{layers.DISTILL_PROJECTION}/"  # the blocks' learned maps to its width
 # Model fields an every_k student keeps from its own config (the rest are the teacher's).
 STUDENT_FIELDS = ("num_layers", "heads", "num_labels", "dtype", "param_dtype", "attention_impl",
                   "remat", "scan_layers", "peft", "dropout_rate")
@@ -118,11 +119,17 @@ def configure(config):
     ckpt_lib.checkpoints_of(d.teacher, "distill.teacher")
   if not config.data.tokenizer:
     config.data.tokenizer = teacher_tokenizer(d.teacher)
+  teacher = teacher_model_config(d.teacher)
   if d.init == "every_k":
-    teacher = dataclasses.asdict(teacher_model_config(d.teacher))
-    for field, value in teacher.items():
+    for field, value in dataclasses.asdict(teacher).items():
       if field not in STUDENT_FIELDS:
         config.model[field] = value
+  width = teacher.hidden_size if d.hidden_weight and \
+      teacher.hidden_size != config.model.hidden_size else 0
+  config.model.distill_width = width
+  from research.train import optim  # pylint: disable=g-import-not-at-top
+  if width and optim.trainable_patterns(config):  # PEFT or optim.trainable: train it too
+    config.optim.trainable = (*config.optim.get("trainable", ()), PROJECTION_PATTERN)
 
 
 def layer_ratio(teacher_layers: int, student_layers: int) -> int:
@@ -160,10 +167,12 @@ def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
     raise UserError(f"distill.attention_weight: the teacher has {teacher.num_heads} attention "
                     f"heads, the student {model_cfg.num_heads}; attention matching pairs heads "
                     "(set distill.attention_weight=0)")
-  if d.hidden_weight and teacher.hidden_size != model_cfg.hidden_size:
-    raise UserError(f"distill.hidden_weight: the teacher's hidden_size ({teacher.hidden_size}) "
-                    f"differs from the student's ({model_cfg.hidden_size}); hidden-state matching "
-                    "needs the same width (set distill.hidden_weight=0)")
+  width = teacher.hidden_size if d.hidden_weight and \
+      teacher.hidden_size != model_cfg.hidden_size else 0
+  if model_cfg.distill_width != width:
+    raise UserError(f"model.distill_width is set by distill (the teacher's hidden_size when "
+                    f"hidden states are matched across widths: {width}), got "
+                    f"{model_cfg.distill_width}; leave it unset")
   no_soft = [o.name for o in objectives if o.predictions is None]
   if d.soft_weight and no_soft:
     raise UserError(f"distill.soft_weight: objectives {no_soft} predict no classes (regression, "
@@ -188,6 +197,7 @@ class Teacher:
     own = teacher_model_config(d.teacher)
     model_cfg = dataclasses.replace(own, heads=student_cfg.heads,
                                     num_labels=student_cfg.num_labels, dtype=student_cfg.dtype,
+                                    distill_width=0,
                                     scan_layers=False, remat="none", dropout_rate=0.0)
     from research.convert import hf  # pylint: disable=g-import-not-at-top
     source = ckpt_lib.weights_of(d.teacher, scan_layers=False, key="distill.teacher")

@@ -19,7 +19,7 @@ from research import models
 from research import params as params_lib
 from research.convert import architectures
 from research.errors import UserError
-from research.models import layout
+from research.models import layers, layout
 from research.models.config import ModelConfig
 
 
@@ -205,7 +205,8 @@ def save_pretrained(model_cfg, params, directory: str):
     model_cfg = ModelConfig.from_dict(model_cfg)
   model_cfg = plain_heads(model_cfg)
   arch = architectures.for_model(model_cfg)
-  flat = unrolled_float32(params)
+  flat = {path: v for path, v in unrolled_float32(params).items()  # training-only: not exported
+          if f"/{layers.DISTILL_PROJECTION}/" not in path}
   task_model = bool(model_cfg.heads)
   tensors, used = {}, set()
   for rule in arch.rules(model_cfg):

@@ -85,6 +85,10 @@ class ModelConfig:
   # activations; inference only: `python -m research.compress --method=quantize` writes them), or
   # 'qat' (fake-quantized int8 weights in training); see research/models/quantization.py.
   quantization: str = "none"
+  # Hidden-state distillation from a teacher of another width (research/compress/distill.py sets
+  # it): each block's sown output passes a learned projection to this width (0: none). Training
+  # only: inference never applies it.
+  distill_width: int = 0
   peft: PeftConfig = PeftConfig()  # the run's `peft` section (research/peft): adapter parameters
 
   @property

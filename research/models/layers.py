@@ -284,6 +284,7 @@ class Mlp(nn.Module):
 # or computed. Each block sows one array into each.
 BLOCK_OUTPUTS = "block_outputs"  # the block's output (batch, length, hidden)
 ATTENTION = "attention_log_probs"  # its attention's log-probabilities (batch, heads, query, key)
+DISTILL_PROJECTION = "distill_projection"  # a block's learned map to a teacher's width
 
 
 def per_block(collection) -> jax.Array:
@@ -381,8 +382,15 @@ class TransformerBlock(nn.Module):
       x = ln1(x + attn(x))
       x = ln2(x + mlp(x))
     x = constrain_hidden(x)
-    self.sow(BLOCK_OUTPUTS, "output", x)  # kept only when an apply asks (`per_block`)
+    if self.is_mutable_collection(BLOCK_OUTPUTS) and decode is None:  # asked for (distillation)
+      self.sow(BLOCK_OUTPUTS, "output", self._distill_projection(x) if cfg.distill_width else x)
     return x
+
+  def _distill_projection(self, x):
+    """x -> x W + b, to the teacher's width (`cfg.distill_width`): TinyBERT's learned W_h, one
+    per block, read by hidden-state distillation only."""
+    return Einsum("btd,de->bte", (self.cfg.hidden_size, self.cfg.distill_width),
+                  ("embed", "embed_out"), ("embed_out",), self.cfg, name=DISTILL_PROJECTION)(x)
 
 
 class ScannedBlock(TransformerBlock):
