@@ -344,3 +344,38 @@ def test_a_narrower_student_trains_predicts_and_exports(teacher, tmp_path):
   exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
   assert not [name for name in exported if "distill" in name]
   assert exported["bert.embeddings.word_embeddings.weight"].shape[1] == 64
+
+
+@pytest.mark.slow
+def test_precomputed_teacher_logits_train_the_student_the_in_step_teacher_does(teacher, tmp_path):
+  """distill.precompute: the logits are computed once into a fingerprinted folder that a second
+  student reuses; training on them gives the in-step teacher's losses and weights."""
+  def student(name, **fields):
+    config = student_config(teacher, hidden_weight=0.0, attention_weight=0.0, **fields)
+    summary = trainer.run(config, str(tmp_path / name))
+    return summary, {r["step"]: r for r in tracking.read_metrics(str(tmp_path / name))}
+  shared = str(tmp_path / "logits")
+  _, in_step = student("in_step")
+  _, first = student("first", precompute=True, precompute_dir=shared)
+  (folder,) = os.listdir(shared)
+  stored = os.path.join(shared, folder, "classification_logits.npy")
+  assert np.load(stored).shape == (4, 16, 5)  # (steps, batch, classes)
+  written = os.stat(stored).st_mtime_ns
+  _, second = student("second", precompute=True, precompute_dir=shared)
+  assert os.stat(stored).st_mtime_ns == written  # reused, not recomputed
+  for step, r in in_step.items():
+    for key in ("train/loss", "train/bbc_news_soft/loss"):
+      np.testing.assert_allclose(first[step][key], r[key], rtol=1e-5)
+      assert second[step][key] == first[step][key]
+  ours = params_lib.flatten(checkpoint.workdir_params(str(tmp_path / "first")))
+  theirs = params_lib.flatten(checkpoint.workdir_params(str(tmp_path / "in_step")))
+  for path in theirs:
+    np.testing.assert_allclose(ours[path], theirs[path], rtol=1e-4, atol=1e-6)
+
+
+def test_precompute_with_hidden_matching_is_refused_in_one_line(tmp_path):
+  proc = run_cli("--config=configs/finetune.py:task=bbc_news,runlocal", f"--workdir={tmp_path}/s",
+                 f"--config.distill.teacher={tmp_path}/t", "--config.distill.precompute=True",
+                 "--config.distill.hidden_weight=1")
+  _fails_with(proc, "distill.precompute stores the teacher's logits only")
+  assert not (tmp_path / "s").exists()

@@ -15,6 +15,9 @@
   init           '' (the usual policy: scratch, or `init.weights` from another checkpoint) or
                  'every_k': the student takes the teacher's shape but `model.num_layers`, and its
                  embeddings, pooler, heads and blocks 0, m, 2m, ... (research/train/initialization)
+  precompute     compute the teacher's logits on the run's batches once, to disk, instead of in
+                 every step (research/compress/precomputed.py; soft targets only)
+  precompute_dir where they go (default WORKDIR/teacher_logits): students sharing it share them
 The loss terms are research/objectives/distillation.py; the step runs the teacher
 (research/train/step.py). `configure` and `check` run in research/train/resolve.py, before
 anything is written; `Teacher.load` in the trainer's build_state (a resumed run reloads the
@@ -24,11 +27,13 @@ import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 
 from research import checkpoint as ckpt_lib
 from research import models
 from research import params as params_lib
+from research.compress import precomputed
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
 from research.models import layers, layout
@@ -49,6 +54,8 @@ class DistillConfig:
   hidden_weight: float = 0.0
   attention_weight: float = 0.0
   init: str = ""
+  precompute: bool = False
+  precompute_dir: str = ""
 
   @classmethod
   def from_dict(cls, d) -> "DistillConfig":
@@ -73,6 +80,7 @@ class DistillConfig:
         raise UserError(f"distill.{name} must be >= 0, got {getattr(self, name)!r}")
     if self.init not in INITS:
       raise UserError(f"distill.init must be one of {list(INITS)}, got {self.init!r}")
+    precomputed.check(self)
 
 
 def section() -> dict:
@@ -173,6 +181,7 @@ def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
     raise UserError(f"model.distill_width is set by distill (the teacher's hidden_size when "
                     f"hidden states are matched across widths: {width}), got "
                     f"{model_cfg.distill_width}; leave it unset")
+  precomputed.check(d, jax.process_count())
   no_soft = [o.name for o in objectives if o.predictions is None]
   if d.soft_weight and no_soft:
     raise UserError(f"distill.soft_weight: objectives {no_soft} predict no classes (regression, "
@@ -254,6 +263,10 @@ def define_flags():
   flags.DEFINE_float("distill_attention_weight", DistillConfig.attention_weight,
                      "distill.attention_weight")
   flags.DEFINE_integer("distill_steps", 0, "train.steps of the student (0: the teacher's).")
+  flags.DEFINE_bool("distill_precompute", False, "distill.precompute: the teacher's logits "
+                    "computed once, to disk, instead of in every step (soft targets only).")
+  flags.DEFINE_string("distill_precompute_dir", "", "distill.precompute_dir (default "
+                      "OUT/teacher_logits): students sharing it compute the logits once.")
 
 
 def student_config(teacher: str, layers: int, settings: DistillConfig, steps: int = 0):
@@ -281,7 +294,8 @@ def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
       teacher=FLAGS.workdir, temperature=FLAGS.distill_temperature,
       soft_weight=FLAGS.distill_soft_weight, hard_weight=FLAGS.distill_hard_weight,
       hidden_weight=FLAGS.distill_hidden_weight, attention_weight=FLAGS.distill_attention_weight,
-      init="" if FLAGS.distill_init == "scratch" else FLAGS.distill_init)
+      init="" if FLAGS.distill_init == "scratch" else FLAGS.distill_init,
+      precompute=FLAGS.distill_precompute, precompute_dir=FLAGS.distill_precompute_dir)
   settings.validate()
   config = student_config(FLAGS.workdir, FLAGS.distill_layers, settings, FLAGS.distill_steps)
   summary = trainer.run(config, FLAGS.out)

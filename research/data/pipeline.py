@@ -58,8 +58,9 @@ class StepIndexedBatches:
 
 
 def to_global(host_batch: dict, sharding) -> dict:
-  """Assembles the hosts' rows into global arrays laid out by `sharding` (batch dimension)."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+  """Assembles the hosts' rows into global arrays laid out by `sharding` (batch dimension); the
+  batch may nest dicts (a distillation run's precomputed teacher logits)."""
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), host_batch)
 
 
 def device_batches(host_batch, start: int, stop: int, sharding, prefetch: int = 2):

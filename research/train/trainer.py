@@ -28,7 +28,7 @@ from research import data as data_lib
 from research import models, perf, sharding, tracking
 from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
-from research.compress import distill, magnitude
+from research.compress import distill, magnitude, precomputed
 from research.objectives import distillation
 from research.peft import adalora
 from research.tasks import EvalContext
@@ -100,7 +100,9 @@ class Built:
   init_source: str
   ckpt: ckpt_lib.Checkpointer
   base: ckpt_lib.BaseReference | None  # adapter-only checkpoints refer to it (None: full ones)
-  teacher: distill.Teacher | None  # a distillation run's frozen teacher (never checkpointed)
+  teacher: distill.Teacher | None  # a distillation run's frozen teacher in the step (never
+  # checkpointed); None with distill.precompute, whose stored logits come with the batches:
+  teacher_logits: precomputed.TeacherLogits | None
 
 
 def build_state(r: Run, workdir: str) -> Built:
@@ -117,13 +119,18 @@ def build_state(r: Run, workdir: str) -> Built:
   teacher = distill.Teacher.load(config, r.model_cfg)  # reloaded by a resumed run too
   state, data_state, source, base = initialization.initial_state(config, ckpt, fresh, abstract,
                                                                  shardings, teacher)
+  teacher_logits = None
+  if teacher is not None and distill.of_run(config).precompute:
+    teacher_logits = precomputed.TeacherLogits.of_run(r, teacher, distill.of_run(config), workdir)
+    log.info("distill.precompute: the teacher's logits from %s", teacher_logits.folder)
+    teacher = None  # the step runs without it
   if int(data_state["next_step"]) != int(state.step):
     raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
                     f"iterator at step {data_state['next_step']}")
   log.info("model: %s, %d parameters (%s trained); %s", r.model_cfg.kind,
            state_lib.count_params(state.params), trained_share(r.config, state.params), source)
   return Built(model, tx, lr_schedule, dropout_key, state, abstract, shardings, data_state,
-               source, ckpt, base, teacher)
+               source, ckpt, base, teacher, teacher_logits)
 
 
 def trained_share(config, params) -> str:
@@ -145,13 +152,14 @@ class Steps:
 
 
 def compile_steps(r: Run, b: Built) -> Steps:
-  """With a teacher (distillation) each train step takes the teacher's parameters as its third
-  argument, replicated on every device, and trains on `distillation.with_distillation`."""
+  """A distillation run trains on `distillation.with_distillation`; with the teacher in the step
+  (no distill.precompute) each train step takes the teacher's parameters as its third argument,
+  replicated on every device."""
   batch_sharding = sharding.batch_sharding(r.mesh)
   tasks = r.task_set.tasks
   settings = distill.of_run(r.config)
   objectives = lambda task: (distillation.with_distillation(task.objectives, settings)
-                             if b.teacher else task.objectives)
+                             if settings.active else task.objectives)
   extra, extra_shardings = (), ()
   if b.teacher:
     replicated = jax.sharding.NamedSharding(r.mesh, jax.sharding.PartitionSpec())
@@ -241,11 +249,14 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
   stopped = bool(b.data_state.get("stopped_early"))
   throughput = Throughput(r, start)
   saver = Saver(r, b)
+  train_batch = r.task_set.train_batch
+  if b.teacher_logits is not None:
+    train_batch = b.teacher_logits.batches(train_batch)
   try:
     with preemption.Preemption(b.ckpt.manager.reached_preemption) as preempt, \
         jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
       for step, (task_index, batch) in data_lib.device_batches(
-          r.task_set.train_batch, start, start if stopped else total, steps.batch_sharding):
+          train_batch, start, start if stopped else total, steps.batch_sharding):
         state, metrics = steps.train[task_index](state, batch)
         done = step + 1
         record = throughput.record(done, metrics, log_now=(
