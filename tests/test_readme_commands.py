@@ -210,6 +210,7 @@ class Workspace:
       if command is None:
         pytest.fail(f"the README has no command of the shape {NAMES[name]!r} any more")
       argv, env, stdout = self.argv(command)
+      argv += EXTRA_FLAGS.get(name, [])
       full_env = dict(os.environ, PYTHONPATH=REPO)  # this checkout's package, not an install
       full_env.update(env)
       proc = subprocess.run(argv, cwd=REPO, env=full_env, capture_output=True, text=True,
@@ -550,6 +551,87 @@ def check_generation_local(ws, result):
     assert summary[f"eval/local/{name}"] == pytest.approx(value), name
 
 
+def _compressed(ws, result):
+  """The fine-tuning command's workdir (the teacher) and the compressed one, which predict reads."""
+  from research.predict import Predictor  # pylint: disable=g-import-not-at-top
+  result.assert_ok()
+  teacher, out = ws.run("finetune").workdir, result.flag("out")
+  rows = Predictor(out).predict(ws.new_texts)
+  assert len(rows) == len(ws.new_texts) and all(r["label"] in r["scores"] for r in rows)
+  return teacher, out
+
+
+def check_compress_quantize(ws, result):
+  """int8 kernels within half a step of the teacher's weights, per output channel."""
+  teacher, out = _compressed(ws, result)
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  assert checkpoint.workdir_config(out)["model"]["quantization"] == "int8"
+  ours, theirs = _flat(checkpoint.workdir_params(out)), _flat(checkpoint.workdir_params(teacher))
+  kernels = [p for p, v in ours.items() if v.dtype == np.int8]
+  assert any("attention/query" in p for p in kernels) and any("mlp/down" in p for p in kernels)
+  for path in kernels:
+    scale = ours[path + "_scale"]
+    assert np.all(np.abs(ours[path] * scale - theirs[path]) <= scale / 2 + 1e-7), path
+    assert path[:-len("kernel")] + "input_scale" in ours, path  # calibrated activations
+
+
+def check_compress_heads(ws, result):
+  """Half the heads and neurons gone: smaller matrices, the kept ones the teacher's columns."""
+  teacher, out = _compressed(ws, result)
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  before, after = (checkpoint.workdir_config(w)["model"] for w in (teacher, out))
+  assert after["num_heads"] == before["num_heads"] // 2
+  assert after["mlp_dim"] == before["mlp_dim"] // 2
+  ours = _flat(checkpoint.workdir_params(out))
+  theirs = _flat(checkpoint.workdir_params(teacher))
+  up = "backbone/layer_0/mlp/up/kernel"
+  assert ours[up].shape == (before["hidden_size"], before["mlp_dim"] // 2)
+  kept = [j for j in range(theirs[up].shape[1])
+          if any(np.array_equal(theirs[up][:, j], ours[up][:, i]) for i in range(ours[up].shape[1]))]
+  assert len(kept) == ours[up].shape[1]
+
+
+def check_compress_sparse(ws, result):
+  """Exactly half the projection kernels' weights (one global threshold) are 0."""
+  _, out = _compressed(ws, result)
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  flat = _flat(checkpoint.workdir_params(out))
+  kernels = [v for p, v in flat.items() if p.startswith("backbone/") and p.endswith("/kernel")
+             and re.search(r"/(attention|mlp)/", p)]
+  total, zeros = sum(v.size for v in kernels), sum(int((v == 0).sum()) for v in kernels)
+  assert abs(zeros - total // 2) <= 1, (zeros, total)
+
+
+def check_compress_distill(ws, result):
+  """A 1-block every_k student trained on the teacher's recipe, the teacher in its step."""
+  teacher, out = _compressed(ws, result)
+  from research import checkpoint, tracking  # pylint: disable=g-import-not-at-top
+  config = checkpoint.workdir_config(out)
+  assert config["distill"]["teacher"] == teacher and config["model"]["num_layers"] == 1
+  records = [r for r in tracking.read_metrics(out) if "train/loss" in r]
+  assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+  assert all(r["train/bbc_news_soft/loss"] >= 0 for r in records)
+  assert f"into a 1-block student in {out}" in result.proc.stdout
+
+
+def check_prune_finetune(ws, result):
+  """Pruned while it fine-tunes: the run's real sparsity is the target (end_step shrunk to the
+  run's second update, `EXTRA_FLAGS`), and the kernels hold that share of exact zeros."""
+  summary = _trained(result)
+  assert summary["prune/sparsity"] == pytest.approx(0.8, abs=1e-4)
+  flat = _flat(_params(result.workdir))
+  kernels = [v for p, v in flat.items() if p.startswith("backbone/") and p.endswith("/kernel")
+             and re.search(r"/(attention|mlp)/", p)]
+  zeros = sum(int((v == 0).sum()) for v in kernels) / sum(v.size for v in kernels)
+  assert zeros == pytest.approx(summary["prune/sparsity"], abs=1e-6)
+
+
+def check_distill_main(ws, result):
+  summary = _trained(result)
+  assert summary["init"].startswith("distill.init=every_k from ")
+  assert all(r["train/bbc_news_soft/loss"] >= 0 for r in result.metrics() if "train/loss" in r)
+
+
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
     "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
@@ -587,7 +669,22 @@ CHECKS = {
         ("generate_file", check_generate_file),
     "research.generate --workdir --prompt --strategy --temperature --top_k --top_p "
     "--repetition_penalty --seed": ("generate_sample", check_generate_sample),
+    "research.compress --workdir --method --quantize_activations --out": (
+        "compress_quantize", check_compress_quantize),
+    "research.compress --workdir --method --prune_heads --prune_neurons --out": (
+        "compress_heads", check_compress_heads),
+    "research.compress --workdir --method --prune_sparsity --out": ("compress_sparse",
+                                                                    check_compress_sparse),
+    "research.compress --workdir --method --distill_layers --out": ("compress_distill",
+                                                                    check_compress_distill),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
+    "--config.prune.sparsity --config.prune.end_step": ("prune_finetune", check_prune_finetune),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
+    "--config.model.num_layers --config.distill.teacher --config.distill.init": (
+        "distill_main", check_distill_main),
 }
+# Flags appended to one command after the shrink overrides (its schedule, fitted to 2 steps).
+EXTRA_FLAGS = {"prune_finetune": ["--config.prune.end_step=1", "--config.prune.interval=1"]}
 # Shapes deliberately not run here, and why.
 NOT_RUN = {
     "research.bench --peer --pipeline": "GPU workloads (bert-base, gpt2-medium); the smoke mode "
@@ -607,7 +704,10 @@ NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",)
          "predict": ("finetune",), "mesh": ("quickstart",),
          "prepared_train": ("prepare", "quickstart"), "convert_to_hf_peft": ("peft_lora",),
          "clm_lora": ("clm",), "generate_prompt": ("clm",), "generate_file": ("clm",),
-         "generate_sample": ("clm",), "headlines": ("clm",), "generation_local": ("clm",)}
+         "generate_sample": ("clm",), "headlines": ("clm",), "generation_local": ("clm",),
+         "compress_quantize": ("finetune",), "compress_heads": ("finetune",),
+         "compress_sparse": ("finetune",), "compress_distill": ("finetune",),
+         "distill_main": ("finetune",)}
 NAMES = {name: s for s, (name, _) in CHECKS.items()}
 COMMANDS = readme_commands()
 COMMANDS_BY_NAME = {CHECKS[shape(*c)][0]: c for c in COMMANDS if shape(*c) in CHECKS}
@@ -624,7 +724,9 @@ def test_every_command_is_mapped():
 
 
 SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt", "generate_file",
-        "generate_sample", "headlines", "generation_local"}  # ~3 min together; `-m slow`
+        "generate_sample", "headlines", "generation_local", "compress_quantize",
+        "compress_heads", "compress_sparse", "compress_distill", "prune_finetune",
+        "distill_main"}  # ~4 min together; `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW
