@@ -57,15 +57,18 @@ FINETUNED = {"sparse80ft": ("80% unstructured, pruned while fine-tuning",
 flags.DEFINE_string("root", "/tmp/compress_bbc_news", "Where the teacher and the rows go.")
 flags.DEFINE_list("rows", [*ROWS, *FINETUNED], "Which rows (the teacher is always measured).")
 flags.DEFINE_integer("repeats", 15, "Interleaved latency rounds (the median is reported).")
+flags.DEFINE_list("extra", [], "More --config.key=value flags for the training runs (the teacher "
+                  "and the row pruned while fine-tuning; the compress rows follow the teacher's "
+                  "config), e.g. for a test.")
 FLAGS = flags.FLAGS
 
 
-def commands(root: str, rows) -> dict:
+def commands(root: str, rows, extra=()) -> dict:
   """{row: (label, argv as a user types it)}, the teacher first."""
   teacher = os.path.join(root, "teacher")
   out = {"teacher": ("teacher: MiniLM fine-tuned (float32)",
                      ["python", "-m", "research.main", TEACHER_FLAGS[0], f"--workdir={teacher}",
-                      *TEACHER_FLAGS[1:]])}
+                      *TEACHER_FLAGS[1:], *extra])}
   for row in rows:
     if row in ROWS:
       label, args = ROWS[row]
@@ -74,7 +77,8 @@ def commands(root: str, rows) -> dict:
     else:
       label, args = FINETUNED[row]
       out[row] = (label, ["python", "-m", "research.main", TEACHER_FLAGS[0],
-                          f"--workdir={os.path.join(root, row)}", *TEACHER_FLAGS[1:], *args])
+                          f"--workdir={os.path.join(root, row)}", *TEACHER_FLAGS[1:], *args,
+                          *extra])
   return out
 
 
@@ -159,7 +163,7 @@ def main(argv):
   unknown = sorted(set(FLAGS.rows) - set(ROWS) - set(FINETUNED))
   if unknown:
     raise SystemExit(f"unknown rows {unknown}; known: {[*ROWS, *FINETUNED]}")
-  todo = commands(FLAGS.root, FLAGS.rows)
+  todo = commands(FLAGS.root, FLAGS.rows, FLAGS.extra)
   for row, (_, argv) in todo.items():
     run(argv, os.path.join(FLAGS.root, row))
   config = checkpoint.workdir_config(os.path.join(FLAGS.root, "teacher"))
