@@ -379,3 +379,54 @@ def test_precompute_with_hidden_matching_is_refused_in_one_line(tmp_path):
                  "--config.distill.hidden_weight=1")
   _fails_with(proc, "distill.precompute stores the teacher's logits only")
   assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("kind", ["mlm", "token_classification"])
+def test_soft_targets_weigh_exactly_the_predictions_the_task_scores(kind):
+  """The soft term of MLM (masked slots with weight > 0) and of token classification (tokens
+  with a label) is T^2 KL summed over exactly the positions the task's own loss counts."""
+  rng = np.random.default_rng(0)
+  if kind == "mlm":
+    task = objectives.masked_lm("mlm")
+    batch = {"masked_weights": jnp.array([[1, 1, 0], [1, 0, 0]]),
+             "masked_ids": jnp.array([[3, 1, 0], [2, 0, 0]])}
+    key, shape, weights = "mlm_logits", (2, 3, 7), np.array([[1, 1, 0], [1, 0, 0]])
+  else:
+    task = objectives.token_classification("ner", "ner")
+    labels = np.array([[0, -100, 2, -100], [1, 1, -100, -100]])
+    batch = {"labels": jnp.asarray(labels)}
+    key, shape, weights = "ner_logits", (2, 4, 3), (labels != -100).astype(float)
+  student, teacher = rng.normal(size=shape), 2 * rng.normal(size=shape)
+  batch[distillation.TEACHER] = {key: jnp.asarray(teacher)}
+  term = distillation.soft_targets(task, temperature=2.0, weight=1.0)
+
+  def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+  p, q = log_softmax(teacher / 2.0), log_softmax(student / 2.0)
+  expected = 4.0 * (weights * (np.exp(p) * (p - q)).sum(-1)).sum()
+  got = term.sums({key: jnp.asarray(student)}, batch)["loss"]
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+  assert float(term.count(batch)) == weights.sum() == float(task.count(batch))
+
+
+@pytest.mark.slow
+def test_an_mlm_student_that_is_its_teacher_has_no_soft_loss(tmp_path):
+  """Self-distillation on MLM (every_k with the teacher's depth, learning rate 0, no dropout):
+  student and teacher score the same masked positions alike, so the soft term is exactly 0; a
+  student from scratch is not."""
+  teacher_dir = str(tmp_path / "teacher")
+  config = tiny_config("mlm", steps=2)
+  config.data.seq_len = 32
+  trainer.run(config, teacher_dir)
+  losses = {}
+  for init in ("every_k", ""):
+    config = tiny_config("mlm", steps=1, **{"model.dropout_rate": 0.0})
+    config.data.seq_len = 32
+    config.optim.learning_rate = 0.0
+    config.distill.update({"teacher": teacher_dir, "init": init})
+    trainer.run(config, str(tmp_path / f"student_{init or 'scratch'}"))
+    (record,) = [r for r in tracking.read_metrics(str(tmp_path / f"student_{init or 'scratch'}"))
+                 if "train/mlm_soft/loss" in r]
+    losses[init or "scratch"] = record["train/mlm_soft/loss"]
+  assert abs(losses["every_k"]) < 1e-6 < losses["scratch"]
