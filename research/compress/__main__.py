@@ -13,7 +13,7 @@ stderr and exit code 2 (--verbose shows the traceback).
 from absl import app, flags
 
 from research.compress import distill, prune, quantize
-from research.errors import UserError, exit_with
+from research.errors import UserError, exit_with, one_line_errors
 
 METHODS = {"distill": distill, "prune": prune, "quantize": quantize}
 FLAGS = flags.FLAGS
@@ -34,15 +34,11 @@ def main(argv):
     exit_with(f"unexpected arguments {argv[1:]}")
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the result
-  try:
+  with one_line_errors(FLAGS.verbose):
     if not (FLAGS.workdir and FLAGS.method and FLAGS.out):
       raise UserError("pass --workdir=DIR --method=METHOD --out=DIR2 "
                       f"(METHOD one of {sorted(METHODS)})")
     print(METHODS[FLAGS.method].compress_from_flags(FLAGS))
-  except UserError as e:
-    if FLAGS.verbose:
-      raise
-    exit_with(e)
 
 
 if __name__ == "__main__":
