@@ -22,7 +22,7 @@ from test_lora import TINY, _init
 from research import checkpoint, models
 from research import params as params_lib
 from research.compress import magnitude, structured
-from research.compress.prune import write_workdir
+from research.compress import output
 from research.train.step import TrainState
 
 
@@ -189,7 +189,7 @@ def trained(tmp_path_factory):
   params, _ = _perturbed(cfg)
   model = dataclasses.asdict(cfg)
   del model["peft"]
-  write_workdir(str(root / "w"), str(root), params, {"model": model})
+  output.write(str(root / "w"), str(root), params, {"model": model})
   return root
 
 

@@ -12,15 +12,13 @@ Both may be given (structured first). The source's best parameters are read (els
 record, tokenizer.json, labels.json, checkpoints/0) that predict, convert and init.weights read.
 """
 import dataclasses
-import json
 import os
-import shutil
 
 from absl import flags
 
+from research.compress import output
 from research.errors import UserError
 
-COPIED = ("tokenizer.json", "labels.json")  # beside config.json and checkpoints/
 
 
 def define_flags():
@@ -48,10 +46,7 @@ def prune_workdir(workdir: str, out: str, *, heads: float = 0.0, neurons: float 
   from research.compress import magnitude, structured  # pylint: disable=g-import-not-at-top
   from research.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
   from research.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  if not out:
-    raise UserError("--out is required: the directory of the pruned workdir")
-  if os.path.exists(out) and os.listdir(out):
-    raise UserError(f"--out {out!r} exists and is not empty")
+  output.check(out, "pruned")
   config = checkpoint.workdir_config(workdir)
   cfg = ModelConfig.of_run(config)
   unstructured = magnitude.PruneConfig(sparsity=sparsity, scope=scope)
@@ -81,22 +76,8 @@ def prune_workdir(workdir: str, out: str, *, heads: float = 0.0, neurons: float 
       "method": "prune", "source": os.path.abspath(workdir), "heads_removed": remove_heads,
       "neurons_removed": remove_neurons, "sparsity": sparsity, "scope": scope,
       "importance": "heads |W_V[:, h]| |W_O[h]|, neurons |W_up[:, j]| |W_down[j]| (Frobenius)"}}
-  write_workdir(out, workdir, params, config)
+  output.write(out, workdir, params, config)
   return (f"{workdir} -> {out}: {'; '.join(done)}; parameters {before:,} -> "
           f"{state_lib.count_params(params):,}")
 
 
-def write_workdir(out: str, source: str, params, config: dict):
-  """`out` as a workdir holding `params` at step 0 under `config`, with `source`'s tokenizer and
-  labels."""
-  from research import checkpoint  # pylint: disable=g-import-not-at-top
-  os.makedirs(out, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), use_async=False)
-  ckpt.save(0, {"params": params}, {"next_step": 0}, config)
-  ckpt.wait()
-  ckpt.close()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  for name in COPIED:
-    if os.path.exists(os.path.join(source, name)):
-      shutil.copy(os.path.join(source, name), os.path.join(out, name))

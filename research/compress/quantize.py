@@ -19,9 +19,6 @@ checkpoints/): `python -m research.predict --workdir=DIR2` runs the int8 model, 
 (q * scale: the int8 values, not the original floats).
 """
 import dataclasses
-import json
-import os
-import shutil
 
 import flax.linen as nn
 import jax
@@ -29,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import params as params_lib
+from research.compress import output
 from research.errors import UserError
 from research.models import layers, layout, quantization
 from research.models.config import ModelConfig
@@ -142,10 +140,7 @@ def check_flags(FLAGS, config: dict):  # pylint: disable=invalid-name
   if not 0 < FLAGS.calibration_percentile <= 100:
     raise UserError("--calibration_percentile must be in (0, 100], got "
                     f"{FLAGS.calibration_percentile}")
-  if not FLAGS.out:
-    raise UserError("--out is required: the directory of the quantized workdir")
-  if os.path.exists(FLAGS.out) and os.listdir(FLAGS.out):
-    raise UserError(f"--out {FLAGS.out!r} exists and is not empty: give a new directory")
+  output.check(FLAGS.out, "quantized")
   check_float(config.get("model", {}).get("quantization", "none"), f"--workdir {FLAGS.workdir!r}")
 
 
@@ -158,7 +153,7 @@ def check_float(mode: str, what: str):
 
 def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
   """Writes the quantized workdir --out from --workdir; returns the one-line summary."""
-  from research import checkpoint, tasks  # pylint: disable=g-import-not-at-top
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
   source, out = FLAGS.workdir, FLAGS.out
   config = checkpoint.workdir_config(source)
   check_flags(FLAGS, config)
@@ -168,16 +163,7 @@ def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
   qparams, qcfg = quantize(params, model_cfg, batches, FLAGS.quantize_activations,
                            FLAGS.calibration_percentile)
   config["model"] = _model_section(qcfg)
-  os.makedirs(out, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), use_async=False)
-  ckpt.save(0, {"params": qparams}, {"next_step": 0}, config)
-  ckpt.wait()
-  ckpt.close()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  for name in ("tokenizer.json", tasks.LABELS_FILE):
-    if os.path.exists(os.path.join(source, name)):
-      shutil.copy(os.path.join(source, name), os.path.join(out, name))
+  output.write(out, source, qparams, config)
   flat = params_lib.flatten(qparams)
   int8 = sum(v.size for v in flat.values() if v.dtype == np.int8)
   total = sum(v.size for v in flat.values())
