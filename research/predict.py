@@ -80,7 +80,9 @@ class Predictor:
     self.seq_len, self.batch_size = config.data.seq_len, batch_size
     model_cfg = models.ModelConfig.of_run(config)
     model = models.build(model_cfg)
-    self.params = checkpoint.workdir_params(workdir, best=True)
+    # On the device once: host arrays (a checkpoint restored without shardings) would be copied
+    # to it again at every call.
+    self.params = jax.device_put(checkpoint.workdir_params(workdir, best=True))
     self.forward = jax.jit(lambda p, b: self.task.eval_outputs(step_lib.apply_model(model, p, b), b))
 
   def predict(self, rows: list[dict], progress=None) -> list[dict]:

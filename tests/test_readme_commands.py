@@ -555,9 +555,13 @@ def _compressed(ws, result):
   """The fine-tuning command's workdir (the teacher) and the compressed one, which predict reads."""
   from research.predict import Predictor  # pylint: disable=g-import-not-at-top
   result.assert_ok()
+  import jax  # pylint: disable=g-import-not-at-top
   teacher, out = ws.run("finetune").workdir, result.flag("out")
-  rows = Predictor(out).predict(ws.new_texts)
+  predictor = Predictor(out)
+  rows = predictor.predict(ws.new_texts)
   assert len(rows) == len(ws.new_texts) and all(r["label"] in r["scores"] for r in rows)
+  # on the device once (a step-0 checkpoint restores as host arrays, copied at every call else)
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(predictor.params))
   return teacher, out
 
 

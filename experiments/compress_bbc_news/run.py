@@ -17,8 +17,9 @@ section). Then, for the teacher and every row, in this one process:
   = teacher      the share of test articles whose predicted label is the teacher's
   latency        CPU milliseconds per example at batch 1 and 32 through the same predict path
                  (tokenization, the jitted forward pass, scores), every model loaded and compiled
-                 first, then `repeats` rounds timing each (model, batch) once, interleaved, so a
-                 load change hits every model alike; the median of the rounds
+                 first, then `repeats` rounds, each running the same 32 test articles through
+                 every (model, batch size) in turn (32 calls at batch 1, one at 32), interleaved
+                 so a load change hits every model alike; the median of the rounds
 Prints a Markdown table and writes ROOT/results.json (with `uptime` before and after timing).
 """
 import json
@@ -122,17 +123,20 @@ def describe(predictor, workdir: str, rows: list) -> dict:
           "labels": labels}
 
 
-def latencies(predictors: dict, texts: list, repeats: int) -> dict:
-  """{(row, batch size): median seconds per example} over interleaved rounds."""
-  calls = {key: [{"text": t} for t in texts[:key[1]]] for key in predictors}
-  for key, rows in calls.items():
-    predictors[key].predict(rows)  # compiles
+def latencies(predictors: dict, texts: list, repeats: int, examples: int = 32) -> dict:
+  """{(row, batch size): median seconds per example} over interleaved rounds; each round runs
+  the same `examples` texts through every predictor, in calls of its batch size."""
+  rows = [{"text": t} for t in texts[:examples]]
+  calls = {key: [rows[i:i + key[1]] for i in range(0, examples, key[1])] for key in predictors}
+  for key, batches in calls.items():
+    predictors[key].predict(batches[0])  # compiles
   times = {key: [] for key in calls}
   for _ in range(repeats):
-    for key, rows in calls.items():
+    for key, batches in calls.items():
       start = time.perf_counter()
-      predictors[key].predict(rows)
-      times[key].append((time.perf_counter() - start) / len(rows))
+      for batch in batches:
+        predictors[key].predict(batch)
+      times[key].append((time.perf_counter() - start) / examples)
   return {key: statistics.median(seconds) for key, seconds in times.items()}
 
 
