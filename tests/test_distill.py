@@ -430,3 +430,42 @@ def test_an_mlm_student_that_is_its_teacher_has_no_soft_loss(tmp_path):
                  if "train/mlm_soft/loss" in r]
     losses[init or "scratch"] = record["train/mlm_soft/loss"]
   assert abs(losses["every_k"]) < 1e-6 < losses["scratch"]
+
+
+@pytest.mark.slow
+def test_a_student_on_eight_devices_logs_the_one_device_losses(teacher, tmp_path):
+  """Teacher and student laid out by the run's rules on a (2, 2, 2) mesh: every step's loss and
+  distillation terms are the 1-device run's."""
+  flags = ["--config=configs/finetune.py:task=bbc_news,runlocal", "--config.train.steps=4",
+           "--config.train.batch_size=16", "--config.data.seq_len=32",
+           "--config.model.num_layers=2", f"--config.distill.teacher={teacher}",
+           "--config.distill.init=every_k", "--config.distill.hidden_weight=1",
+           "--config.distill.attention_weight=1", "--config.evals.every_steps=4",
+           "--config.logging.progress=False",
+           "--config.logging.every_steps=1", "--config.schedule.warmup_steps=1"]
+  runs = {}
+  for name, devices, mesh in (("one", 1, []), ("eight", 8, [
+      "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"])):
+    workdir = str(tmp_path / name)
+    proc = run_cli(*flags, *mesh, f"--workdir={workdir}", env={
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs[name] = [r for r in tracking.read_metrics(workdir) if "train/loss" in r]
+  assert len(runs["one"]) == 4
+  for key in ("train/loss", "train/bbc_news_soft/loss", "train/hidden/loss",
+              "train/attention/loss"):
+    assert [r[key] for r in runs["eight"]] == pytest.approx([r[key] for r in runs["one"]],
+                                                           rel=1e-4), key
+
+
+def test_the_teacher_is_laid_out_by_the_runs_rules_not_replicated():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from research import sharding  # pylint: disable=g-import-not-at-top
+  cfg = models.ModelConfig(hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32, vocab_size=64,
+                           max_len=16, dtype="float32", heads=("c=classification:3",))
+  teacher = distill.Teacher("t", cfg, None, ratio=1)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+  specs = teacher.shardings(mesh, sharding.DEFAULT_RULES)
+  assert specs["backbone"]["layer_1"]["mlp"]["up"]["kernel"].spec == jax.sharding.PartitionSpec(
+      "fsdp", "tensor")
+  assert specs["token_embed"]["embedding"].spec == jax.sharding.PartitionSpec("tensor", "fsdp")

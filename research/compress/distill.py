@@ -221,6 +221,22 @@ class Teacher:
                                           (layers.ATTENTION, d.attention_weight)) if weight)
     return cls(d.teacher, model_cfg, params, ratio, sown)
 
+  def shardings(self, mesh, rules):
+    """NamedShardings of the teacher's parameters under the run's logical axis rules, as the
+    student's are laid out (split over fsdp and tensor, not copied to every device); a mesh
+    that cannot split one of them is refused in one line."""
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    from research import sharding  # pylint: disable=g-import-not-at-top
+    model = models.build(self.model_cfg)
+    with nn.logical_axis_rules(rules):
+      boxed = jax.eval_shape(lambda: model.init(
+          jax.random.key(0), np.zeros((1, 8), np.int32),
+          masked_positions=np.zeros((1, 1), np.int32)))["params"]
+    try:
+      return sharding.shardings_of(boxed, mesh, rules)
+    except UserError as e:
+      raise UserError(f"distill.teacher {self.source!r}: {e}") from None
+
   def outputs(self, params, batch) -> dict:
     """The teacher's logits (every '<head>_logits') and what its blocks sowed (`sown`), of the
     blocks the layer map picks: (batch, student layers, ...)."""

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -100,14 +101,13 @@ def compute(r, teacher, folder: str):
   import tqdm  # pylint: disable=g-import-not-at-top
   total = r.config.train.steps
   batch_sharding = sharding.batch_sharding(r.mesh)
-  replicated = jax.sharding.NamedSharding(r.mesh, jax.sharding.PartitionSpec())
-  params = jax.device_put(teacher.params, replicated)
+  params = jax.device_put(teacher.params, teacher.shardings(r.mesh, r.rules))
   outputs = jax.jit(teacher.outputs)
   os.makedirs(folder, exist_ok=True)
   arrays = None
   bar = tqdm.tqdm(total=total, unit="step", desc="teacher logits",
                   disable=not r.config.logging.progress)
-  with jax.set_mesh(r.mesh):
+  with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     for step, (_, batch) in data_lib.device_batches(r.task_set.train_batch, 0, total,
                                                     batch_sharding):
       out = {k: np.asarray(v) for k, v in outputs(params, batch).items()}

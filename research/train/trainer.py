@@ -154,7 +154,7 @@ class Steps:
 def compile_steps(r: Run, b: Built) -> Steps:
   """A distillation run trains on `distillation.with_distillation`; with the teacher in the step
   (no distill.precompute) each train step takes the teacher's parameters as its third argument,
-  replicated on every device."""
+  laid out by the run's rules like the student's (`Teacher.shardings`)."""
   batch_sharding = sharding.batch_sharding(r.mesh)
   tasks = r.task_set.tasks
   settings = distill.of_run(r.config)
@@ -162,9 +162,9 @@ def compile_steps(r: Run, b: Built) -> Steps:
                              if settings.active else task.objectives)
   extra, extra_shardings = (), ()
   if b.teacher:
-    replicated = jax.sharding.NamedSharding(r.mesh, jax.sharding.PartitionSpec())
-    extra = (jax.device_put(b.teacher.params, replicated),)
-    extra_shardings = (jax.tree.map(lambda _: replicated, b.teacher.params),)
+    teacher_shardings = b.teacher.shardings(r.mesh, r.rules)
+    extra = (jax.device_put(b.teacher.params, teacher_shardings),)
+    extra_shardings = (teacher_shardings,)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     train_steps = [CompiledStep(jax.jit(
         make_train_step(b.model, objectives(task), b.tx, b.lr_schedule, b.dropout_key,
