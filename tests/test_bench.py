@@ -83,6 +83,7 @@ def test_bad_depths_are_one_line(depths):
     bench.depth_overrides(depths, {})
 
 
+@pytest.mark.slow
 def test_sweep_prints_one_row_per_lever(capsys):
   bench.main(["--smoke", "--steps=1", "--warmup=1", "--workloads=bert-base-mlm-s128", "--sweep",
               "--batch=2"])

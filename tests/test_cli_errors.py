@@ -142,6 +142,7 @@ def test_unwritable_workdir(tmp_path):
               "cannot write to workdir")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_a_different_model_is_refused_and_kept(tmp_path):
   workdir = str(tmp_path / "w")
   first = run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY)

@@ -317,6 +317,7 @@ def test_convert_command_line_round_trip(tmp_path):
   assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: no config.json")
 
 
+@pytest.mark.slow
 def test_run_started_from_hf_resumes_with_the_same_command(tmp_path, tiny):
   from research import train  # pylint: disable=g-import-not-at-top
   _bert_with_vocab(tmp_path / "hf")

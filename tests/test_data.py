@@ -77,6 +77,7 @@ def test_non_utf8_text_is_read_counted_and_named(tmp_path, caplog):
   assert stats == {"data/undecodable_bytes": 0}
 
 
+@pytest.mark.slow
 def test_hub_unreachable_is_one_line(monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   with pytest.raises(UserError, match="could not load dataset"):

@@ -69,6 +69,7 @@ def test_bbc_news_reports_best_checkpoint_and_predictions(tmp_path):
   assert all(abs(sum(o["scores"].values()) - 1) < 1e-4 for o in out)
 
 
+@pytest.mark.slow
 def test_local_files_with_string_labels(tmp_path):
   rows = [{"text": f"{w} movie number {i}", "label": "pos" if w in ("great", "lovely") else "neg"}
           for i, w in enumerate(["great", "awful", "lovely", "boring"] * 10)]
@@ -103,6 +104,7 @@ def test_local_files_with_string_labels(tmp_path):
       train.run(config, str(tmp_path / f"bad_{eval_file}"))
 
 
+@pytest.mark.slow
 def test_multilabel_and_regression_local(tmp_path):
   rows = [{"text": f"{a} and {b}", "label": [a, b]} for a in ("red", "green", "blue")
           for b in ("cat", "dog")] * 4

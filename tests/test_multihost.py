@@ -23,6 +23,7 @@ FLAGS = ["--config=configs/mlm.py:runlocal", "--config.train.steps=6",
          "--config.schedule.warmup_steps=0"]  # no warmup: the compared steps move the weights
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
   run_group([*FLAGS, f"--workdir={single}"], num_processes=1, devices=4).check()

@@ -123,6 +123,7 @@ def _minilm_dir():
 BOUNDS = {"int8_weights": (0.15, 1.0), "int8": (0.66, 0.8)}
 
 
+@pytest.mark.slow
 def test_int8_logits_are_close_to_float_on_the_real_minilm_weights():
   """MiniLM (all-MiniLM-L6-v2) with a nearest-class-mean head on its pooled output, fitted on 5
   BBC News training texts per topic; float vs int8 logits on 24 BBC test texts (128 tokens).

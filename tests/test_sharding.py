@@ -42,6 +42,7 @@ def _losses(meshes, devices, workdir, **overrides):
   return json.loads(line[len("LOSSES "):])
 
 
+@pytest.mark.slow
 def test_meshes_match_single_device(tmp_path):
   single = _losses([[1, 1, 1]], 1, str(tmp_path / "one"))["[1, 1, 1]"]
   multi = _losses([[8, 1, 1], [2, 4, 1], [2, 2, 2]], 8, str(tmp_path / "eight"))

@@ -5,6 +5,7 @@ import os
 import random
 
 import numpy as np
+import pytest
 
 from research import data as data_lib
 from research import tracking, train
@@ -115,6 +116,7 @@ def test_init_weights_copies_weights_but_not_excluded_ones(tiny, tmp_path):
                             dst["backbone"]["layer_1"]["mlp"]["up"]["kernel"])
 
 
+@pytest.mark.slow
 def test_rbg_dropout_bits_are_reproducible_and_really_used(tiny, tmp_path):
   def losses(name, prng):
     train.run(tiny("clm", steps=4, **{"train.dropout_prng": prng}), str(tmp_path / name))
