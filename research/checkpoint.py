@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 
 from etils import epath
@@ -319,12 +320,24 @@ class Checkpointer:
     self.manager.close()
 
 
+# The operating system's reason inside tensorstore's messages ("... 6: File too large
+# [os_error_code='27']") and Python's ("[Errno 28] No space left on device").
+OS_REASON = re.compile(r"([A-Z][\w ,'-]*?) \[os_error_code='\d+'\]|\[Errno \d+\] ([^:\]]+)")
+
+
 def one_line(error: Exception, limit: int = 300) -> str:
-  """The innermost cause of `error` as one short line (orbax wraps tensorstore's message)."""
+  """The innermost cause of `error` as one short line (orbax wraps tensorstore's message); a
+  long one keeps its start and end, and the operating system's reason wherever it was."""
   while error.__cause__ is not None:
     error = error.__cause__
   text = f"{type(error).__name__}: {' '.join(str(error).split())}"
-  return text if len(text) <= limit else f"{text[:limit // 2]} ... {text[-limit // 2:]}"
+  if len(text) <= limit:
+    return text
+  head, tail = text[:limit // 2], text[-limit // 2:]
+  reason = OS_REASON.search(text)
+  reason = reason and (reason.group(1) or reason.group(2)).strip()
+  middle = f" ... {reason} ... " if reason and reason not in head + tail else " ... "
+  return head + middle + tail
 
 
 def _anywhere(flag: bool) -> bool:

@@ -153,3 +153,18 @@ def test_a_save_that_cannot_be_written_stops_the_run_in_one_line(finished, tmp_p
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["30", "40", "50",
                                                                                 "60"]
   assert [r["step"] for r in tracking.read_metrics(workdir)] == list(range(1, 61))
+
+
+def test_a_long_save_error_keeps_the_operating_systems_reason():
+  """tensorstore names whole paths: a long message is cut in the middle, but the reason it
+  carries (here after a long path and before a long tail) stays in the one line."""
+  from research.checkpoint import one_line  # pylint: disable=g-import-not-at-top
+  message = ('OUT_OF_RANGE: Error writing "params" in local file "' + "/deep" * 60 +
+             "\": Failed to write 9 bytes to file 6: File too large [os_error_code='27'] " +
+             "[source locations='" + "tensorstore/kvstore/file.cc:1 " * 8 + "']")
+  try:
+    raise RuntimeError("save failed") from ValueError(message)
+  except RuntimeError as e:
+    line = one_line(e)
+  assert line.startswith("ValueError: OUT_OF_RANGE: Error writing") and len(line) < 340
+  assert "File too large" in line and "\n" not in line
