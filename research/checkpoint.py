@@ -367,6 +367,20 @@ def checkpoints_of(path: str, key: str) -> str:
   raise UserError(f"{key}: no checkpoint found in {path!r}")
 
 
+def check_float_weights(path: str, key: str):
+  """Refuses a workdir of int8 weights as a training source (`key`: init.weights,
+  distill.teacher): its int8 kernels would load as float numbers without their scales."""
+  from research.models import quantization  # pylint: disable=g-import-not-at-top
+  config = os.path.join(path, "config.json")
+  if not os.path.exists(config):
+    return
+  with open(config) as f:
+    mode = json.load(f).get("model", {}).get("quantization", "none")
+  if mode in quantization.INT8_MODES:
+    raise UserError(f"{key}: {path!r} holds an int8 model (model.quantization={mode!r}), made for "
+                    "inference: start from the float workdir it was quantized from")
+
+
 def workdir_config(workdir: str) -> dict:
   """The resolved config a run of ours wrote (WORKDIR/config.json); one line if there is none."""
   path = os.path.join(workdir, "config.json")

@@ -577,6 +577,15 @@ def check_compress_quantize(ws, result):
     scale = ours[path + "_scale"]
     assert np.all(np.abs(ours[path] * scale - theirs[path]) <= scale / 2 + 1e-7), path
     assert path[:-len("kernel")] + "input_scale" in ours, path  # calibrated activations
+  # Training from it (its int8 kernels without their scales) is refused in one line, untouched.
+  from test_cli_errors import _fails_with  # pylint: disable=g-import-not-at-top
+  for flag in (f"--config.init.weights={out}", f"--config.distill.teacher={out}"):
+    proc = subprocess.run([sys.executable, "-m", "research.main",
+                           "--config=configs/finetune.py:task=bbc_news,runlocal",
+                           f"--workdir={ws.tmp}/from_int8", flag], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    _fails_with(proc, f"{flag.split('=')[0][len('--config.'):]}: {out!r} holds an int8 model")
+    assert not os.path.exists(f"{ws.tmp}/from_int8")
 
 
 def check_compress_heads(ws, result):

@@ -125,6 +125,7 @@ def configure(config):
                     "init.weights and init.resume empty")
   if not _hf_dir(d.teacher):
     ckpt_lib.checkpoints_of(d.teacher, "distill.teacher")
+    ckpt_lib.check_float_weights(d.teacher, "distill.teacher")
   if not config.data.tokenizer:
     config.data.tokenizer = teacher_tokenizer(d.teacher)
   teacher = teacher_model_config(d.teacher)

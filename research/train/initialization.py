@@ -83,6 +83,7 @@ def check_sources(config, resuming: bool):
     ckpt_lib.checkpoints_of(config.init.resume, "init.resume")
   elif config.init.weights and not config.init.weights.startswith("hf:"):
     ckpt_lib.checkpoints_of(config.init.weights, "init.weights")
+    ckpt_lib.check_float_weights(config.init.weights, "init.weights")
 
 
 def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings, teacher=None):
