@@ -282,6 +282,18 @@ def test_the_compress_command_writes_a_workdir_predict_reads(teacher, tmp_path):
   assert config["distill"]["teacher"] == teacher and config["distill"]["init"] == "every_k"
   predicted = Predictor(str(out)).predict([{"text": "The match ended in a draw."}])
   assert len(predicted) == 1 and predicted[0]["label"] in predicted[0]["scores"]
+  # The README's precompute flags, as typed: the student trains on logits stored in the folder.
+  logits = tmp_path / "logits"
+  proc = subprocess.run(
+      [sys.executable, "-m", "research.compress", f"--workdir={teacher}", "--method=distill",
+       f"--out={tmp_path}/pre", f"--distill_layers={STUDENT_LAYERS}", "--distill_steps=2",
+       "--distill_precompute", f"--distill_precompute_dir={logits}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = checkpoint.workdir_config(str(tmp_path / "pre"))["distill"]
+  assert saved["precompute"] is True and saved["precompute_dir"] == str(logits)
+  (folder,) = os.listdir(logits)
+  assert np.load(logits / folder / "classification_logits.npy").shape[0] == 2  # one per step
   refused = subprocess.run(
       [sys.executable, "-m", "research.compress", f"--workdir={tmp_path}/none",
        "--method=distill", f"--out={tmp_path}/x"], cwd=REPO, capture_output=True, text=True)
@@ -469,3 +481,28 @@ def test_the_teacher_is_laid_out_by_the_runs_rules_not_replicated():
   assert specs["backbone"]["layer_1"]["mlp"]["up"]["kernel"].spec == jax.sharding.PartitionSpec(
       "fsdp", "tensor")
   assert specs["token_embed"]["embedding"].spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+
+
+def test_precomputed_logits_are_keyed_by_what_makes_the_batches():
+  """Another seed, batch size or data config: another folder (never stale logits); another
+  student (depth, loss weights, optimizer): the same folder."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from research.compress import precomputed  # pylint: disable=g-import-not-at-top
+  cfg = models.ModelConfig(hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32, vocab_size=64,
+                           max_len=16, dtype="float32")
+  params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  teacher = distill.Teacher("t", cfg, params, ratio=1)
+  base = {"data": {"seq_len": 32}, "train": {"seed": 0, "batch_size": 16, "steps": 4},
+          "model": {"num_layers": 2}, "optim": {"learning_rate": 1e-3}}
+
+  def key(changes=(), params_=None):
+    config = ml_collections.ConfigDict(base)
+    for path, value in changes:
+      section, field = path.split(".")
+      config[section][field] = value
+    return precomputed.fingerprint(config, dataclasses.replace(teacher, params=params_ or params))
+  same = key()
+  assert key([("model.num_layers", 3), ("optim.learning_rate", 5e-4)]) == same
+  for changes in ([("train.seed", 1)], [("train.batch_size", 32)], [("data.seq_len", 64)]):
+    assert key(changes) != same, changes
+  assert key(params_={"w": params["w"] + 1}) != same

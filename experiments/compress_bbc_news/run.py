@@ -83,14 +83,15 @@ def commands(root: str, rows, extra=()) -> dict:
   return out
 
 
-def finished(workdir: str) -> bool:
-  """A training run wrote summary.json at its end; a compress command, config.json last."""
-  return any(os.path.exists(os.path.join(workdir, name)) for name in ("summary.json",
-                                                                       "labels.json"))
+def finished(argv: list, workdir: str) -> bool:
+  """Training runs (the teacher, distillation, pruning while fine-tuning) write summary.json at
+  their end only (labels.json at their start); quantize and prune write labels.json last."""
+  written = any(a in argv for a in ("--method=quantize", "--method=prune"))
+  return os.path.exists(os.path.join(workdir, "labels.json" if written else "summary.json"))
 
 
 def run(argv: list, workdir: str):
-  if finished(workdir):
+  if finished(argv, workdir):
     return
   print("$", shlex.join(argv), flush=True)
   start = time.time()

@@ -9,7 +9,8 @@
   hard_weight    weight of the task's own loss
   hidden_weight  weight of hidden-state matching (0: off): student block i's output against
                  teacher block (i + 1) m - 1, m = teacher layers / student layers (TinyBERT's
-                 layer map); same width only
+                 layer map); across widths through a learned projection per student block
+                 (`model.distill_width`, which `configure` sets: `projection_width`)
   attention_weight  weight of attention matching (0: off): KL(teacher || student) of each query's
                  attention distribution in the same pairs of blocks; the same number of heads
   init           '' (the usual policy: scratch, or `init.weights` from another checkpoint) or
@@ -133,12 +134,20 @@ def configure(config):
     for field, value in dataclasses.asdict(teacher).items():
       if field not in STUDENT_FIELDS:
         config.model[field] = value
-  width = teacher.hidden_size if d.hidden_weight and \
-      teacher.hidden_size != config.model.hidden_size else 0
+  width = projection_width(d, teacher, config.model.hidden_size)
   config.model.distill_width = width
   from research.train import optim  # pylint: disable=g-import-not-at-top
   if width and optim.trainable_patterns(config):  # PEFT or optim.trainable: train it too
     config.optim.trainable = (*config.optim.get("trainable", ()), PROJECTION_PATTERN)
+
+
+def projection_width(settings: DistillConfig, teacher: models.ModelConfig,
+                     student_hidden: int) -> int:
+  """`model.distill_width`: the teacher's width when hidden states are matched across widths
+  (each student block then learns a map to it), else 0."""
+  if settings.hidden_weight and teacher.hidden_size != student_hidden:
+    return teacher.hidden_size
+  return 0
 
 
 def layer_ratio(teacher_layers: int, student_layers: int) -> int:
@@ -152,7 +161,8 @@ def layer_ratio(teacher_layers: int, student_layers: int) -> int:
 
 def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
   """Refuses, in one line, a teacher the student cannot learn from: another vocabulary, other
-  heads, a width or depth the layer map cannot pair, an objective without soft targets."""
+  heads, a depth the layer map cannot pair, other head counts for attention matching, an
+  objective without soft targets."""
   d = of_run(config)
   if not d.active:
     return
@@ -176,12 +186,6 @@ def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
     raise UserError(f"distill.attention_weight: the teacher has {teacher.num_heads} attention "
                     f"heads, the student {model_cfg.num_heads}; attention matching pairs heads "
                     "(set distill.attention_weight=0)")
-  width = teacher.hidden_size if d.hidden_weight and \
-      teacher.hidden_size != model_cfg.hidden_size else 0
-  if model_cfg.distill_width != width:
-    raise UserError(f"model.distill_width is set by distill (the teacher's hidden_size when "
-                    f"hidden states are matched across widths: {width}), got "
-                    f"{model_cfg.distill_width}; leave it unset")
   precomputed.check(d, jax.process_count())
   no_soft = [o.name for o in objectives if o.predictions is None]
   if d.soft_weight and no_soft:

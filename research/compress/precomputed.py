@@ -5,10 +5,10 @@ A run's training batches are a pure function of its data config, seed, batch siz
 the run computes the teacher's logits (every '<head>_logits' it has) on the batches of steps
 [0, train.steps) once, before training, and stores them as one array per logit under
 `distill.precompute_dir` (default WORKDIR/teacher_logits) in a folder named by a fingerprint of
-everything they depend on (the teacher's parameters, bytes included; the data and task configs;
-the batch size; the steps). Another student of the same teacher on the same data (another depth,
-width, loss weights), or a resumed run, finds that folder and computes nothing; a changed input
-gives another fingerprint, never stale logits. The train step is then the plain one with the
+everything they depend on (the teacher's parameters, bytes included, and model; the config
+sections that make the batches: data, tasks, mixture, objective, train). Another student of the
+same teacher on the same data (another depth, width, loss weights), or a resumed run, finds that
+folder and computes nothing; a changed input gives another fingerprint, never stale logits. The train step is then the plain one with the
 distillation objectives reading the stored logits from the batch: the teacher is neither on the
 device nor run while training.
 
@@ -16,6 +16,7 @@ Only logits are stored (soft targets): hidden-state and attention matching need 
 the step, and `check` refuses them with precompute, in one line, as it does a multi-process run
 (each process would need its own rows' logits) and logits over `MAX_BYTES`.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from research import checkpoint as ckpt_lib
 from research import data as data_lib
+from research import params as params_lib
 from research import sharding
 from research.errors import UserError
 from research.objectives import distillation
@@ -47,19 +50,18 @@ def check(settings, num_processes: int = 1):
                     "set distill.precompute=False to run the teacher in the step")
 
 
+# The config sections the training batches are a function of (with the step): the data and
+# tasks, the multi-task mixture, MLM masking (objective), and train (batch size, steps, seed).
+BATCH_SECTIONS = ("data", "tasks", "mixture", "objective", "train")
+
+
 def fingerprint(config, teacher) -> str:
-  """A digest of everything the stored logits depend on."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(teacher.params):
-    leaf = np.ascontiguousarray(leaf)
-    digest.update(f"{leaf.dtype}{leaf.shape}".encode())
-    digest.update(leaf.tobytes())
-  inputs = {"model": json.loads(json.dumps(teacher.model_cfg, default=str)),
-            "data": config.data.to_dict(), "tasks": config.get("tasks", {}) and
-            config.tasks.to_dict(), "batch_size": config.train.batch_size,
-            "steps": config.train.steps, "seed": config.get("seed")}
-  digest.update(json.dumps(inputs, sort_keys=True, default=str).encode())
-  return digest.hexdigest()[:16]
+  """A digest of everything the stored logits depend on: the teacher's parameters (their bytes,
+  `checkpoint.checksum`) and model, and the config sections that make the batches."""
+  inputs = {"params": ckpt_lib.checksum(params_lib.flatten(teacher.params)),
+            "model": dataclasses.asdict(teacher.model_cfg),
+            **{name: config[name].to_dict() for name in BATCH_SECTIONS if name in config}}
+  return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class TeacherLogits:
