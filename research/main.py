@@ -130,11 +130,13 @@ def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; did you mean {_suggest(argv[1])}?")
   configure_logging()
-  from research import train  # pylint: disable=g-import-not-at-top  (jax import after flags)
+  from research import continual, train  # pylint: disable=g-import-not-at-top  (jax after flags)
   if FLAGS.distributed or FLAGS.coordinator_address:
     join_process_group()
   try:
-    summary = train.run(FLAGS.config, FLAGS.workdir)
+    # A continual-learning config (configs/continual.py) trains its stages one after another.
+    run = continual.run if FLAGS.config.get("continual") else train.run
+    summary = run(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     if FLAGS.verbose:
       raise

@@ -45,7 +45,9 @@ def pad(feature: dict, seq_len: int, pad_id: int) -> dict:
   return out
 
 
-def train_batches(features: list[dict], config) -> StepIndexedBatches:
-  """Infinite, shuffled (a new order each epoch), step-indexed training batches."""
+def train_batches(features: list[dict], config, batch_size: int | None = None) -> StepIndexedBatches:
+  """Infinite, shuffled (a new order each epoch), step-indexed training batches of `batch_size`
+  rows (default `train.batch_size`)."""
   examples = grain.MapDataset.source(features).shuffle(seed=config.train.seed).repeat(None)
-  return StepIndexedBatches(StackedRows(examples), config.train.batch_size, **host_info())
+  return StepIndexedBatches(StackedRows(examples), batch_size or config.train.batch_size,
+                            **host_info())

@@ -73,6 +73,12 @@ def unigram_hits(batch, labels, weights):
 @dataclasses.dataclass(frozen=True)
 class Regularizer:
   """A loss term of the parameters alone, added once per step (e.g. a continual-learning
-  penalty pulling parameters towards an earlier task's); reported as 'train/<name>'."""
+  penalty pulling parameters towards an earlier task's); reported as 'train/<name>'.
+
+  `data`: arrays the term reads besides the parameters (an anchor, a Fisher diagonal), as
+  {field: {parameter path: host array}}; the trainer lays each array out like the parameter of
+  its path and passes them to the jitted step as an argument (never baked into the compiled
+  program as constants, never checkpointed): then `fn(params, data)`, else `fn(params)`."""
   name: str
-  fn: Callable  # params -> scalar
+  fn: Callable  # params -> scalar, or (params, data) -> scalar when `data` is given
+  data: dict | None = None

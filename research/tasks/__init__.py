@@ -2,7 +2,9 @@
 
 `build(config, workdir)` reads the data and returns the task set: pretraining (`config.objective`
 on `config.data`) is a set of one; fine-tuning configs list tasks under `config.tasks` (several =
-multi-task, sampled by `research.tasks.mixture`). Nothing is written to the workdir here.
+multi-task, sampled by `research.tasks.mixture`); a stage of a continual-learning run
+(`config.continual`) gets its stage's task set (research/continual/stages.py). Nothing is written
+to the workdir here.
 """
 from research.tasks import finetuning
 from research.tasks.base import EvalContext, EvalSplit, Task
@@ -11,6 +13,9 @@ from research.tasks.taskset import LABELS_FILE, TaskSet, saved_labels
 
 
 def build(config, workdir: str) -> TaskSet:
+  if config.get("continual"):  # one stage of a continual-learning run
+    from research.continual import stages  # pylint: disable=g-import-not-at-top
+    return stages.build(config, workdir)
   if config.get("tasks"):
     return finetuning.build(config, workdir)
   task = PretrainingTask(config, workdir)

@@ -89,6 +89,7 @@ class ClassificationTask(Task):
         log.warning("task %s, %s split: %d of %d texts longer than %d tokens were truncated",
                     name, split, truncated, len(split_rows), seq_len)
     self.train_size = len(rows["train"])
+    self.train_features = features["train"]  # what replay (research/continual) draws from
     self.train = encoding.train_batches(features["train"], config)
     self.splits = {s: EvalSplit(f, batch, **encoding.host_info()) for s, f in features.items()
                    if s != "train"}

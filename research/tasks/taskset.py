@@ -5,7 +5,8 @@ heads, losses, evaluation or label files it asks the task set, and only through 
   tokenizer, tasks               the shared tokenizer; the tasks (one = single-task)
   head_specs                     every head the model needs (the model config is derived from it)
   train_batch(step)              (task index, this host's rows): the multi-task mixture inside
-  regularizers                   loss terms of the parameters alone (none yet; see README)
+  regularizers                   loss terms of the parameters alone (AdaLoRA's, continual
+                                 learning's penalties)
   stats                          data statistics for the summary
   save(workdir)                  writes tokenizer.json and, for fine-tuning, labels.json
 Pretraining is a task set of one `PretrainingTask`.
@@ -29,7 +30,8 @@ class TaskSet:
 
   @property
   def head_specs(self) -> tuple:
-    return tuple(spec for task in self.tasks for spec in task.heads)
+    specs = [spec for task in self.tasks for spec in task.heads]
+    return tuple(dict.fromkeys(specs))  # tasks may share a head (class-incremental stages)
 
   def train_batch(self, step: int):
     task_index, task_step = self.schedule(step) if self.schedule else (0, step)

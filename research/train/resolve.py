@@ -22,6 +22,7 @@ import ml_collections
 
 from research import checkpoint as ckpt_lib
 from research.compress import magnitude
+from research.continual import penalty
 from research import models, sharding, tasks, validation
 from research import params as params_lib
 from research.errors import UserError
@@ -76,6 +77,9 @@ def resolve(config, workdir: str) -> Run:
   optim.build(config)  # its settings fail here, not after the workdir is written
   rules = sharding.rules_of(config)
   shapes = state_lib.abstract_params(models.build(model_cfg), config, mesh, rules)
+  task_set = dataclasses.replace(  # a continual-learning stage's EWC or L2-SP penalty
+      task_set, regularizers=task_set.regularizers + penalty.regularizers(
+          config, {p: v.shape for p, v in params_lib.flatten(shapes).items()}))
   check_path_patterns(config, list(params_lib.flatten(shapes)))
   peft_targets.check(model_cfg, {p: v.shape for p, v in params_lib.flatten(shapes).items()})
   check_prune(config, model_cfg, list(params_lib.flatten(shapes)))

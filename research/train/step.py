@@ -97,7 +97,8 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
   `trainable` (path -> bool; None: all) picks the parameters that are differentiated: frozen
   ones (PEFT) get no gradient computed, only zeros that `tx` (which freezes them) discards.
   `teacher` (research.compress.distill.Teacher; None: no distillation) adds the step's third
-  argument, the teacher's parameters, and its outputs to the batch before anything else.
+  argument, the teacher's parameters, and its outputs to the batch before anything else. The
+  fourth, `regularizer_data`, holds each regularizer's `data` (None for one without), in order.
   """
   loss_fn = make_loss_fn(model, objectives, teacher.sown if teacher is not None else ())
   # Differentiated with respect to the trainable parameters only; the frozen ones are constants.
@@ -105,7 +106,7 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
       lambda trained, frozen, *args: loss_fn(params_lib.join(trained, frozen), *args),
       has_aux=True)
 
-  def train_step(state: TrainState, batch, teacher_params=None):
+  def train_step(state: TrainState, batch, teacher_params=None, regularizer_data=()):
     if teacher is not None:
       batch = {**batch, distillation.TEACHER: jax.lax.stop_gradient(
           teacher.outputs(teacher_params, batch))}
@@ -127,9 +128,10 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
       (loss, sums, grads), _ = jax.lax.scan(
           accumulate, zero, (jnp.arange(grad_accum_steps), micro))
     metrics = {f"train/{k}": s / jnp.maximum(c, 1.0) for k, (s, c) in sums.items()}
-    for r in regularizers:
+    for i, r in enumerate(regularizers):
       value, reg_grads = jax.value_and_grad(
-          lambda t, r=r: r.fn(params_lib.join(t, frozen)))(trained)
+          lambda t, r=r, i=i: r.fn(params_lib.join(t, frozen)) if r.data is None else
+          r.fn(params_lib.join(t, frozen), regularizer_data[i]))(trained)
       loss, grads = loss + value, jax.tree.map(jnp.add, grads, reg_grads)
       metrics[f"train/{r.name}"] = value
     grad_norm, what = nonfinite.grad_norm_and_first_nonfinite(loss, grads)

@@ -160,11 +160,14 @@ def compile_steps(r: Run, b: Built) -> Steps:
   settings = distill.of_run(r.config)
   objectives = lambda task: (distillation.with_distillation(task.objectives, settings)
                              if settings.active else task.objectives)
-  extra, extra_shardings = (), ()
+  teacher, teacher_shardings = None, None
   if b.teacher:
     teacher_shardings = b.teacher.shardings(r.mesh, r.rules)
-    extra = (jax.device_put(b.teacher.params, teacher_shardings),)
-    extra_shardings = (teacher_shardings,)
+    teacher = jax.device_put(b.teacher.params, teacher_shardings)
+  regularizer_data, regularizer_shardings = regularizer_arguments(r.task_set.regularizers,
+                                                                  b.shardings.params)
+  extra = (teacher, regularizer_data)
+  extra_shardings = (teacher_shardings, regularizer_shardings)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     train_steps = [CompiledStep(jax.jit(
         make_train_step(b.model, objectives(task), b.tx, b.lr_schedule, b.dropout_key,
@@ -178,6 +181,18 @@ def compile_steps(r: Run, b: Built) -> Steps:
   return Steps(train_steps, eval_steps, batch_sharding)
 
 
+def regularizer_arguments(regularizers, param_shardings) -> tuple:
+  """(data, shardings) of the step's `regularizer_data` argument: each regularizer's arrays on
+  the mesh, laid out like the parameter of their path (None for a regularizer without data)."""
+  by_path = params_lib.flatten(param_shardings)
+  shardings = tuple(None if reg.data is None else
+                    {field: {p: by_path[p] for p in arrays} for field, arrays in reg.data.items()}
+                    for reg in regularizers)
+  data = tuple(None if reg.data is None else jax.device_put(reg.data, s)
+               for reg, s in zip(regularizers, shardings))
+  return data, shardings
+
+
 class CompiledStep:
   """A jitted train step (its `extra` arguments bound), compiled ahead of its first call (when
   the batch's shapes are known) so the run can report the memory the compiled step holds
@@ -186,6 +201,7 @@ class CompiledStep:
   def __init__(self, jitted, extra=()):
     self.jitted, self.compiled, self.memory_bytes = jitted, None, None
     self.extra = extra  # arguments after (state, batch): a distillation teacher's parameters
+    # (or None), the regularizers' data
 
   def __call__(self, state, batch):
     if self.compiled is None:
