@@ -52,8 +52,8 @@ def get_config(arg=None):
   config.tasks = {"bbc_news": dict(kind="classification", source="bbc_news", data_dir="")}
   config.continual = dict(
       stages=stages, scenario=scenario, method=arg.method,
-      ewc=dict(strength=1e5, decay=1.0, fisher_examples=256),
-      l2sp=dict(strength=0.01),
+      ewc=dict(strength=1e7, decay=1.0, fisher_examples=256),
+      l2sp=dict(strength=0.1),
       replay=dict(size=200, ratio=0.25),
       reference="", split="test",
       stage=0, previous="", base="")  # set by the run for each stage

@@ -17,7 +17,8 @@ Flags:
                to exchange their devices); then it ends with one line `error: ...` naming the
                coordinator, the process and the timeout (default 300).
 
-Everything here is `research.train.run(config, workdir)`, which tests and notebooks call directly.
+Everything here is `research.train.run(config, workdir)` (for a continual-learning config,
+`research.continual.run`), which tests and notebooks call directly.
 Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
 A SIGTERM/SIGINT saves a checkpoint at the next step and exits with 3 (rerun to resume); a
 divergence exits with 4 without saving; a checkpoint that cannot be written (disk full,

@@ -75,7 +75,8 @@ class Predictor:
     info = labels[name]
     task_cls = finetuning.task_class(info["kind"])
     self.task = task_cls.__new__(task_cls).setup(
-        name, config.tasks[name].to_dict(), info["head"], info["names"])
+        # A continual-learning stage's task reads the task of config.tasks named 'source'.
+        name, config.tasks[info.get("source", name)].to_dict(), info["head"], info["names"])
     self.tokenizer = tokenizer_lib.from_file(os.path.join(workdir, "tokenizer.json"))
     self.seq_len, self.batch_size = config.data.seq_len, batch_size
     model_cfg = models.ModelConfig.of_run(config)

@@ -39,6 +39,9 @@ SHRINK_BY_CONFIG = {  # what else each config file needs to be small (fields it 
     "configs/mlm.py": ["--config.data.vocab_size=512", "--config.evals.batches=1"],
     "configs/finetune.py": ["--config.data.vocab_size=512"],
     "configs/clm.py": ["--config.data.vocab_size=512", "--config.evals.batches=1"],
+    "configs/continual.py": ["--config.data.vocab_size=512",
+                             "--config.continual.ewc.fisher_examples=8",
+                             "--config.continual.replay.size=8"],
 }
 GLUE_FIXTURES = ("mrpc", "rte", "stsb")  # hub tasks finetune_fixtures.glue_dir can stand in for
 HF_WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -645,6 +648,68 @@ def check_distill_main(ws, result):
   assert all(r["train/bbc_news_soft/loss"] >= 0 for r in result.metrics() if "train/loss" in r)
 
 
+def _continual(result, num_stages=3):
+  """Every stage trained and marked done; R's row i = stage i's own test evaluation of every
+  task; metrics.jsonl holds one record per stage."""
+  result.assert_ok()
+  summary = result.summary()
+  stages_dir = os.path.join(result.workdir, "stages")
+  stages = sorted(os.listdir(stages_dir))
+  assert len(stages) == num_stages
+  names = [s.split("_", 1)[1] for s in stages]
+  for i, stage in enumerate(stages):
+    with open(os.path.join(stages_dir, stage, "summary.json")) as f:
+      own = json.load(f)
+    assert own["step"] == STEPS
+    if summary["continual/method"] != "lora":
+      for j, name in enumerate(names):
+        assert summary[f"continual/R/{i + 1}/{j + 1}"] == own[f"test/{name}/accuracy"]
+  from research import tracking  # pylint: disable=g-import-not-at-top
+  assert [r["continual/stage"] for r in tracking.read_metrics(result.workdir)] == [1, 2, 3]
+  for plot in ("continual_R.png", "continual_accuracy.png"):
+    assert os.path.getsize(os.path.join(result.workdir, plot)) > 0
+  return summary, [os.path.join(stages_dir, s) for s in stages]
+
+
+def check_continual_local(ws, result):
+  summary, _ = _continual(result)
+  assert summary["continual/method"] == "naive" and summary["continual/scenario"] == "class"
+
+
+def check_continual_replay(ws, result):
+  """MiniLM, class-incremental with replay: the classes of later stages are masked (a model after
+  stage 1 predicts none of them), stages 2 and 3 train on buffers of earlier stages' rows."""
+  summary, stages = _continual(result)
+  assert summary["continual/R/1/2"] == summary["continual/R/1/3"] == 0.0
+  assert summary["continual/R/2/3"] == 0.0
+  with open(os.path.join(stages[0], "config.json")) as f:
+    assert json.load(f)["model"]["hidden_size"] == 384
+  for k in (1, 2):
+    with open(os.path.join(stages[k], "replay.json")) as f:
+      buffer = json.load(f)
+    assert len(buffer["items"]) == 8 and {s for s, _ in buffer["items"]} <= set(range(k))
+  first = tracking_records(stages[1])[0]
+  assert "train/bbc_news_politics_sports/loss" in first
+
+
+def tracking_records(workdir):
+  from research import tracking  # pylint: disable=g-import-not-at-top
+  return [r for r in tracking.read_metrics(workdir) if "train/loss" in r]
+
+
+def check_continual_ewc(ws, result):
+  """MiniLM, task-incremental with EWC: each stage starts from the one before; stages 2 and 3
+  add the penalty (positive once the weights move), fed by the Fisher files of stages 1 and 2."""
+  _, stages = _continual(result)
+  for k in (1, 2):
+    with open(os.path.join(stages[k], "config.json")) as f:
+      assert json.load(f)["init"]["weights"] == stages[k - 1]
+    assert os.path.exists(os.path.join(stages[k - 1], "fisher.npz"))
+    penalties = [r["train/ewc"] for r in tracking_records(stages[k])]
+    assert penalties[0] == 0.0 and penalties[-1] > 0.0
+  assert "train/ewc" not in tracking_records(stages[0])[0]
+
+
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
     "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
@@ -695,6 +760,12 @@ CHECKS = {
     "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
     "--config.model.num_layers --config.distill.teacher --config.distill.init": (
         "distill_main", check_distill_main),
+    "research.main --config=configs/continual.py:runlocal --workdir": ("continual_local",
+                                                                     check_continual_local),
+    "research.main --config=configs/continual.py:sequence=class,method=replay --workdir "
+    "--config.init.weights": ("continual_replay", check_continual_replay),
+    "research.main --config=configs/continual.py:sequence=task,method=ewc --workdir "
+    "--config.init.weights": ("continual_ewc", check_continual_ewc),
 }
 # Flags appended to one command after the shrink overrides (its schedule, fitted to 2 steps).
 EXTRA_FLAGS = {"prune_finetune": ["--config.prune.end_step=1", "--config.prune.interval=1"]}
@@ -739,7 +810,7 @@ def test_every_command_is_mapped():
 SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt", "generate_file",
         "generate_sample", "headlines", "generation_local", "compress_quantize",
         "compress_heads", "compress_sparse", "compress_distill", "prune_finetune",
-        "distill_main"}  # ~4 min together; `-m slow`
+        "distill_main", "continual_local", "continual_replay", "continual_ewc"}  # `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW

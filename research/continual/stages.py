@@ -60,6 +60,7 @@ def build(config, workdir: str) -> TaskSet:
     task = ClassificationTask(stage.name, config.tasks[stage.source], stage_rows, tokenizer,
                               config, "classification" if shared else stage.name, names)
     mask = np.asarray([n in seen for n in names]) if shared else None
+    task.labels = dict(task.labels, source=stage.source)  # research.predict reads the task
     tasks.append(StageTask(task, mask))
   tasks[current] = training_stage(config, settings, tasks, current, workdir)
   return TaskSet(tasks, tokenizer, schedule=lambda step: (current, step))

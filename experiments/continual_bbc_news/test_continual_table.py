@@ -1,0 +1,35 @@
+"""The continual-learning table's script on a shrunk recipe: its rows' commands run, and the table
+shows what their summaries hold (slow)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHRINK = ["--config.train.steps=2", "--config.data.seq_len=32", "--config.train.batch_size=8",
+          "--config.evals.every_steps=2", "--config.logging.progress=False",
+          "--config.logging.tensorboard=False", "--config.continual.ewc.fisher_examples=8"]
+
+
+@pytest.mark.slow
+def test_the_table_shows_what_each_run_wrote(tmp_path):
+  rows = ["class_naive", "task_lora"]
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), f"--root={tmp_path}",
+                         f"--rows={','.join(rows)}", f"--extra={','.join(SHRINK)}"],
+                        capture_output=True, text=True, timeout=1500)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "results.json") as f:
+    results = json.load(f)
+  assert list(results) == rows
+  for row, r in results.items():
+    with open(tmp_path / row / "summary.json") as f:
+      summary = json.load(f)
+    assert r["average_accuracy"] == summary["continual/average_accuracy"]
+    assert r["bwt"] == summary["continual/bwt"] and r["R"][2][0] == summary["continual/R/3/1"]
+    assert f"| {r['sequence']} | {r['method']} | {r['average_accuracy']:.4f} |" in proc.stdout
+    assert r["command"] in proc.stdout
+  # A LoRA per task trains a fraction of what full fine-tuning does, and forgets nothing.
+  assert results["task_lora"]["trainable"] < 0.01 * results["class_naive"]["trainable"]
+  assert results["task_lora"]["bwt"] == 0.0
