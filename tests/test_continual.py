@@ -60,6 +60,7 @@ def test_ewc_penalty_is_its_formula_in_the_train_step():
                                atol=1e-7)
 
 
+@pytest.mark.slow
 def test_fisher_diagonal_is_the_mean_squared_per_example_gradient():
   model, params, ids = tiny_model()
   objective = objectives_lib.classification("t", "classification")

@@ -71,6 +71,7 @@ def run(config, workdir: str) -> dict:
           estimate_fisher(stage_cfg, settings, workdir, k, stage_dir)
         done = {"row": accuracy_row(summary, settings, rows, k),
                 "params/trainable": summary["params/trainable"],
+                "params/total": summary["params/total"],
                 "wall_seconds": summary["wall_seconds"]}
         write_done(stage_dir, done)
       rows.append(done["row"])
@@ -81,6 +82,7 @@ def run(config, workdir: str) -> dict:
                                                                         settings.reference),
                "continual/method": settings.method, "continual/scenario": settings.scenario,
                "params/trainable": max(d["params/trainable"] for d in trained),
+               "params/total": max(d.get("params/total", 0) for d in trained),
                "stages/wall_seconds": sum(d["wall_seconds"] for d in trained),
                "wall_seconds": time.time() - wall_start}
     if jax.process_index() == 0:
