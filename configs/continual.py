@@ -7,7 +7,8 @@ whose classes grow), naive sequential fine-tuning of all-MiniLM-L6-v2:
 Task-incremental (three tasks, a head each; the task id is known at test time), with EWC:
   python -m research.main --config=configs/continual.py:sequence=task,method=ewc \
       --workdir=/tmp/cl_ewc --config.init.weights=hf:sentence-transformers/all-MiniLM-L6-v2
-Your own stages (tasks of configs/finetune.py, optionally restricted to classes):
+Your own stages (tasks of configs/finetune.py, optionally restricted to classes), e.g. two
+task-incremental ones after sequence=task:
   --config.continual.stages=bbc_news:business/tech+bbc_news:sports/politics
 Quick start, 2 CPU cores, a tiny model from scratch (~1 minute):
   python -m research.main --config=configs/continual.py:runlocal --workdir=/tmp/cl_local
@@ -19,9 +20,10 @@ WORKDIR/stages/stage<k>_<task>/ (each a workdir like any run's), metrics.jsonl (
 accuracy matrix per stage), summary.json (continual/average_accuracy, bwt, forgetting, R) and
 continual_R.png / continual_accuracy.png.
 
-Expected (2-core CPU, measured; README "Continual learning"): from all-MiniLM-L6-v2 with 60
-steps per stage, naive class-incremental fine-tuning forgets the earlier classes almost entirely
-and replay recovers most of it; see the README table for every method and both sequences.
+Expected (2-core CPU, measured; README "Continual learning"): from all-MiniLM-L6-v2, 50 steps of
+32 x 64 tokens per stage, ~3 minutes a run: class-incremental naive fine-tuning forgets every
+earlier task (final average test accuracy 0.333, BWT -1.0) and replay recovers most of it (0.934,
+BWT -0.094); task-incremental naive fine-tuning BWT -0.054, a LoRA per task 0 (average 0.992).
 """
 import ml_collections
 

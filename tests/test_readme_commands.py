@@ -810,7 +810,8 @@ def test_every_command_is_mapped():
 SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt", "generate_file",
         "generate_sample", "headlines", "generation_local", "compress_quantize",
         "compress_heads", "compress_sparse", "compress_distill", "prune_finetune",
-        "distill_main", "continual_local", "continual_replay", "continual_ewc"}  # `-m slow`
+        "distill_main", "continual_local", "continual_replay", "continual_ewc",
+        "glue_from_hf"}  # `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW

@@ -22,6 +22,7 @@ def _without_times(record: dict) -> dict:
   return {k: v for k, v in record.items() if not TIMES.search(k)}
 
 
+@pytest.mark.slow  # ~30 s: moved out of the default suite's 15 minutes
 @pytest.mark.parametrize("name", ["mlm", "clm"])
 def test_two_fresh_runs_are_identical(tmp_path, name):
   workdirs = [tmp_path / "first", tmp_path / "second"]

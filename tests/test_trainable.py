@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from research import checkpoint
@@ -18,6 +19,7 @@ def _run(workdir, steps):
                  "--config.logging.tensorboard=False", "--config.optim.trainable=('^heads_mlm/',)")
 
 
+@pytest.mark.slow  # ~18 s: moved out of the default suite's 15 minutes
 def test_only_the_trainable_parameters_change_and_resume(tmp_path):
   workdir = str(tmp_path / "w")
   proc = _run(workdir, 4)
