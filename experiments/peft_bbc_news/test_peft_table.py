@@ -35,7 +35,7 @@ def test_the_table_runs_each_method_through_the_command_line(tmp_path):
   assert "| tfidf+logreg |" in out
 
 
-@pytest.mark.slow
+@pytest.mark.claim  # 8 minutes: `pytest -m claim`
 def test_lora_on_minilm_is_within_a_point_of_full_fine_tuning(tmp_path):
   """Issue 11's claim: peft=lora on the MiniLM base trains under 1% of the parameters and lands
   within 1 point of full fine-tuning's test accuracy (the README's measured figure)."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from research import checkpoint as ckpt_lib
 from research import models, tracking
-from research.continual import matrix, penalty, replay, stages
+from research.continual import matrix, penalty, replay
 from research.continual.settings import ContinualConfig
 from research.data import labelled
 from research.errors import UserError
