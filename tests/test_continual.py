@@ -204,3 +204,13 @@ def test_bad_input_is_one_line_and_writes_nothing(flags, fragment, tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and fragment in lines[0], proc.stderr[-2000:]
   assert not workdir.exists()
+
+
+def test_a_workdir_of_another_sequence_is_refused(tmp_path):
+  from research.errors import UserError  # pylint: disable=g-import-not-at-top
+  config = tiny_continual("naive")
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  runner.check_same_sequence(config, str(tmp_path))  # the same sequence: resumed
+  config.continual.stages = "bbc_news:business/entertainment+bbc_news:politics/sports/tech"
+  with pytest.raises(UserError, match="continual.stages"):
+    runner.check_same_sequence(config, str(tmp_path))
