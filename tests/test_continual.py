@@ -50,8 +50,7 @@ def test_ewc_penalty_is_its_formula_in_the_train_step():
   data = jax.device_put({"anchor": anchor, "weight": fisher})
   _, metrics = step(state, batch, None, (data,))
   np.testing.assert_allclose(float(metrics["train/ewc"]), expected, rtol=1e-5)
-  # The penalty's gradient moved every parameter towards its anchor, weighted by the Fisher:
-  # with the task's loss at zero weight the step would be pure penalty; check its sign instead.
+  # Its gradient, the part the step adds to the task's: strength x F x (param - anchor).
   grads = jax.grad(lambda p: penalty.value(p, data, 3.0))(params)
   for path, g in params_lib.flatten(grads).items():
     np.testing.assert_allclose(np.asarray(g), 3.0 * fisher[path] * (np.asarray(flat[path]) -

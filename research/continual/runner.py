@@ -27,11 +27,9 @@ import numpy as np
 
 from research import checkpoint as ckpt_lib
 from research import models, tracking
-from research.continual import matrix, penalty, replay
+from research.continual import matrix, penalty, replay, stages
 from research.continual.settings import ContinualConfig
-from research.data import labelled
 from research.errors import UserError
-from research.tasks.classification import label_names
 from research.train import initialization
 from research.workdir import WorkdirLock
 
@@ -82,7 +80,7 @@ def run(config, workdir: str) -> dict:
                                                                         settings.reference),
                "continual/method": settings.method, "continual/scenario": settings.scenario,
                "params/trainable": max(d["params/trainable"] for d in trained),
-               "params/total": max(d.get("params/total", 0) for d in trained),
+               "params/total": max(d["params/total"] for d in trained),
                "stages/wall_seconds": sum(d["wall_seconds"] for d in trained),
                "wall_seconds": time.time() - wall_start}
     if jax.process_index() == 0:
@@ -101,19 +99,7 @@ def check(config) -> ContinualConfig:
   if int(config.continual.stage) != 0 or config.continual.previous or config.continual.base:
     raise UserError("continual.stage, continual.previous and continual.base are set by the run "
                     "for each stage; leave them unset")
-  if config.evals.get("best_metric"):
-    raise UserError(f"evals.best_metric={config.evals.best_metric!r}: a stage hands its last "
-                    "weights to the next, so no best checkpoint is kept; leave it empty")
-  if settings.method == "lora" and (config.peft.method != "lora" or not config.init.weights):
-    raise UserError("continual.method='lora' trains a LoRA per task over a frozen base: it needs "
-                    "peft.method='lora' and init.weights (configs/continual.py:method=lora sets "
-                    "the first)")
-  if settings.method != "lora" and config.peft.method != "none":
-    raise UserError(f"peft.method={config.peft.method!r} is for continual.method='lora'")
-  sources = sorted({s.source for s in settings.stages})
-  settings.check_classes({src: label_names("classification",
-                                           labelled.load_rows(config.tasks[src])["train"])
-                          for src in sources})
+  settings.check_classes(stages.read_sources(config, settings)[1])
   return settings
 
 

@@ -95,6 +95,15 @@ class ContinualConfig:
       raise UserError("continual.method='lora' selects each task's adapter by its task id, which "
                       "class-incremental learning does not have at test time: use "
                       "continual.scenario='task'")
+    if self.method == "lora" and (config.peft.method != "lora" or not config.init.weights):
+      raise UserError("continual.method='lora' trains a LoRA per task over a frozen base: it needs "
+                      "peft.method='lora' and init.weights (configs/continual.py:method=lora sets "
+                      "the first)")
+    if self.method != "lora" and config.peft.method != "none":
+      raise UserError(f"peft.method={config.peft.method!r} is for continual.method='lora'")
+    if config.evals.get("best_metric"):
+      raise UserError(f"evals.best_metric={config.evals.best_metric!r}: a stage hands its last "
+                      "weights to the next, so no best checkpoint is kept; leave it empty")
     if self.reference and len(self.reference) != len(self.stages):
       raise UserError(f"continual.reference has {len(self.reference)} values for "
                       f"{len(self.stages)} stages")

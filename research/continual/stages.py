@@ -40,14 +40,19 @@ def current_stage(config) -> int:
   return stage - 1
 
 
+def read_sources(config, settings: ContinualConfig) -> tuple[dict, dict]:
+  """({task: its rows by split}, {task: its class names}) of the tasks the stages read."""
+  sources = sorted({s.source for s in settings.stages})
+  rows = {src: labelled.load_rows(config.tasks[src]) for src in sources}
+  return rows, {src: label_names("classification", rows[src]["train"]) for src in sources}
+
+
 def build(config, workdir: str) -> TaskSet:
   settings = ContinualConfig.of_run(config)
   current = current_stage(config)
-  sources = sorted({s.source for s in settings.stages})
-  rows = {src: labelled.load_rows(config.tasks[src]) for src in sources}
-  classes = {src: label_names("classification", rows[src]["train"]) for src in sources}
+  rows, classes = read_sources(config, settings)
   settings.check_classes(classes)
-  texts = [t for src in sources for t in training_texts(rows[src])]
+  texts = [t for src in rows for t in training_texts(rows[src])]
   tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", [texts], workdir)
   shared = settings.scenario == "class"
   seen = {c for s in settings.stages[:current + 1] for c in (s.classes or classes[s.source])}
@@ -76,7 +81,6 @@ class StageTask(Task):
     self.name, self.heads, self.splits = task.name, task.heads, task.splits
     self.stats, self.labels, self.final_splits = task.stats, task.labels, task.final_splits
     self.train_size, self.train_features = task.train_size, task.train_features
-    self.own_train = task.train  # the stage's own rows (no replay): what EWC's Fisher reads
     self.train = train or task.train
     self.objectives = objectives or tuple(masked(o, task.head, seen) for o in task.objectives)
 
