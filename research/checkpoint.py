@@ -432,7 +432,7 @@ def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4)
   `RESUMABLE_FIELDS`) where this run's resolved config differs from its checkpoint's. Only fields
   both configs have are compared: one the other lacks comes from another version of this library
   (a field added or renamed since the checkpoint was written), not from the user."""
-  saved, new = _flat(saved_config), _flat(config)
+  saved, new = flat_config(saved_config), flat_config(config)
   diff = [f"{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(set(saved) & set(new))
           if saved[k] != new[k]
           and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
@@ -444,12 +444,12 @@ def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4)
                     f"change only {may_change})")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat_config(tree: dict, prefix: str = "") -> dict:
   """{'section.key': value} of a nested config dict (lists and tuples alike, as lists)."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, dict) and v:
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flat_config(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = _norm_deep(v)
   return out

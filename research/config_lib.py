@@ -9,6 +9,7 @@ import os
 
 import ml_collections
 
+from research import wandb_logging
 from research.compress import distill
 from research.errors import UserError
 from research.compress.magnitude import PruneConfig
@@ -95,7 +96,8 @@ def common(config):
   config.sharding_rules = DEFAULT_RULES
   config.ckpt = dict(every_steps=1000, keep=3, use_async=True)
   config.init = {"resume": "", "weights": "", "exclude": ()}
-  config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True)
+  config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True,
+                        wandb=wandb_logging.section())  # Weights & Biases: research/wandb_logging.py
   config.peft = dataclasses.asdict(PeftConfig())  # parameter-efficient fine-tuning: research/peft
   config.prune = dataclasses.asdict(PruneConfig())  # magnitude pruning: research/compress/magnitude.py
   config.distill = distill.section()  # knowledge distillation from a teacher: off until one is set

@@ -8,6 +8,9 @@ summary.json is the summary of the run that trained the weights in the workdir: 
 that trains no step (a rerun of a finished run) leaves it as it is. summaries.jsonl gets one line
 per invocation that finished or stopped (`outcome`: finished, preempted, diverged), with the step
 it started from and the time it ended, so each invocation's figures are kept.
+
+With `config.logging.wandb.mode` other than 'disabled', the same records, the config, the summary
+and the loss plot also go to Weights & Biases (research/wandb_logging.py).
 """
 import datetime
 import json
@@ -16,6 +19,8 @@ import os
 
 import jax
 import tqdm
+
+from research import wandb_logging
 
 METRICS_FILE, SUMMARY_FILE, SUMMARIES_FILE, PLOT_FILE = (
     "metrics.jsonl", "summary.json", "summaries.jsonl", "loss.png")
@@ -62,12 +67,15 @@ def read_summaries(workdir: str) -> list[dict]:
 
 
 class Tracker:
+  """Where a run's records go. `config`: the run's config, whose `logging.wandb` section turns on
+  Weights & Biases (None: off)."""
+
   def __init__(self, workdir: str, *, start_step: int, total_steps: int, tensorboard: bool = True,
-               progress: bool = True):
+               progress: bool = True, config=None):
     self.workdir, self.start_step = workdir, start_step
     self.is_writer = jax.process_index() == 0
     self.history = [r for r in read_metrics(workdir) if r["step"] <= start_step]
-    self.tb = self.bar = None
+    self.tb = self.bar = self.wandb = None
     if not self.is_writer:
       return
     self._rewrite()  # drop what the interrupted run logged after its last checkpoint
@@ -78,6 +86,8 @@ class Tracker:
     if progress:
       self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                            desc="train")
+    if config is not None and config.logging.wandb.mode != "disabled":
+      self.wandb = wandb_logging.WandbRun.open(config.logging.wandb, workdir, config, self.history)
 
   def _rewrite(self):
     path = os.path.join(self.workdir, METRICS_FILE)
@@ -99,6 +109,8 @@ class Tracker:
     if self.bar and "train/loss" in record:
       self.bar.set_postfix(loss=_shown(record["train/loss"], ".3f"),
                            tok_s=_shown(record.get("perf/tokens_per_sec"), ".0f"))
+    if self.wandb:
+      self.wandb.log(record)
 
   def advance(self, steps: int):
     if self.bar:
@@ -111,9 +123,8 @@ class Tracker:
       out.update({k: v for k, v in record.items() if k.startswith(prefix)})
     return out
 
-  def close(self):
-    """Ends the progress bar and closes the files (again: a no-op)."""
-    if not self.is_writer or self.file.closed:
+  def _close_files(self):
+    if self.file.closed:
       return
     if self.bar:
       self.bar.close()
@@ -121,17 +132,32 @@ class Tracker:
     if self.tb:
       self.tb.close()
 
-  def finish(self, summary: dict):
-    """Closes; writes summary.json if this invocation trained, appends to summaries.jsonl."""
+  def close(self, stop=None):
+    """Ends the progress bar, closes the files and the W&B run (again: a no-op). `stop`: the
+    `RunStopped` (preemption, divergence) that ended the run, if one did."""
     if not self.is_writer:
       return
-    self.close()
+    self._close_files()
+    if self.wandb:
+      self.wandb.close(stop)
+      self.wandb = None
+
+  def finish(self, summary: dict):
+    """Closes; writes summary.json if this invocation trained, appends to summaries.jsonl, plots
+    the losses; the W&B run gets the summary and the plot."""
+    if not self.is_writer:
+      return
+    self._close_files()
     path = os.path.join(self.workdir, SUMMARY_FILE)
     if summary["step"] > self.start_step or not os.path.exists(path):
       with open(path, "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     append_summary(self.workdir, "finished", self.start_step, summary)
-    plot_losses(self.history, os.path.join(self.workdir, PLOT_FILE))
+    plot_path = os.path.join(self.workdir, PLOT_FILE)
+    plot_losses(self.history, plot_path)
+    if self.wandb:
+      self.wandb.finish(summary, plot_path)
+      self.wandb = None
 
 
 def plot_losses(history: list[dict], path: str):

@@ -7,6 +7,7 @@ allowed.
 """
 import re
 
+from research import wandb_logging
 from research.errors import UserError
 from research.tasks import finetuning
 from research.train.nonfinite import POLICIES
@@ -31,6 +32,8 @@ RULES = [(key, ">= 1", lambda v: v >= 1) for key in _AT_LEAST_ONE] + [
     ("train.nonfinite", f"one of {', '.join(POLICIES)}", lambda v: v in POLICIES),
     ("data.eval_fraction", "in (0, 1)", lambda v: 0 < v < 1),
     ("evals.batches", ">= 0 (0 = one pass)", lambda v: v >= 0),
+    ("logging.wandb.mode", f"one of {', '.join(wandb_logging.MODES)}",
+     lambda v: v in wandb_logging.MODES),
 ]
 
 
@@ -38,11 +41,13 @@ _MISSING = object()
 
 
 def _lookup(config, key):
-  """The value at 'section.field', or `_MISSING`."""
-  section, field = key.split(".")
-  if section not in config or not config[section] or field not in config[section]:
-    return _MISSING
-  return config[section][field]
+  """The value at 'section.field' (or 'section.subsection.field'), or `_MISSING`."""
+  value = config
+  for part in key.split("."):
+    if not value or part not in value:
+      return _MISSING
+    value = value[part]
+  return value
 
 
 def check_config(config):
@@ -50,6 +55,10 @@ def check_config(config):
     value = _lookup(config, key)
     if value is not _MISSING and not ok(value):
       raise UserError(f"{key} must be {allowed}, got {value!r}")
+  mode = _lookup(config, "logging.wandb.mode")
+  if mode not in (_MISSING, "disabled") and not wandb_logging.installed():
+    raise UserError(f"logging.wandb.mode={mode!r} needs the wandb package: pip install wandb "
+                    "(or pip install -e \".[wandb]\")")
   kind = config.model.kind
   objective = config.objective.name if config.get("objective") else None
   wanted = {"mlm": "encoder", "clm": "decoder"}.get(objective)

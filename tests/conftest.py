@@ -82,3 +82,40 @@ def require_for_module(name: str, reason: str):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+def wandb_offline_env(root: str) -> dict:
+  """Weights & Biases offline and silent, every file it writes under `root`: no test that turns
+  `config.logging.wandb` on reaches the network or the user's home."""
+  return {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": root,
+          **{f"WANDB_{kind}_DIR": os.path.join(root, kind.lower())
+             for kind in ("CONFIG", "CACHE", "DATA", "ARTIFACT")}}
+
+
+# Two tiny fine-tuning runs that differ only in their learning rate, logged to W&B offline: what
+# `python -m research.report` compares (tests/test_report.py) and what W&B must hold
+# (tests/test_wandb_logging.py). Seconds each: 3 steps of 8 x 32 tokens, one layer.
+LEARNING_RATES = (1e-3, 3e-3)
+TINY_FINETUNE = ["--config=configs/finetune.py:task=bbc_news,runlocal", "--config.train.steps=3",
+                 "--config.train.batch_size=8", "--config.data.seq_len=32",
+                 "--config.data.vocab_size=512", "--config.model.num_layers=1",
+                 "--config.evals.every_steps=1", "--config.ckpt.every_steps=3",
+                 "--config.logging.every_steps=1", "--config.logging.progress=False",
+                 "--config.logging.tensorboard=False"]
+
+
+@pytest.fixture(scope="session")
+def finetune_lr_pair(tmp_path_factory):
+  """(the two workdirs, the W&B environment they ran with); slow tests only (~40 s)."""
+  require("wandb", "the runs log to Weights & Biases (offline): pip install -e '.[test]'")
+  root = tmp_path_factory.mktemp("lr_pair")
+  env = wandb_offline_env(str(root / "wandb_home"))
+  workdirs = []
+  for lr in LEARNING_RATES:
+    workdir = str(root / f"lr{lr:g}")
+    proc = run_cli(*TINY_FINETUNE, f"--workdir={workdir}", f"--config.optim.learning_rate={lr}",
+                   "--config.logging.wandb.mode=offline", "--config.logging.wandb.project=p",
+                   env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    workdirs.append(workdir)
+  return workdirs, env

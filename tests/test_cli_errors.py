@@ -47,6 +47,8 @@ def _tree_digest(root):
     ("--config.trian.steps=3", ("--config.trian.steps", "'trian'", 'did you mean "train"')),
     ("--config.init.from=/some/run", ("--config.init.from was renamed",
                                       "use --config.init.weights")),
+    ("--config.logging.wandb.mode=cloud",
+     ("logging.wandb.mode must be one of disabled, offline, online, got 'cloud'",)),
 ])
 def test_bad_flags(tmp_path, flag, fragments):
   _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={tmp_path}/w", flag),

@@ -256,7 +256,7 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
   start = int(b.data_state["next_step"])
   tracker = tracking.Tracker(workdir, start_step=start, total_steps=total,
                              tensorboard=config.logging.tensorboard,
-                             progress=config.logging.progress)
+                             progress=config.logging.progress, config=config)
   best = None
   if config.evals.get("best_metric"):
     best = ckpt_lib.BestCheckpoint(os.path.join(workdir, "best"), config.evals.best_metric,
@@ -301,9 +301,9 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
           log.info("early stopping at step %d: %s has not improved for %d evaluations", done,
                    best.metric, best.stale)
           break
-  except RunStopped:
+  except RunStopped as stop:
     b.ckpt.wait()  # the last save (a preemption's, or an earlier one) is complete on disk
-    tracker.close()
+    tracker.close(stop)
     raise
   return Trained(state, tracker, best, stopped, throughput.compile_seconds)
 
