@@ -3,7 +3,7 @@ r"""Compare training runs: their final metrics, how their configs differ, their 
   python -m research.report WORKDIR [WORKDIR ...] [--out=DIR] [--metrics=REGEX[,REGEX...]]
 
 Reads each WORKDIR's metrics.jsonl, summary.json and config.json (pretraining and fine-tuning
-runs alike; a continual run's top workdir compares its stages' accuracies) and
+runs alike, and a continual run's stage folders, WORKDIR/stages/*) and
   prints  the final metrics, a row per run: step, train/loss (the last one logged), tokens/s
           (the mean of the logged perf/tokens_per_sec), and every eval/ and test/ metric of
           summary.json ('n/a' where a run lacks one, e.g. a stopped run has no summary.json);
@@ -151,6 +151,7 @@ def curves_figure(runs: list[Run], patterns: list[str]):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
   keys = curve_keys(runs, patterns)
   cols = max(1, min(3, len(keys)))
   rows = max(1, math.ceil(len(keys) / cols))
@@ -163,6 +164,7 @@ def curves_figure(runs: list[Run], patterns: list[str]):
                 label=r.label)
     ax.set_title(key)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key.rsplit("/", 1)[-1])
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -181,9 +183,10 @@ def _shown(v) -> str:
   return str(v)
 
 
-def _config_value(v) -> str:
-  """As on the command line: 1e-05, True, ('a', 'b') shown as ['a', 'b'], text unquoted."""
-  return v if isinstance(v, str) else repr(v)
+def _config_value(v, width: int = 60) -> str:
+  """As on the command line (1e-05, True, ['a', 'b'], text unquoted), cut to `width`."""
+  text = v if isinstance(v, str) else repr(v)
+  return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
