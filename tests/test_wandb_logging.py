@@ -20,11 +20,13 @@ wandb = require_for_module("wandb", "W&B logging is tested offline: pip install 
 
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
-  """W&B offline, silent, its files under tmp_path (no network, nothing in $HOME)."""
+  """W&B offline, silent, its files under tmp_path (no network, nothing in $HOME); its service
+  process ends with the test (the next test starts its own, with its own folders)."""
   env = wandb_offline_env(str(tmp_path / "wandb_home"))
   for k, v in env.items():
     monkeypatch.setenv(k, v)
-  return env
+  yield env
+  wandb.teardown()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +89,10 @@ def read_offline_run(run_dir):
 
 
 def offline_runs(directory):
-  """The offline runs under `directory`/wandb, oldest first."""
+  """The offline runs under `directory`/wandb, oldest first. `run.finish()` returns before W&B's
+  service has written the run's last records; `wandb.teardown()` (what the atexit hook of a
+  command-line run does) waits for them."""
+  wandb.teardown()
   return [read_offline_run(d) for d in sorted(glob.glob(os.path.join(directory, "wandb",
                                                                      "offline-run-*")))]
 
