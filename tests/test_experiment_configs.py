@@ -22,6 +22,7 @@ import os
 import pytest
 
 from conftest import REPO, require, run_cli
+from test_cli_errors import _fails_with
 from finetune_fixtures import conll_dir, glue_dir, hf_checkpoint, squad_dir
 from research import tracking
 
@@ -130,3 +131,12 @@ def test_one_training_step(config_file, variant, tmp_path, stand_ins):
     run_config = json.load(f)
   if run_config["peft"]["method"] == "lora":
     assert summary["params/trainable"] == lora_trainable(run_config)
+
+
+def test_a_task_the_reproduction_lacks_fails_in_one_line(tmp_path):
+  """WNLI is a finetune.py task but not one of bert_glue's: refused before anything is written."""
+  proc = run_cli("--config=experiments/bert_glue/configs/glue.py:task=wnli",
+                 f"--workdir={tmp_path / 'run'}")
+  _fails_with(proc, "task must be one of ['cola', 'mnli', 'mrpc', 'qnli', 'qqp', 'rte', 'sst2', "
+              "'stsb'], got 'wnli'")
+  assert not (tmp_path / "run").exists()
