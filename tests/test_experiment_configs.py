@@ -35,7 +35,7 @@ QA_SHRINK = ["--config.data.seq_len=64", "--config.tasks.{t}.doc_stride=16",
              "--config.tasks.{t}.max_question_len=16"]
 # Hub checkpoint -> the architecture of the tiny checkpoint that stands in for it.
 STAND_INS = {"bert-base-uncased": "bert", "bert-base-cased": "bert", "roberta-base": "roberta",
-             "sentence-transformers/all-MiniLM-L6-v2": "bert"}
+             "sentence-transformers/all-MiniLM-L6-v2": "bert", "all-MiniLM-L6-v2": "bert"}
 
 
 def config_files():
