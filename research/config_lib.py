@@ -5,6 +5,7 @@ e.g. 'size=tiny,runlocal'; `parse_arg` turns it into typed fields (bare names ar
 """
 import dataclasses
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -13,6 +14,7 @@ from research import wandb_logging
 from research.compress import distill
 from research.errors import UserError
 from research.compress.magnitude import PruneConfig
+from research.data.labelled import TRAIN_ROWS
 from research.models.config import SIZES, ModelConfig
 from research.peft.config import PeftConfig
 from research.sharding import DEFAULT_RULES
@@ -45,6 +47,15 @@ def load_config_file(name: str, arg: str | None = None) -> ml_collections.Config
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def epoch_steps(task: str, batch_size: int) -> int:
+  """Steps in one pass over hub task `task`'s train split at `batch_size`, the last batch counted
+  (as transformers' Trainer counts an epoch): for recipes that give epochs. SQuAD's count is of
+  questions; a question whose context spans several windows adds steps the count misses (~1%)."""
+  if task not in TRAIN_ROWS:
+    raise UserError(f"no train-split size for task {task!r}; known: {sorted(TRAIN_ROWS)}")
+  return math.ceil(TRAIN_ROWS[task] / batch_size)
 
 
 def model(kind: str, size: str, *, dtype: str = "bfloat16"):

@@ -66,16 +66,64 @@ def squad_dir(tmp_path, unanswerable=0):
 
 
 def glue_dir(tmp_path, task):
+  """GLUE task `task`'s files with its hub columns (`labelled.GLUE`) and split names (MNLI:
+  validation_matched, validation_mismatched). The label says whether the second text repeats
+  the first (MNLI: repeats = entailment, else neutral or contradiction); a one-sentence task
+  (CoLA, SST-2) keeps the first text when the label is 1 and the second otherwise."""
+  from research.data.labelled import GLUE  # pylint: disable=g-import-not-at-top
+  text, pair, _ = GLUE[task]
   d = tmp_path / task
   d.mkdir()
   rng = random.Random(task)
-  for split, n in (("train", 48), ("validation", 16)):
+  splits = ("validation_matched", "validation_mismatched") if task == "mnli" else ("validation",)
+  for split, n in (("train", 48),) + tuple((s, 16) for s in splits):
     rows = []
     for _ in range(n):
       a = " ".join(rng.choice(PEOPLE + PLACES) for _ in range(4))
       same = rng.random() < 0.5
       b = a if same else " ".join(rng.choice(ORGS) for _ in range(4))
       label = (5.0 * same) if task == "stsb" else int(same)
-      rows.append({"sentence1": a, "sentence2": b, "label": label, "idx": len(rows)})
+      if task == "mnli":
+        label = 0 if same else rng.choice((1, 2))
+      row = {text: a, pair: b} if pair else {text: a if same else b}
+      rows.append(dict(row, label=label, idx=len(rows)))
     write_jsonl(d / f"{split}.jsonl", rows)
   return d
+
+
+HF_WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def hf_checkpoint(directory, architecture, texts, vocab_size=400, max_len=64):
+  """A randomly initialised tiny transformers masked-LM checkpoint (`architecture` 'bert' or
+  'roberta') with a tokenizer trained on `texts` (BERT: WordPiece vocab.txt; RoBERTa: byte-level
+  BPE vocab.json + merges.txt), saved in `directory`: what tests start `hf:` runs from instead of
+  a hub checkpoint."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  directory.mkdir(parents=True)
+  torch.manual_seed(0)
+  if architecture == "bert":
+    pieces = tokenizer_lib.train_wordpiece(texts, vocab_size).get_vocab()
+    vocab = sorted(pieces, key=pieces.get)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = transformers.BertConfig(vocab_size=len(vocab), max_position_embeddings=max_len,
+                                     **HF_WIDTH)
+    model = transformers.BertForMaskedLM(config)
+  elif architecture == "roberta":
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    bpe.model.save(str(directory))
+    config = transformers.RobertaConfig(vocab_size=bpe.get_vocab_size(), pad_token_id=1,
+                                        max_position_embeddings=max_len + 2, type_vocab_size=1,
+                                        **HF_WIDTH)
+    model = transformers.RobertaForMaskedLM(config)
+  else:
+    raise ValueError(f"architecture must be 'bert' or 'roberta', got {architecture!r}")
+  model.eval().save_pretrained(directory)
+  return directory

@@ -81,6 +81,20 @@ def test_parameters_carry_logical_axis_names():
   assert boxed["token_embed"]["embedding"].names == ("vocab", "embed")
 
 
+@pytest.mark.parametrize("classifier", ["pooled", "first_token_mlp"])
+def test_no_parameter_names_a_logical_axis_twice(classifier):
+  """Mesh rules cannot place an array whose axes repeat a name (RoBERTa's classifier did)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  ids = jnp.ones((1, 8), jnp.int32)
+  cfg = dict(ENCODER, heads=("classification",), classifier=classifier, num_labels=3)
+  boxed = models.build(cfg).init(jax.random.key(0), ids)["params"]
+  names = [leaf.names for leaf in jax.tree.leaves(
+      boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))]
+  assert len(names) == len(jax.tree.leaves(nn.unbox(boxed)))  # every parameter is named
+  repeated = [n for n in names if len({a for a in n if a}) < len([a for a in n if a])]
+  assert not repeated, repeated
+
+
 def test_bfloat16_compute_keeps_float32_params():
   cfg = dict(DECODER, dtype="bfloat16")
   ids = jnp.ones((1, 8), jnp.int32)

@@ -42,6 +42,12 @@ GLUE = {  # task: (text column, pair column or None, kind)
 HUB = {"conll2003": ("eriktks/conll2003", None), "squad": ("rajpurkar/squad", None),
        "squad_v2": ("rajpurkar/squad_v2", None)}
 SPLITS = {"eval": "validation", "test": "test"}
+# Rows in each hub task's train split as the hub serves it (SQuAD: questions, before long
+# contexts are split into windows). Recipes that give epochs count steps from it
+# (`config_lib.epoch_steps`).
+TRAIN_ROWS = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "qqp": 363846, "stsb": 5749,
+              "mnli": 392702, "qnli": 104743, "rte": 2490, "wnli": 635, "conll2003": 14041,
+              "squad": 87599, "squad_v2": 130319}
 
 
 def load_rows(task_cfg) -> dict:

@@ -38,10 +38,12 @@ def zeros_init(axes):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def output_dense(cfg: ModelConfig, features: int, name: str, out_axis=None) -> nn.Dense:
-  """The dense layer heads end with: hidden -> `features` (labels, 2 for spans, ...)."""
+def output_dense(cfg: ModelConfig, features: int, name: str, out_axis=None,
+                 in_axis="embed_out") -> nn.Dense:
+  """The dense layer heads end with: hidden -> `features` (labels, 2 for spans, ...); a head's
+  inner hidden -> hidden layer names its input axis 'embed' (two equal names cannot shard)."""
   return nn.Dense(features, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-                  kernel_init=normal_init(("embed_out", out_axis)),
+                  kernel_init=normal_init((in_axis, out_axis)),
                   bias_init=zeros_init((out_axis,)), name=name)
 
 

@@ -26,7 +26,8 @@ class ClassificationHead(nn.Module):
     else:
       first = outputs.get("prompt_hidden", outputs["hidden"])  # a soft prompt comes first
       x = dropout(first[:, 0], deterministic=deterministic)
-      x = jnp.tanh(layers.output_dense(cfg, cfg.hidden_size, "dense", "embed_out")(x))
+      x = jnp.tanh(layers.output_dense(cfg, cfg.hidden_size, "dense", "embed_out",
+                                         in_axis="embed")(x))
       x = dropout(x, deterministic=deterministic)
     logits = layers.output_dense(cfg, self.num_labels, "out")(x)
     return {f"{self.key}_logits": logits.astype(jnp.float32)}
