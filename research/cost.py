@@ -7,7 +7,8 @@ Flags:
   --config     a config file and its overrides, exactly as for research.main (the config is
                locked: a misspelt key is a one-line error, with a did-you-mean)
   --devices    chips the run is assumed to use, for every chip type (default: the product of
-               the config's mesh sizes when none is -1, else 1)
+               the config's mesh sizes when none is -1, else 1); the mesh and the memory are
+               those of that many simulated CPU devices (with --calibrate: this machine's)
   --mfu        model-FLOPs utilisation assumed on every chip, in (0, 1] (default: per chip, the
                MFU research.bench measured there, else a published one: research/chips.py)
   --memory     compile the train step abstractly for its per-device memory (default true;
@@ -102,8 +103,8 @@ def shape_config(config) -> tuple:
     notes.append(f"vocabulary {config.model.vocab_size}: {where} {tokens} rounded up to 128")
   if config.get("tasks"):
     config.model.heads = finetuning.heads_of_config(config)
-    notes.append(f"heads {list(config.model.heads)}: classification-type heads with "
-                 f"model.num_labels={config.model.num_labels} outputs (labels come from the data)")
+    notes.append(f"heads {list(config.model.heads)}, from the tasks' kinds; a classifier has "
+                 f"model.num_labels={config.model.num_labels} outputs (its labels need the data)")
   else:
     config.model.heads = objectives.pretraining(config.objective)[1]
   return config, notes
@@ -114,9 +115,10 @@ def shape_config(config) -> tuple:
 # ---------------------------------------------------------------------------------------------
 def assumed_devices(config, flag: int) -> int:
   """--devices, else the config's mesh when every size is given, else 1."""
+  from research import sharding  # pylint: disable=g-import-not-at-top
   if flag:
     return flag
-  sizes = [int(config.mesh[a]) for a in ("data", "fsdp", "tensor")]
+  sizes = [int(config.mesh[a]) for a in sharding.MESH_AXES]
   return math.prod(sizes) if min(sizes) > 0 else 1
 
 
@@ -237,10 +239,11 @@ def main(argv):
     exit_with(f"--mfu must be in (0, 1] (a fraction of the chip's peak), got {FLAGS.mfu}")
   config = FLAGS.config
   devices = assumed_devices(config, FLAGS.devices)
-  if FLAGS.memory and not FLAGS.calibrate and devices > 1:  # the step compiled for `devices`
+  if devices > 1 and not FLAGS.calibrate:  # the mesh (and the step's memory) on `devices`
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={devices}")
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax  # pylint: disable=g-import-not-at-top  (the config file imported it already)
+    jax.config.update("jax_platforms", "cpu")
   try:
     out = estimate(config, devices, FLAGS.mfu, FLAGS.memory,
                    FLAGS.calibrate_steps if FLAGS.calibrate else 0)
