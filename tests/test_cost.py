@@ -72,6 +72,19 @@ def test_bert_base_params_flops_and_estimates():
     assert e["usd"] == pytest.approx(e["hours"] * 4 * prices[name])
 
 
+def test_memory_of_the_compiled_step_on_the_assumed_devices():
+  """--devices=2: the step compiled on 2 simulated devices; data-parallel, so each holds every
+  float32 parameter and AdamW's two moments of each (plus its step count)."""
+  out = cost_json("--config=configs/mlm.py:runlocal", "--config.model.num_layers=1",
+                  "--config.train.batch_size=8", "--config.data.seq_len=32", "--devices=2")
+  memory = out["memory"]
+  assert (memory["devices"], memory["platform"]) == (2, "cpu")
+  assert memory["params"] == 4 * out["params"]
+  assert memory["optimizer"] == pytest.approx(2 * 4 * out["params"], abs=64)
+  assert memory["total"] > memory["params"] + memory["optimizer"]
+  assert out["estimates"]["H100"]["devices"] == 2
+
+
 def test_finetune_from_packaged_minilm():
   """A fine-tuning config starting from hf:all-MiniLM-L6-v2: the shape is the checkpoint's
   (6 x 384, its vocabulary), its parameters plus a pooler-read classification head."""
