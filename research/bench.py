@@ -131,10 +131,11 @@ def model_config(w: Workload, dtype: str, overrides: dict | None = None):
   return ModelConfig.from_dict(run_config(w, dtype, overrides).model)
 
 
-def synthetic_batch(w: Workload, num_predictions: int, seed: int = 0) -> dict:
-  """Token ids, and for MLM `num_predictions` masked positions per row (the peer gets the same)."""
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(1000, VOCAB[w.kind] - 1, (w.batch, w.seq), dtype=np.int32)
+def synthetic_batch(w: Workload, num_predictions: int, seed: int = 0, vocab_size: int = 0) -> dict:
+  """Token ids below `vocab_size` (default: the workload kind's `VOCAB`), and for MLM
+  `num_predictions` masked positions per row (the peer gets the same)."""
+  rng, vocab = np.random.default_rng(seed), vocab_size or VOCAB[w.kind]
+  ids = rng.integers(min(1000, vocab // 2), vocab - 1, (w.batch, w.seq), dtype=np.int32)
   batch = {"input_ids": ids, "unigram_top": np.zeros(w.batch, np.int32)}  # no padding: no mask
   if w.kind == "encoder":
     positions = np.sort(np.stack([rng.choice(np.arange(1, w.seq - 1), num_predictions,
@@ -196,14 +197,23 @@ def profile_summary(trace_dir: str, steps: int) -> dict:
 
 def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None,
              profile_dir: str = "") -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  on_cpu = jax.devices()[0].platform == "cpu"
+  config = run_config(w, "float32" if on_cpu else "bfloat16", overrides)
+  return time_train_step(config, steps, warmup, profile_dir, w.name)
+
+
+def time_train_step(config, steps: int, warmup: int, profile_dir: str = "", name: str = "") -> dict:
+  """Our train step for a pretraining `config` whose derived fields are filled (`run_config`),
+  on this machine's devices and a synthetic batch of its shape: compiled, `warmup` steps, then
+  `steps` timed steps (see the module doc). `research.cost --calibrate` times it too."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from research import models, objectives, perf, sharding  # pylint: disable=g-import-not-at-top
   from research.models import layers  # pylint: disable=g-import-not-at-top
   from research.train import optim, state as state_lib  # pylint: disable=g-import-not-at-top
   from research.train.step import derive_dropout_key, make_train_step  # pylint: disable=g-import-not-at-top
-  on_cpu = jax.devices()[0].platform == "cpu"
-  config = run_config(w, "float32" if on_cpu else "bfloat16", overrides)
+  w = Workload(name, config.model.kind, "", config.data.seq_len, config.train.batch_size)
   cfg = models.ModelConfig.of_run(config)
   model = models.build(cfg)
   tx, lr = optim.build(config)
@@ -213,7 +223,8 @@ def run_ours(w: Workload, steps: int, warmup: int, overrides: dict | None = None
                                                              init_key)
   batch_sharding = sharding.batch_sharding(mesh)
   num_predictions = state_lib.max_predictions(config)  # 0 for CLM: its config says so
-  batch = jax.device_put(synthetic_batch(w, num_predictions), batch_sharding)
+  batch = jax.device_put(synthetic_batch(w, num_predictions, vocab_size=cfg.vocab_size),
+                         batch_sharding)
   train_step = make_train_step(model, objectives.pretraining(config.objective)[0], tx, lr,
                                derive_dropout_key(dropout_key, config.train.dropout_prng),
                                config.train.grad_accum_steps)

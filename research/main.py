@@ -37,8 +37,9 @@ import threading
 from absl import app, flags
 from ml_collections import config_flags
 
-from research.errors import (EXIT_SAVE_FAILED, RunStopped, SaveFailed, UserError, exit_now,
-                             exit_with)
+from research.command_line import parse_flags
+from research.errors import EXIT_SAVE_FAILED, RunStopped, SaveFailed, UserError, exit_now
+from research.errors import exit_with as fail  # a bad input: one line on stderr, exit code 2
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal.",
@@ -57,75 +58,6 @@ flags.DEFINE_integer("distributed_timeout_s", 300,
                      "join (jax.distributed.initialize's initialization_timeout) and to exchange "
                      "devices; then one line `error: ...` and exit code 2.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
-
-fail = exit_with  # the end of every bad-input path: one line on stderr, exit code 2
-
-
-def _unquote(line: str) -> str:
-  line = line.strip()
-  return line[1:-1] if len(line) > 1 and line[0] == line[-1] and line[0] in "'\"" else line
-
-
-def _one_line(error: Exception, argv) -> str:
-  """A flag/config error as one readable line (keeps ml_collections' did-you-mean)."""
-  text = str(error.args[0]) if error.args else str(error)
-  lines = [_unquote(l) for l in _unquote(text).replace("\\n", "\n").splitlines() if l.strip()]
-  if not lines:
-    return type(error).__name__
-  first, rest = lines[0], [l for l in lines[1:] if l.startswith("Did you mean")]
-  if "Other fields present" in first:  # drop the dump of every field
-    first = first.split(". Other fields present")[0]
-  if isinstance(error, (KeyError, AttributeError)):  # an unknown key: name the flag it is in
-    flag = next((a.split("=")[0] for a in argv
-                 if a.startswith("--config.") and first in a.split("=")[0].split(".")), None)
-    first = f"{flag}: no config key {first!r}" if flag else f"no config key {first!r}"
-  return "; ".join([first] + [l[0].lower() + l[1:] for l in rest])
-
-
-# Config keys that were renamed: the old spelling fails with the new one.
-RENAMED = {"init.from": "init.weights"}  # 'from' is a Python keyword: flags cannot parse it
-
-
-def check_config_flags(argv):
-  """What ml_collections reports badly: a missing or unparsable config file, renamed keys."""
-  for i, arg in enumerate(argv):
-    name, eq, value = arg.partition("=")
-    if name.lstrip("-") == "config" and arg.startswith("-"):
-      if not eq:  # `--config PATH`
-        value = argv[i + 1] if i + 1 < len(argv) else ""
-      path = value.split(":", 1)[0]
-      if not os.path.isfile(path):
-        raise UserError(f"--config: no such config file {path!r}")
-      with open(path, "rb") as f:
-        source = f.read()
-      try:
-        compile(source, path, "exec")
-      except (SyntaxError, ValueError) as e:
-        where = f"{path}:{e.lineno}" if getattr(e, "lineno", None) else path
-        raise UserError(f"--config: {where}: {getattr(e, 'msg', e)} (a Python syntax error in "
-                        "the config file)") from None
-    for old, new in RENAMED.items():
-      if name.lstrip("-") == f"config.{old}" or name.lstrip("-").startswith(f"config.{old}."):
-        raise UserError(f"--config.{old} was renamed: use --config.{new}")
-
-
-def parse_flags(argv):
-  verbose = "--verbose" in argv
-  try:
-    check_config_flags(argv[1:])
-    return FLAGS(argv)
-  except UserError as e:
-    if verbose:
-      raise
-    fail(e)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-    if verbose:
-      raise
-    cause = e.__cause__ or e.__context__ or e
-    if "Did you mean" in str(cause) or "Did you mean" not in str(e):  # the more helpful one
-      e = cause if isinstance(cause, (KeyError, AttributeError)) else e
-    fail(f"bad flags: {_one_line(e, argv)}")
-
 
 def main(argv):
   if len(argv) > 1:

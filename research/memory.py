@@ -46,7 +46,7 @@ from research import objectives as objectives_lib
 from research.errors import UserError
 from research.train import optim
 from research.train import state as state_lib
-from research.train.resolve import check_batch
+from research.train.resolve import check_batch, padded_vocab_size
 from research.train.step import derive_dropout_key, make_loss_fn, make_train_step
 
 FIELDS = ("params", "optimizer", "activations", "temp", "argument", "output", "alias", "total")
@@ -174,7 +174,7 @@ def parse_mesh(text: str) -> dict:
 def memory_config(kind: str, size: str, batch: int, seq_len: int, dtype: str, overrides: dict):
   """The benchmark's config for this shape (`bench.run_config`), with the vocabulary a run of
   that config would have: its tokenizer's size rounded up to a multiple of 128 (`resolve`)."""
-  vocab = math.ceil(bench.VOCAB[kind] / 128) * 128
+  vocab = padded_vocab_size(bench.VOCAB[kind])
   w = bench.Workload("", kind, size, seq_len, batch)
   return bench.run_config(w, dtype, {"vocab_size": vocab, **overrides})
 

@@ -16,11 +16,13 @@ chip not in the table, or float32 compute). On CPU no peak is known and MFU is r
 """
 import jax
 
-# Dense bf16 peak FLOP/s per device, matched against `device.device_kind` (first match wins).
+# Dense bf16 peak FLOP/s per device, matched against `device.device_kind` (first match wins, so
+# a name comes before the names it contains). TPU device kinds: v5e is 'TPU v5 lite', v5p is
+# 'TPU v5', v6e (Trillium) is 'TPU v6 lite'.
 PEAK_FLOPS = (
     ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12),
-    ("A10", 125e12), ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5", 197e12),
-    ("TPU v4", 275e12), ("TPU v3", 123e12),
+    ("A10", 125e12), ("TPU v6 lite", 918e12), ("TPU v5 lite", 197e12), ("TPU v5p", 459e12),
+    ("TPU v5", 459e12), ("TPU v4", 275e12), ("TPU v3", 123e12),
 )
 
 
@@ -43,8 +45,12 @@ def peak_flops_per_device(override_tflops: float = 0.0, device=None):
   """The configured peak if set, else the table's entry for this device kind, else None."""
   if override_tflops:
     return override_tflops * 1e12
-  kind = (device or jax.devices()[0]).device_kind
-  return next((peak for name, peak in PEAK_FLOPS if name.lower() in kind.lower()), None)
+  return peak_flops_of_kind((device or jax.devices()[0]).device_kind)
+
+
+def peak_flops_of_kind(device_kind: str):
+  """The table's peak FLOP/s for a `device_kind` (e.g. 'TPU v5 lite'), else None."""
+  return next((peak for name, peak in PEAK_FLOPS if name.lower() in device_kind.lower()), None)
 
 
 def compiled_bytes(compiled) -> int | None:

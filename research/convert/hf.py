@@ -79,12 +79,34 @@ def packaged_dir(name: str) -> str | None:
   return directory if os.path.isdir(directory) else None
 
 
+def is_path(name_or_dir: str) -> bool:
+  """Whether `name_or_dir` can only be a directory (not a hub name 'org/name')."""
+  return name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1
+
+
+def local_dir(name_or_dir: str) -> str | None:
+  """The checkpoint's directory if it is on this machine (a directory, a packaged hub name, or a
+  hub name in the local HF cache), else None; never downloads."""
+  if os.path.isdir(name_or_dir):
+    return name_or_dir
+  if is_path(name_or_dir):
+    return None
+  packaged = packaged_dir(name_or_dir)
+  if packaged:
+    return packaged
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+    return huggingface_hub.snapshot_download(name_or_dir, local_files_only=True)
+  except Exception:  # not cached (or no huggingface_hub)
+    return None
+
+
 def resolve(name_or_dir: str) -> str:
   """A local directory as is; a hub name that an installed package ships (`PACKAGED`) from that
   package; otherwise a hub name, looked up through huggingface_hub."""
   if os.path.isdir(name_or_dir):
     return name_or_dir
-  if name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1:
+  if is_path(name_or_dir):
     raise UserError(f"no such checkpoint directory {name_or_dir!r}")
   packaged = packaged_dir(name_or_dir)
   if packaged:

@@ -56,6 +56,15 @@ def model_kind(config) -> str:
   return "decoder" if kinds == ["generation"] else "encoder"
 
 
+def heads_of_config(config) -> tuple:
+  """The heads `build`'s tasks give the model, from the config alone (no data read): each task's
+  head by its kind and name, with the config's `model.num_labels` outputs where the tasks take
+  the label count from the data."""
+  names = list(config.tasks.keys())
+  return tuple(f"{head_name(n, config.tasks[n].kind, len(names) > 1)}="
+               f"{HEAD_KIND[config.tasks[n].kind]}" for n in names)
+
+
 def build(config, workdir: str) -> TaskSet:
   names = list(config.tasks.keys())
   for name in names:
@@ -77,4 +86,4 @@ def build(config, workdir: str) -> TaskSet:
   return TaskSet(tasks, tokenizer, schedule)
 
 
-__all__ = ["build", "model_kind", "task_class"]
+__all__ = ["build", "heads_of_config", "model_kind", "task_class"]

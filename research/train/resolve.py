@@ -157,10 +157,15 @@ def resolve_max_predictions(config):
                                                                  config.data.seq_len)
 
 
+def padded_vocab_size(tokens: int) -> int:
+  """The model's vocabulary for a tokenizer of `tokens` entries: rounded up to a multiple of 128."""
+  return int(math.ceil(tokens / 128) * 128)
+
+
 def resolve_vocab(config, tokenizer):
   """model.vocab_size = -1 takes the tokenizer's size, rounded up to a multiple of 128."""
   if config.model.vocab_size == -1:
-    config.model.vocab_size = int(math.ceil(tokenizer.get_vocab_size() / 128) * 128)
+    config.model.vocab_size = padded_vocab_size(tokenizer.get_vocab_size())
   elif config.model.vocab_size < tokenizer.get_vocab_size():
     raise UserError(f"model.vocab_size ({config.model.vocab_size}) is smaller than the "
                     f"tokenizer's vocabulary ({tokenizer.get_vocab_size()})")
