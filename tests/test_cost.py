@@ -1,6 +1,7 @@
 """`python -m research.cost`: BERT-base's parameters and FLOPs, the chip estimates, a fine-tuning
-config from the packaged MiniLM checkpoint, a bad flag, and (slow) the CPU check: the step time
-it predicts from this machine's measured FLOP rate against a real runlocal run's."""
+config from the packaged MiniLM checkpoint, a bad flag. The CPU check (the steps' time
+predicted from this machine's measured FLOP rate against a real runlocal run's) runs inside the
+runlocal jobs' test, tests/test_runlocal.py, on the runs it makes anyway."""
 import json
 import math
 import os
@@ -125,6 +126,20 @@ def test_hub_checkpoint_not_here_uses_config_fields(tmp_path, monkeypatch):
 ])
 def test_bad_flags_one_line(flag, fragment):
   _fails_with(run_cost("--config=configs/mlm.py", "--nomemory", flag), fragment)
+
+
+def recorded_step_seconds(workdir: str, tokens_per_step: int) -> tuple:
+  """(seconds, steps) of the training steps as the run recorded them: each logged interval's
+  steps / its perf/tokens_per_sec (the compiling first step has none)."""
+  seconds, steps, last = 0.0, 0, None
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if r.get("perf/tokens_per_sec"):
+        seconds += (r["step"] - last) * tokens_per_step / r["perf/tokens_per_sec"]
+        steps += r["step"] - last
+      last = r["step"]
+  return seconds, steps
 
 
 def recorded_step_seconds(workdir: str, tokens_per_step: int) -> tuple:

@@ -15,6 +15,7 @@ A command is identified by its shape (module, --config value, flag names): a sha
 below does not know fails, so a new README command needs a check here. The ```python snippets
 run too, on the same tiny inputs.
 """
+import csv
 import json
 import os
 import random
@@ -26,7 +27,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, require
+from conftest import REPO, require, wandb_offline_env
 from finetune_fixtures import PEOPLE, PLACES, ORGS, glue_dir, write_jsonl
 
 STEPS = 2
@@ -43,6 +44,9 @@ SHRINK_BY_CONFIG = {  # what else each config file needs to be small (fields it 
                              "--config.continual.ewc.fisher_examples=8",
                              "--config.continual.replay.size=8"],
 }
+# research.cost on BERT-base's config: a one-layer model compiles its abstract step in seconds.
+COST_SHRINK = ["--config.model.num_layers=1", "--config.train.batch_size=8",
+               "--config.data.seq_len=32", "--config.data.vocab_size=512"]
 GLUE_FIXTURES = ("mrpc", "rte", "stsb")  # hub tasks finetune_fixtures.glue_dir can stand in for
 HF_WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                 max_position_embeddings=64)
@@ -199,6 +203,8 @@ class Workspace:
         out.append(f"--config.tasks.{task}.data_dir={self.glue_dirs[task]}")
     if argv[2] == "research.predict":
       out.append("--progress=false")
+    if argv[2] == "research.cost" and argv[3].split(":")[0] == "--config=configs/mlm.py":
+      out += COST_SHRINK + (["--calibrate_steps=2"] if "--calibrate" in argv else [])
     if argv[2] == "research.data.prepare":  # rows for the shrunk training run that reads them
       config_file = next(a for a in argv if a.startswith("--config=")).split("=", 1)[1]
       out += [f for f in SHRINK + SHRINK_BY_CONFIG[config_file.split(":")[0]]
@@ -216,6 +222,8 @@ class Workspace:
       argv += EXTRA_FLAGS.get(name, [])
       full_env = dict(os.environ, PYTHONPATH=REPO)  # this checkout's package, not an install
       full_env.update(env)
+      if name in OFFLINE_WANDB:  # W&B's own files (cache, settings) under the workspace too
+        full_env.update(wandb_offline_env(str(self.root / "wandb")))
       proc = subprocess.run(argv, cwd=REPO, env=full_env, capture_output=True, text=True,
                             timeout=600)
       if stdout:
@@ -710,6 +718,87 @@ def check_continual_ewc(ws, result):
   assert "train/ewc" not in tracking_records(stages[0])[0]
 
 
+def check_finetune_lr(ws, result):
+  _trained(result)
+  with open(os.path.join(result.workdir, "config.json")) as f:
+    assert json.load(f)["optim"]["learning_rate"] == 3e-4
+
+
+def check_report(ws, result):
+  """The two runs side by side: each run's final metrics as its summary.json holds them, the one
+  config key they differ in, and the overlaid curves."""
+  result.assert_ok()
+  runs = [ws.run(name) for name in ("finetune", "finetune_lr")]
+  out = result.flag("out")
+  with open(os.path.join(out, "final_metrics.csv")) as f:
+    rows = {r["run"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {os.path.basename(r.workdir) for r in runs}
+  for run in runs:
+    row, summary = rows[os.path.basename(run.workdir)], run.summary()
+    for key in ("eval/bbc_news/accuracy", "test/bbc_news/accuracy"):
+      assert float(row[key]) == summary[key], (key, row[key], summary[key])
+  differences = result.proc.stdout.split("## Config differences")[1]
+  keys = re.findall(r"^\| ([\w.]+) +\|", differences, re.M)
+  assert keys == ["optim.learning_rate"], differences
+  assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+
+
+def check_wandb_offline(ws, result):
+  """The run trained and logged every step to an offline W&B run in the workdir."""
+  _trained(result)
+  with open(os.path.join(result.workdir, "wandb_run.json")) as f:
+    assert json.load(f)["step"] == STEPS
+  runs = os.listdir(os.path.join(result.workdir, "wandb"))
+  assert [r for r in runs if r.startswith("offline-run-")], runs
+
+
+def _cost_table(stdout):
+  """{chip: (devices, hours, usd)} of research.cost's printed table."""
+  return {m[0]: (int(m[1]), float(m[2]), float(m[3])) for m in re.findall(
+      r"^\| ([\w ]+?) \| (\d+) \| [\d.]+ \| [\d.]+ \| ([\d.e+-]+) \| ([\d.]+) \| [\d.]+ \|$",
+      stdout, re.M)}
+
+
+def check_cost_bert(ws, result):
+  """Every chip priced: USD = hours x devices x the chip's on-demand price (to the cent)."""
+  result.assert_ok()
+  from research import chips  # pylint: disable=g-import-not-at-top
+  table = _cost_table(result.proc.stdout)
+  assert set(table) == {c.name for c in chips.CHIPS}, table
+  for chip in chips.CHIPS:
+    devices, hours, usd = table[chip.name]
+    assert devices == 1
+    assert abs(usd - hours * devices * chip.usd_per_hour) <= 0.005 + 1e-3 * usd, chip.name
+  assert "memory per device" in result.proc.stdout and "GiB" in result.proc.stdout
+
+
+def check_cost_json(ws, result):
+  """64 devices at MFU 0.4: hours = total FLOPs / (64 x peak x 0.4) for every chip."""
+  result.assert_ok()
+  out = json.loads(result.proc.stdout.strip().splitlines()[-1])
+  assert out["total_flops"] == out["flops_per_token"] * out["tokens"]
+  for chip, estimate in out["estimates"].items():
+    assert estimate["devices"] == 64 and estimate["mfu"] == 0.4, chip
+    expected = out["total_flops"] / (64 * estimate["peak_flops"] * 0.4) / 3600
+    assert abs(estimate["hours"] - expected) <= 1e-9 * expected, chip
+
+
+def check_cost_minilm(ws, result):
+  """The packaged MiniLM checkpoint gives the shape: 6 layers of 384."""
+  result.assert_ok()
+  assert re.search(r"^model: encoder, 6 layers x 384,", result.proc.stdout, re.M), \
+      result.proc.stdout[:500]
+
+
+def check_cost_calibrate(ws, result):
+  """This machine's achieved rate, and the training steps' time it predicts from it."""
+  result.assert_ok()
+  match = re.search(r"this machine \(1 x cpu\): ([\d.]+) GFLOP/s achieved .*predicted training "
+                    r"steps: ([\d.]+) s for (\d+) steps", result.proc.stdout)
+  assert match, result.proc.stdout[-500:]
+  assert int(match.group(3)) == 600  # the runlocal config's steps
+
+
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
     "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
@@ -766,7 +855,21 @@ CHECKS = {
     "--config.init.weights": ("continual_replay", check_continual_replay),
     "research.main --config=configs/continual.py:sequence=task,method=ewc --workdir "
     "--config.init.weights": ("continual_ewc", check_continual_ewc),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
+    "--config.optim.learning_rate": ("finetune_lr", check_finetune_lr),
+    "research.report /tmp/ft /tmp/ft_lr3e-4 --out --metrics": ("report", check_report),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
+    "--config.logging.wandb.mode --config.logging.wandb.project": ("wandb_offline",
+                                                                   check_wandb_offline),
+    "research.cost --config=configs/mlm.py": ("cost_bert", check_cost_bert),
+    "research.cost --config=configs/mlm.py --devices --mfu --nomemory --json": (
+        "cost_json", check_cost_json),
+    "research.cost --config=configs/finetune.py:task=mrpc --config.init.weights": (
+        "cost_minilm", check_cost_minilm),
+    "research.cost --config=configs/mlm.py:runlocal --calibrate --nomemory": (
+        "cost_calibrate", check_cost_calibrate),
 }
+OFFLINE_WANDB = {"wandb_offline"}  # checks run with W&B offline, its files in the workspace
 # Flags appended to one command after the shrink overrides (its schedule, fitted to 2 steps).
 EXTRA_FLAGS = {"prune_finetune": ["--config.prune.end_step=1", "--config.prune.interval=1"],
                # no warmup: step 1 moves the weights (at learning rate 0 it would not), so
@@ -794,7 +897,7 @@ NEEDS = {"finetune_from_mlm": ("quickstart",), "convert_to_hf": ("hf_continue",)
          "generate_sample": ("clm",), "headlines": ("clm",), "generation_local": ("clm",),
          "compress_quantize": ("finetune",), "compress_heads": ("finetune",),
          "compress_sparse": ("finetune",), "compress_distill": ("finetune",),
-         "distill_main": ("finetune",)}
+         "distill_main": ("finetune",), "report": ("finetune", "finetune_lr")}
 NAMES = {name: s for s, (name, _) in CHECKS.items()}
 COMMANDS = readme_commands()
 COMMANDS_BY_NAME = {CHECKS[shape(*c)][0]: c for c in COMMANDS if shape(*c) in CHECKS}
@@ -814,7 +917,7 @@ SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt",
         "generate_sample", "headlines", "generation_local", "compress_quantize",
         "compress_heads", "compress_sparse", "compress_distill", "prune_finetune",
         "distill_main", "continual_local", "continual_replay", "continual_ewc",
-        "glue_from_hf"}  # `-m slow`
+        "glue_from_hf", "finetune_lr", "report", "wandb_offline"}  # `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW
