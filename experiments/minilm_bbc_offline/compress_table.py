@@ -1,16 +1,17 @@
-r"""The compression table: all-MiniLM-L6-v2 fine-tuned on BBC News, compressed nine ways.
+r"""The compression part of experiments/minilm_bbc_offline: all-MiniLM-L6-v2 fine-tuned on BBC
+News, compressed nine ways.
 
-  python experiments/compress_bbc_news/run.py --root=/tmp/compress_bbc_news [--rows=a,b] \
-      [--repeats=15]
+Run through the folder's driver:
+  python experiments/minilm_bbc_offline/run.py --part=compress --root=/tmp/minilm_bbc \
+      [--rows=a,b] [--repeats=15]
 
-Every workdir is one command as a user types it, run unless ROOT/<row> finished already (so a
-second call only measures); the table prints each command. The teacher:
-  python -m research.main --config=configs/finetune.py:task=bbc_news,runlocal \
-      --workdir=ROOT/teacher --config.init.weights=hf:sentence-transformers/all-MiniLM-L6-v2 \
-      --config.optim.learning_rate=1e-4 --config.train.steps=150 --config.evals.every_steps=50
-The rows: `python -m research.compress --workdir=ROOT/teacher --method=M ... --out=ROOT/<row>`
-(ROWS below), and one run pruned while it fine-tunes (the teacher's command with a `prune`
-section). Then, for the teacher and every row, in this one process:
+Every workdir is one command as a user types it, run unless ROOT/compress/<row> finished already
+(so a second call only measures); the table prints each command. The teacher:
+  python -m research.main --config=experiments/minilm_bbc_offline/configs/minilm_bbc.py:steps=150 \
+      --workdir=ROOT/compress/teacher
+The rows: `python -m research.compress --workdir=ROOT/compress/teacher --method=M ...
+--out=ROOT/compress/<row>` (ROWS below), and one run pruned while it fine-tunes (the teacher's
+command with a `prune` section). Then, for the teacher and every row, in this one process:
   parameters     values in the parameter checkpoint (non-zero ones, int8 ones)
   size on disk   bytes of the checkpoint predict reads (best/ if kept, else checkpoints/)
   test acc       `research.predict.Predictor` over the task's test split (223 articles)
@@ -20,7 +21,7 @@ section). Then, for the teacher and every row, in this one process:
                  first, then `repeats` rounds, each running the same 32 test articles through
                  every (model, batch size) in turn (32 calls at batch 1, one at 32), interleaved
                  so a load change hits every model alike; the median of the rounds
-Prints a Markdown table and writes ROOT/results.json (with `uptime` before and after timing).
+`measure` writes ROOT/compress/results.json (with `uptime` before and after timing).
 """
 import json
 import os
@@ -31,13 +32,9 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-TEACHER_FLAGS = ("--config=configs/finetune.py:task=bbc_news,runlocal",
-                 "--config.init.weights=hf:sentence-transformers/all-MiniLM-L6-v2",
-                 "--config.optim.learning_rate=1e-4", "--config.train.steps=150",
-                 "--config.evals.every_steps=50")
+TEACHER_CONFIG = "--config=experiments/minilm_bbc_offline/configs/minilm_bbc.py:steps=150"
 # row -> (label, arguments of `python -m research.compress --workdir=TEACHER`)
 ROWS = {
     "distill2": ("distilled, 2 blocks", ("--method=distill", "--distill_layers=2")),
@@ -55,21 +52,13 @@ ROWS = {
 FINETUNED = {"sparse80ft": ("80% unstructured, pruned while fine-tuning",
                             ("--config.prune.sparsity=0.8", "--config.prune.end_step=100"))}
 
-flags.DEFINE_string("root", "/tmp/compress_bbc_news", "Where the teacher and the rows go.")
-flags.DEFINE_list("rows", [*ROWS, *FINETUNED], "Which rows (the teacher is always measured).")
-flags.DEFINE_integer("repeats", 15, "Interleaved latency rounds (the median is reported).")
-flags.DEFINE_list("extra", [], "More --config.key=value flags for the training runs (the teacher "
-                  "and the row pruned while fine-tuning; the compress rows follow the teacher's "
-                  "config), e.g. for a test.")
-FLAGS = flags.FLAGS
-
 
 def commands(root: str, rows, extra=()) -> dict:
   """{row: (label, argv as a user types it)}, the teacher first."""
   teacher = os.path.join(root, "teacher")
   out = {"teacher": ("teacher: MiniLM fine-tuned (float32)",
-                     ["python", "-m", "research.main", TEACHER_FLAGS[0], f"--workdir={teacher}",
-                      *TEACHER_FLAGS[1:], *extra])}
+                     ["python", "-m", "research.main", TEACHER_CONFIG, f"--workdir={teacher}",
+                      *extra])}
   for row in rows:
     if row in ROWS:
       label, args = ROWS[row]
@@ -77,9 +66,8 @@ def commands(root: str, rows, extra=()) -> dict:
                           f"--out={os.path.join(root, row)}"])
     else:
       label, args = FINETUNED[row]
-      out[row] = (label, ["python", "-m", "research.main", TEACHER_FLAGS[0],
-                          f"--workdir={os.path.join(root, row)}", *TEACHER_FLAGS[1:], *args,
-                          *extra])
+      out[row] = (label, ["python", "-m", "research.main", TEACHER_CONFIG,
+                          f"--workdir={os.path.join(root, row)}", *args, *extra])
   return out
 
 
@@ -157,25 +145,25 @@ def table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  del argv
+def measure(root: str, rows, repeats: int = 15, extra=()) -> dict:
+  """Runs (or reads) the teacher and `rows` under `root`, then measures them all in this process;
+  `extra`: more --config.key=value flags for the training runs (the teacher and the row pruned
+  while fine-tuning; the compress rows follow the teacher's config). Prints each command; returns
+  the rows and writes them to ROOT/results.json."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not results
   import ml_collections  # pylint: disable=g-import-not-at-top
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   from research.data import labelled  # pylint: disable=g-import-not-at-top
   from research.predict import Predictor  # pylint: disable=g-import-not-at-top
-  unknown = sorted(set(FLAGS.rows) - set(ROWS) - set(FINETUNED))
-  if unknown:
-    raise SystemExit(f"unknown rows {unknown}; known: {[*ROWS, *FINETUNED]}")
-  todo = commands(FLAGS.root, FLAGS.rows, FLAGS.extra)
+  todo = commands(root, rows, extra)
   for row, (_, argv) in todo.items():
-    run(argv, os.path.join(FLAGS.root, row))
-  config = checkpoint.workdir_config(os.path.join(FLAGS.root, "teacher"))
+    run(argv, os.path.join(root, row))
+  config = checkpoint.workdir_config(os.path.join(root, "teacher"))
   test_rows = labelled.load_rows(ml_collections.ConfigDict(config["tasks"]["bbc_news"]))["test"]
   results, predictors = {}, {}
   for row, (label, argv) in todo.items():
-    workdir = os.path.join(FLAGS.root, row)
+    workdir = os.path.join(root, row)
     for batch_size in (1, 32):
       predictors[row, batch_size] = Predictor(workdir, batch_size=batch_size)
     results[row] = {"label": label, "command": shlex.join(argv),
@@ -187,18 +175,14 @@ def main(argv):
   for r in results.values():
     del r["labels"]
   before = uptime()
-  seconds = latencies(predictors, [r["text"] for r in test_rows], FLAGS.repeats)
+  seconds = latencies(predictors, [r["text"] for r in test_rows], repeats)
   after = uptime()
   for (row, batch_size), s in seconds.items():
     results[row].setdefault("ms/example", {})[batch_size] = 1e3 * s
-  with open(os.path.join(FLAGS.root, "results.json"), "w") as f:
-    json.dump({"uptime_before": before, "uptime_after": after, "repeats": FLAGS.repeats,
+  with open(os.path.join(root, "results.json"), "w") as f:
+    json.dump({"uptime_before": before, "uptime_after": after, "repeats": repeats,
                "rows": results}, f, indent=2)
-  print(table(results))
   print(f"\nuptime before timing: {before}\nuptime after timing:  {after}")
   for r in results.values():
     print(f"{r['label']}: {r['command']}")
-
-
-if __name__ == "__main__":
-  app.run(main)
+  return results

@@ -7,14 +7,15 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FULL_FINE_TUNING_TEST_ACCURACY = 0.9776  # README table: `run.py --methods=full`, 2026-11-24
+CONFIG = "--config=experiments/minilm_bbc_offline/configs/minilm_bbc.py"
+FULL_FINE_TUNING_TEST_ACCURACY = 0.9776  # README table: `run.py --part=peft --methods=full`
 
 
-def _run(workdir, *flags):
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), f"--workdir={workdir}",
-                         *flags], capture_output=True, text=True, timeout=1200)
+def _run(root, *flags):
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--part=peft",
+                         f"--root={root}", *flags], capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(workdir, "results.json")) as f:
+  with open(os.path.join(root, "peft", "results.json")) as f:
     return json.load(f), proc.stdout
 
 
@@ -25,8 +26,8 @@ def test_the_table_runs_each_method_through_the_command_line(tmp_path):
                       "--extra=--config.train.steps=2,--config.evals.every_steps=2")
   for method in methods.split(","):
     r = results[method]
-    assert f"{method}: python -m research.main --config=configs/finetune.py:task=bbc_news" in out
-    with open(tmp_path / method / "summary.json") as f:
+    assert f"{method}: python -m research.main {CONFIG}" in out
+    with open(tmp_path / "peft" / method / "summary.json") as f:
       summary = json.load(f)
     assert (r["trainable"], r["test/accuracy"]) == (summary["params/trainable"],
                                                     summary["test/bbc_news/accuracy"])
