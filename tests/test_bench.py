@@ -10,6 +10,7 @@ FIELDS = ("workload", "batch", "seq", "tokens_per_sec", "step_ms", "mfu", "peak_
           "compile_s")
 
 
+@pytest.mark.slow  # CI also runs the smoke command itself
 def test_smoke_run_prints_one_json_line_per_workload(capsys):
   require("torch", "the HF peer runs PyTorch (pip install -e '.[test]')")
   require("transformers", "the HF peer runs transformers")
@@ -24,6 +25,7 @@ def test_smoke_run_prints_one_json_line_per_workload(capsys):
     assert r["loss"] == pytest.approx(r["hf_loss"], rel=0.05)
 
 
+@pytest.mark.slow  # CI also runs the smoke command itself
 def test_smoke_pipeline_rate(capsys):
   bench.main(["--smoke", "--pipeline", "--steps=1", "--warmup=1", "--workloads=bert-base-mlm-s128"])
   row = json.loads(capsys.readouterr().out)

@@ -1,8 +1,12 @@
-"""Every experiment config (`experiments/*/configs/*.py`) runs one training step through the CLI.
+"""Every experiment config (`experiments/*/configs/*.py`) is built for each argument it accepts,
+and each config file runs one training step through the CLI.
 
 Each config file is found by a glob, so a new experiment folder is covered without editing this
-module. A config lists the arguments it accepts in `VARIANTS` (e.g. 'task=mrpc'); one without
-it is run with its default. Each runs as a user types it,
+module. A config lists the arguments it accepts in `VARIANTS` (e.g. 'task=mrpc'; `("",)` for a
+config without arguments). Every variant is resolved as a run would resolve it
+(`research.train.resolve`: the config's checks, the task files read, the tokenizer and the shapes
+of the model; nothing written) and the first variant of each file trains one step as a user types
+it,
   python -m research.main --config=experiments/<folder>/configs/<file>.py[:VARIANT] --workdir=...
 with small overrides (`SHRINK`, one step of 8 x 32 tokens), its hub tasks pointed at fixture files
 (`--config.tasks.<t>.data_dir`, tests/finetune_fixtures.py) and its `hf:` hub checkpoint at a
@@ -10,9 +14,9 @@ tiny random transformers checkpoint of the same architecture (`STAND_INS`; a hub
 does not know fails, naming it). The run must end at step 1 with a finite training loss; a LoRA
 run must train exactly its adapters and task head.
 
-The default suite runs one case per folder, the first variant of its first config file (bert_glue
-task=mrpc, bert_conll03_ner, bert_squad task=squad_v2, lora_roberta_glue task=mrpc,method=lora,
-and any new folder's first); `pytest -m slow` runs the others (27 cases in all today).
+The default suite trains one file (`DEFAULT_CASE`: RoBERTa with LoRA, the folder whose model
+and method no other default test runs from a config file); `pytest -m slow` trains the others
+and resolves every variant.
 """
 import glob
 import importlib.util
@@ -51,17 +55,29 @@ def load(path):
   return module
 
 
-def cases():
-  out, folders = [], set()
+DEFAULT_CASE = "lora_roberta_glue/glue.py"
+
+
+def variants(path):
+  variants = load(path).VARIANTS
+  assert variants, f"{path}: VARIANTS names no argument"
+  return variants
+
+
+def first_variants():
+  """One case per config file: its first variant (slow but for DEFAULT_CASE)."""
+  out = []
   for path in config_files():
     rel = os.path.relpath(path, REPO)
-    folder = rel.split(os.sep)[1]
-    for variant in getattr(load(path), "VARIANTS", None) or ("",):
-      marks = () if folder not in folders else (pytest.mark.slow,)
-      folders.add(folder)
-      out.append(pytest.param(rel, variant, marks=marks,
-                              id=f"{folder}/{os.path.basename(rel)}:{variant or 'default'}"))
+    case = "/".join(rel.split(os.sep)[1::2])  # <folder>/<file>.py
+    out.append(pytest.param(rel, variants(path)[0], id=f"{case}:{variants(path)[0] or 'default'}",
+                            marks=() if case == DEFAULT_CASE else (pytest.mark.slow,)))
   return out
+
+
+def every_variant():
+  return [pytest.param(os.path.relpath(path, REPO), v, id=f"{os.path.relpath(path, REPO)}:{v}")
+          for path in config_files() for v in variants(path)]
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +126,50 @@ def lora_trainable(config_json) -> int:
   return layers * adapted * rank * 2 * hidden + heads
 
 
-@pytest.mark.parametrize("config_file, variant", cases())
-def test_one_training_step(config_file, variant, tmp_path, stand_ins):
-  config = load(os.path.join(REPO, config_file)).get_config(variant or None)
-  workdir = tmp_path / "run"
-  argv = [f"--config={config_file}" + (f":{variant}" if variant else ""), f"--workdir={workdir}",
-          *SHRINK, *hub_overrides(config, tmp_path)]
+def overrides(config, config_file, tmp_path, stand_ins):
+  """The --config flags that make `config` small and offline (fixtures, a stand-in checkpoint)."""
+  flags = [*SHRINK, *hub_overrides(config, tmp_path)]
   weights = config.init.weights
   if weights.startswith("hf:") and not os.path.isdir(weights[3:]):
     if weights[3:] not in STAND_INS:
       pytest.fail(f"{config_file} starts from {weights!r}: add a tiny stand-in to STAND_INS")
-    argv.append(f"--config.init.weights=hf:{stand_ins(STAND_INS[weights[3:]])}")
+    flags.append(f"--config.init.weights=hf:{stand_ins(STAND_INS[weights[3:]])}")
+  return flags
+
+
+def apply_flag(config, flag):
+  """`--config.a.b=value` on a ConfigDict, the value typed as the field's (what the flag parser
+  does for these flags' types)."""
+  key, value = flag[len("--config."):].split("=", 1)
+  *path, leaf = key.split(".")
+  node = config
+  for name in path:
+    node = node[name]
+  old = node[leaf]
+  node[leaf] = (value == "True") if isinstance(old, bool) else type(old)(value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file, variant", every_variant())
+def test_every_variant_resolves(config_file, variant, tmp_path, stand_ins):
+  """The run each argument describes passes every check a run makes before its first write."""
+  from research.train import resolve  # pylint: disable=g-import-not-at-top
+  config = load(os.path.join(REPO, config_file)).get_config(variant or None)
+  for flag in overrides(config, config_file, tmp_path, stand_ins):
+    if not flag.startswith("--config.train.steps="):  # a schedule (AdaLoRA's) may need its steps
+      apply_flag(config, flag)
+  run = resolve.resolve(config, str(tmp_path / "run"))
+  assert [t.name for t in run.task_set.tasks] == list(config.tasks)
+  assert run.model_cfg.peft.method == config.peft.method
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config_file, variant", first_variants())
+def test_one_training_step(config_file, variant, tmp_path, stand_ins):
+  config = load(os.path.join(REPO, config_file)).get_config(variant or None)
+  workdir = tmp_path / "run"
+  argv = [f"--config={config_file}" + (f":{variant}" if variant else ""), f"--workdir={workdir}",
+          *overrides(config, config_file, tmp_path, stand_ins)]
   proc = run_cli(*argv)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()  # the summary: the JSON object main prints last

@@ -37,6 +37,7 @@ def predict(workdir, rows, *extra):
   return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+@pytest.mark.slow  # ~20 s: the default suite's 15 minutes
 def test_bbc_news_reports_best_checkpoint_and_predictions(tmp_path):
   workdir = str(tmp_path)
   # A tiny encoder from scratch sits at the majority class for ~50 steps, then learns (measured:

@@ -917,7 +917,8 @@ SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt",
         "generate_sample", "headlines", "generation_local", "compress_quantize",
         "compress_heads", "compress_sparse", "compress_distill", "prune_finetune",
         "distill_main", "continual_local", "continual_replay", "continual_ewc",
-        "glue_from_hf", "finetune_lr", "report", "wandb_offline"}  # `-m slow`
+        "glue_from_hf", "finetune_lr", "report", "wandb_offline", "cost_bert", "cost_calibrate",
+        "mesh"}  # `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW

@@ -94,6 +94,7 @@ def test_sentence_order_prediction_is_reported_separately_and_learnt(tiny, tmp_p
   assert summary["eval/sop/loss"] < 0.5 * math.log(2)  # chance's loss is ln 2
 
 
+@pytest.mark.slow  # ~17 s: the default suite's 15 minutes
 def test_init_weights_copies_weights_but_not_excluded_ones(tiny, tmp_path):
   source = str(tmp_path / "source")
   train.run(tiny("mlm", steps=10), source)

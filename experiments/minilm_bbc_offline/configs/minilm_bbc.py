@@ -20,9 +20,12 @@ steps), peft=lora 0.9686 (~7 min), steps=150 0.9865 (~6 min); the README has eve
 """
 from research import config_lib
 from research.errors import UserError
+from research.peft.config import METHODS
 
 BASE = "hf:sentence-transformers/all-MiniLM-L6-v2"  # research.convert.hf.PACKAGED: read offline
 FULL_LEARNING_RATE = 1e-4  # runlocal's 1e-3 is for training from scratch
+# Every row's argument (tests/test_experiment_configs.py builds each, and runs the first a step).
+VARIANTS = ("", *(f"peft={m}" for m in METHODS if m != "none"), "steps=150")
 
 
 def get_config(arg=None):
