@@ -57,7 +57,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from research.command_line import parse_flags
-from research.errors import UserError, exit_with
+from research.errors import UserError, exit_with, one_line_errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:runlocal, "
@@ -85,7 +85,9 @@ def shape_config(config) -> tuple:
   from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from research.tasks import finetuning  # pylint: disable=g-import-not-at-top
   from research.train import initialization, resolve  # pylint: disable=g-import-not-at-top
+  from research import validation  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
+  validation.check_config(config)  # the value checks a run makes (train.steps >= 1, ...)
   notes = []
   weights = config.init.weights
   if weights.startswith("hf:") and hf.local_dir(weights[3:]) is None:
@@ -244,13 +246,9 @@ def main(argv):
                                f" --xla_force_host_platform_device_count={devices}")
     import jax  # pylint: disable=g-import-not-at-top  (the config file imported it already)
     jax.config.update("jax_platforms", "cpu")
-  try:
+  with one_line_errors(FLAGS.verbose):
     out = estimate(config, devices, FLAGS.mfu, FLAGS.memory,
                    FLAGS.calibrate_steps if FLAGS.calibrate else 0)
-  except UserError as e:
-    if FLAGS.verbose:
-      raise
-    exit_with(e)
   print("\n".join(report(out)), flush=True)
   if FLAGS.json:
     print(json.dumps(out, sort_keys=True))

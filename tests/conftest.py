@@ -84,6 +84,18 @@ def tiny():
   return tiny_config
 
 
+def apply_flag(config, flag: str):
+  """`--config.a.b=value` on a ConfigDict in-process, the value typed as the field's (what the
+  flag parser does for the shrink flags' types: bools, numbers, strings)."""
+  key, value = flag[len("--config."):].split("=", 1)
+  *path, leaf = key.split(".")
+  node = config
+  for name in path:
+    node = node[name]
+  old = node[leaf]
+  node[leaf] = (value == "True") if isinstance(old, bool) else type(old)(value)
+
+
 def wandb_offline_env(root: str) -> dict:
   """Weights & Biases offline and silent, every file it writes under `root`: no test that turns
   `config.logging.wandb` on reaches the network or the user's home."""

@@ -124,6 +124,7 @@ def test_hub_checkpoint_not_here_uses_config_fields(tmp_path, monkeypatch):
 @pytest.mark.parametrize("flag, fragment", [
     ("--mfu=1.5", "--mfu must be in (0, 1]"),
     ("--config.train.stpes=3", 'did you mean "steps"'),
+    ("--config.train.steps=0", "train.steps must be >= 1, got 0"),  # a run's own value checks
 ])
 def test_bad_flags_one_line(flag, fragment):
   _fails_with(run_cost("--config=configs/mlm.py", "--nomemory", flag), fragment)

@@ -26,7 +26,7 @@ import os
 
 import pytest
 
-from conftest import REPO, require, run_cli
+from conftest import REPO, apply_flag, require, run_cli
 from test_cli_errors import _fails_with
 from finetune_fixtures import conll_dir, glue_dir, hf_checkpoint, squad_dir
 from research import tracking
@@ -135,18 +135,6 @@ def overrides(config, config_file, tmp_path, stand_ins):
       pytest.fail(f"{config_file} starts from {weights!r}: add a tiny stand-in to STAND_INS")
     flags.append(f"--config.init.weights=hf:{stand_ins(STAND_INS[weights[3:]])}")
   return flags
-
-
-def apply_flag(config, flag):
-  """`--config.a.b=value` on a ConfigDict, the value typed as the field's (what the flag parser
-  does for these flags' types)."""
-  key, value = flag[len("--config."):].split("=", 1)
-  *path, leaf = key.split(".")
-  node = config
-  for name in path:
-    node = node[name]
-  old = node[leaf]
-  node[leaf] = (value == "True") if isinstance(old, bool) else type(old)(value)
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, require, wandb_offline_env
+from conftest import REPO, apply_flag, require, wandb_offline_env
 from finetune_fixtures import PEOPLE, PLACES, ORGS, glue_dir, write_jsonl
 
 STEPS = 2
@@ -958,10 +958,7 @@ def test_snippet_run_is_what_main_runs(ws, monkeypatch):
   real_run, summaries = train.run, []
   def shrunk_run(config, workdir):
     for flag in SHRINK + SHRINK_BY_CONFIG["configs/mlm.py"]:
-      key, value = flag[len("--config."):].split("=")
-      section, field = key.split(".")
-      old = config[section][field]
-      config[section][field] = (value == "True") if isinstance(old, bool) else type(old)(value)
+      apply_flag(config, flag)
     summaries.append(real_run(config, workdir))
     return summaries[-1]
   monkeypatch.setattr(train, "run", shrunk_run)
