@@ -4,6 +4,7 @@ import flax.linen as nn
 
 from research.models import layers
 from research.models.config import ModelConfig
+from research.models.dropout import Dropout
 
 
 class Decoder(nn.Module):
@@ -26,7 +27,7 @@ class Decoder(nn.Module):
       x = x + nn.Embed(
           cfg.max_len, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
           embedding_init=layers.normal_init((None, "embed")), name="position_embed")(positions)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain_hidden(x)
     if decode is None:
       mask = layers.AttentionMask(attention_mask, segment_ids, causal=True)

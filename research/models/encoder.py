@@ -4,6 +4,7 @@ import jax.numpy as jnp
 
 from research.models import layers
 from research.models.config import ModelConfig
+from research.models.dropout import Dropout
 
 
 class Encoder(nn.Module):
@@ -27,7 +28,7 @@ class Encoder(nn.Module):
     if cfg.type_vocab_size:
       x = x + embed(cfg.type_vocab_size, "type_embed")(token_type_ids)
     x = layers.layer_norm(cfg, "ln_embed")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain_hidden(x)
     mask = layers.AttentionMask(attention_mask, segment_ids, causal=False)
     x = layers.transformer_blocks(cfg, x, mask, positions, deterministic, pre_norm=False)

@@ -15,6 +15,7 @@ from research.models import layout
 from research.models import quantization
 from research.errors import UserError
 from research.models.config import ModelConfig
+from research.models.dropout import Dropout
 from research.peft import adalora
 from research.peft import adapter as adapter_lib
 from research.peft import ia3
@@ -256,7 +257,7 @@ class SelfAttention(nn.Module):
     out = jax.nn.dot_product_attention(q, k, v, implementation=impl, **kwargs)
     out = Einsum("bthk,hkd->btd", (cfg.num_heads, hd, d), ("heads", "kv", "embed"), ("embed",),
                  cfg, use_bias=cfg.use_bias, name="out")(out, deterministic)
-    return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
 
 
 class Mlp(nn.Module):
@@ -278,7 +279,7 @@ class Mlp(nn.Module):
       h = act(h)
     h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
     out = dense("down", (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), h)
-    return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
 
 
 # Collections the blocks sow into when an apply makes them mutable (distillation matches a

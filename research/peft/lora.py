@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import params as params_lib
+from research.models.dropout import Dropout
 from research.peft.config import PeftConfig
 
 A, B = "lora_a", "lora_b"
@@ -59,7 +60,7 @@ def through_factors(module: nn.Module, x, a, b, deterministic: bool, singular_va
   equation: x's pass-through axes + the kernel's output axes."""
   cfg = module.cfg
   x_spec, contracted, outs, kept = split_equation(module.equation)
-  x = nn.Dropout(cfg.peft.dropout)(x, deterministic=deterministic)
+  x = Dropout(cfg.peft.dropout)(x, deterministic=deterministic)
   x, a, b = nn.dtypes.promote_dtype(x, a, b, dtype=cfg.compute_dtype)
   h = jnp.einsum(f"{x_spec},{contracted}{_RANK}->{kept}{_RANK}", x, a)
   if singular_values is not None:

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 
 from research.models import layers
 from research.models.config import ModelConfig
+from research.models.dropout import Dropout
 
 
 class ClassificationHead(nn.Module):
@@ -20,7 +21,7 @@ class ClassificationHead(nn.Module):
   @nn.compact
   def __call__(self, outputs, masked_positions=None, deterministic=True):
     cfg = self.cfg
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
     if cfg.classifier == "pooled":
       x = dropout(outputs["pooled"], deterministic=deterministic)
     else:

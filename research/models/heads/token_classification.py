@@ -4,6 +4,7 @@ import jax.numpy as jnp
 
 from research.models import layers
 from research.models.config import ModelConfig
+from research.models.dropout import Dropout
 
 
 class TokenClassificationHead(nn.Module):
@@ -16,6 +17,6 @@ class TokenClassificationHead(nn.Module):
   @nn.compact
   def __call__(self, outputs, masked_positions=None, deterministic=True):
     cfg = self.cfg
-    x = nn.Dropout(cfg.dropout_rate)(outputs["hidden"], deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(outputs["hidden"], deterministic=deterministic)
     logits = layers.output_dense(cfg, self.num_labels, "out")(x)
     return {f"{self.key}_logits": logits.astype(jnp.float32)}
