@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import attention
 from research.models import kv_cache
 from research.models import layout
 from research.models import quantization
@@ -254,7 +255,7 @@ class SelfAttention(nn.Module):
       k, v = prefix_lib.prepend(k, key_prefix), prefix_lib.prepend(v, value_prefix)
       kwargs = {"mask": prefix_lib.extend_mask(mask.dense(*x.shape[:2]),
                                                cfg.peft.num_virtual_tokens)}
-    out = jax.nn.dot_product_attention(q, k, v, implementation=impl, **kwargs)
+    out = attention.dot_product_attention(q, k, v, impl, **kwargs)
     out = Einsum("bthk,hkd->btd", (cfg.num_heads, hd, d), ("heads", "kv", "embed"), ("embed",),
                  cfg, use_bias=cfg.use_bias, name="out")(out, deterministic)
     return Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
