@@ -177,3 +177,13 @@ def test_remat_changes_memory_not_results(policy):
     return {e.primitive.name for e in jax.make_jaxpr(lambda p: loss(m, p))(params).jaxpr.eqns}
   assert {"remat2", "checkpoint"} & primitives(remat_model)  # the rematerialisation is there
   assert not {"remat2", "checkpoint"} & primitives(model)
+
+
+def test_exact_gelu_is_jax_gelu_to_round_off():
+  """layers.gelu (erf form, one polynomial on CPU) against jax's erfc form, values and slopes."""
+  x = jnp.linspace(-12.0, 12.0, 100_001)
+  ours, theirs = layers.gelu(x), jax.nn.gelu(x, approximate=False)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(layers.gelu))(x),
+                             jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x),
+                             rtol=1e-6, atol=1e-6)

@@ -9,6 +9,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.models import attention
 from research.models import kv_cache
@@ -24,8 +25,15 @@ from research.peft import lora
 from research.peft import prefix as prefix_lib
 from research.peft.config import is_target
 
+def gelu(x):
+  """Exact GELU, x * Phi(x), as 0.5 x (1 + erf(x / sqrt 2)) (BERT's and torch's form). jax's
+  `nn.gelu(approximate=False)` uses erfc, which XLA:CPU evaluates in several passes with two
+  branches; erf is one polynomial. They agree to float32 round-off (tests/test_models.py)."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))).astype(x.dtype))
+
+
 ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
     "relu": nn.relu,
     "silu": nn.silu,
