@@ -45,12 +45,15 @@ import dataclasses
 import glob
 import gzip
 import json
+import os
 import re
 import sys
 import time
 import types
 
 import numpy as np
+
+from research import bench_cpu
 
 WORKLOADS = {  # name: (kind, size, seq, batch)
     "bert-base-mlm-s128": ("encoder", "base", 128, 256),
@@ -422,7 +425,25 @@ def main(argv=None):
                       help="one row per depth, blocks unrolled then scanned (model.scan_layers)")
   parser.add_argument("--steps", type=int, default=None)
   parser.add_argument("--warmup", type=int, default=3)
+  cpu = parser.add_argument_group("--device=cpu: the CPU side-by-side (research/bench_cpu.py)")
+  cpu.add_argument("--device", choices=["", "cpu"], default="",
+                   help="cpu: our steps against transformers + torch on this CPU, interleaved")
+  cpu.add_argument("--rows", default=",".join(bench_cpu.ROWS),
+                   help="with --device=cpu: which steps (train, eval, infer)")
+  cpu.add_argument("--repeats", type=int, default=7,
+                   help="with --device=cpu: interleaved rounds per row (median and spread)")
+  cpu.add_argument("--calls", type=int, default=1,
+                   help="with --device=cpu: calls per side per round")
+  cpu.add_argument("--levers", action="store_true",
+                   help="with --device=cpu: train-step rows with our CPU levers off, each alone, "
+                        "all on (no peer)")
+  cpu.add_argument("--table", action="store_true",
+                   help="with --device=cpu: also print the README's markdown table")
   args = parser.parse_args(argv)
+  if args.device == "cpu":
+    os.environ["JAX_PLATFORMS"] = "cpu"  # before jax picks a backend
+    args.workloads = "" if args.workloads == ",".join(WORKLOADS) else args.workloads
+    return bench_cpu.main(args)
   steps = args.steps or (3 if args.smoke else 20)
   overrides = parse_overrides(args.overrides)
   ceilings = {}

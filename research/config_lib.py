@@ -40,10 +40,14 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
 
 def load_config_file(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of the repository's configs/<name>.py (what `--config=configs/<name>.py:arg`
-  loads), for code that builds a run's config without the command line (the benchmark)."""
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  loads), or of a file the repository holds when `name` ends in .py (e.g.
+  'experiments/minilm_bbc_offline/configs/minilm_bbc.py'), for code that builds a run's config
+  without the command line (the benchmarks)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  path = os.path.join(root, name) if name.endswith(".py") else os.path.join(root, "configs",
+                                                                            f"{name}.py")
+  module_name = os.path.splitext(os.path.relpath(path, root))[0].replace(os.sep, "_")
+  spec = importlib.util.spec_from_file_location(f"configs_{module_name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
