@@ -226,9 +226,10 @@ class Einsum(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Multi-head (or grouped-query) self-attention through `jax.nn.dot_product_attention`.
+  """Multi-head (or grouped-query) self-attention (`attention.dot_product_attention`).
 
-  On GPUs with 16-bit compute that call runs cuDNN's fused kernel (see `attention_impl`).
+  On GPUs with 16-bit compute that runs cuDNN's fused kernel (see `attention_impl`), elsewhere
+  our XLA form (research/models/attention.py).
   Attention-probability dropout is not applied (the fused kernel does not support it); dropout
   acts on the attention output instead. With prefix tuning (research/peft/prefix.py) the keys and
   values get learned prefixes; `prefix_hidden` is the shared prefix MLP's output (or None).
