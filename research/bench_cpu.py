@@ -379,12 +379,12 @@ def summary(samples: list) -> tuple:
 
 
 def measure(w: Workload, rows, peer: str, repeats: int, calls: int, warmup: int) -> list:
-  import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count())
   ours = build_ours(w)
   theirs, loss_check = None, {}
   with tempfile.TemporaryDirectory() as tmp:
     if peer == "hf":
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.set_num_threads(os.cpu_count())
       theirs = peer_calls(build_peer(ours, tmp))
       ours_loss, peer_loss = eval_loss(ours), float(theirs["eval"]())
       loss_check = {"eval_loss": ours_loss, "hf_eval_loss": peer_loss,
