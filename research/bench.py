@@ -181,7 +181,9 @@ def profile_summary(trace_dir: str, steps: int) -> dict:
     events = json.load(f)["traceEvents"]
   names = {e["pid"]: e["args"]["name"] for e in events
            if e.get("ph") == "M" and e.get("name") == "process_name"}
-  devices = {pid for pid, name in names.items() if name.startswith("/device:")}
+  busy = {e["pid"] for e in events if e.get("ph") == "X"}
+  # Device processes with events: libtpu, when installed, adds an empty '/device:CUSTOM:...' one.
+  devices = {pid for pid, name in names.items() if name.startswith("/device:") and pid in busy}
   by_kernel = collections.Counter()
   for e in events:
     if e.get("ph") != "X" or (devices and e["pid"] not in devices):
