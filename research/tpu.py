@@ -245,7 +245,8 @@ def verdict(out: dict) -> str | None:
   for kind, f in out["steps"].items():
     if f["fits"]:
       continue
-    need = (f"XLA: {f['xla_error'].removeprefix('RESOURCE_EXHAUSTED: ')}" if "xla_error" in f
+    need = (f"XLA: {f['xla_error'].removeprefix('RESOURCE_EXHAUSTED: ').rstrip('.')}"
+            if "xla_error" in f
             else f"needs {gib(f['total'] + f['code'])} of {gib(out['hbm_bytes'])}")
     return (f"does not fit: the {kind} step on {out['topology']} ({out['chip']}): {need}; params "
             f"+ optimizer {gib(f['params'] + f['optimizer'])} per device; try "
