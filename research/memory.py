@@ -4,12 +4,13 @@ r"""What one device holds for a config's train step, by mesh and remat, without 
                             [--meshes=8x1x1,1x8x1,1x1x8,2x2x2] [--remat=none,dots,full]
                             [--set=KEY=VALUE ...] [--devices=8] [--json]
 
-`train_step_memory(config, mesh)` builds the train step the trainer runs for a pretraining
-config (the state of `state.create_sharded_state`, the step of `step.make_train_step`, jitted with
-the trainer's in/out shardings and the donated state), but only abstractly: the state comes from
+`abstract_step(config, mesh)` builds the train step the trainer runs for a pretraining config
+(the state of `state.create_sharded_state`, the step of `step.make_train_step`, jitted with the
+trainer's in/out shardings and the donated state), but only abstractly: the state comes from
 `jax.eval_shape`, the batch is a `jax.ShapeDtypeStruct` of the benchmark's synthetic batch, and
 the step is lowered and compiled, never run. So nothing is allocated and `mesh` may hold any
-devices, e.g. 8 simulated CPU devices. It returns per-device bytes:
+devices, e.g. 8 simulated CPU devices, or a TPU slice's compile-only devices (`research.aot`).
+`train_step_memory(config, mesh)` compiles it and returns per-device bytes:
 
   params, optimizer   the shard shapes of the abstract state's leaves (exact: what each device
                       stores; `optimizer` is the optax state: AdamW's two moments and its count);
