@@ -7,6 +7,7 @@ HBM, XLA's FLOPs and bytes, and a roofline step time: the figures `python -m res
 (its module doc says what each means) and `python -m research.cost --topology` uses.
 """
 import dataclasses
+import math
 import os
 
 from research.errors import UserError
@@ -48,10 +49,7 @@ class Topology:
 
   @property
   def chips(self) -> int:
-    n = 1
-    for side in self.shape:
-      n *= side
-    return n
+    return math.prod(self.shape)
 
 
 def parse_topology(text: str) -> Topology:
