@@ -229,7 +229,7 @@ def report(out: dict) -> list:
   for name, e in out["estimates"].items():
     if "compiled_hours" in e:
       lines += ["", f"{name}, from the train step compiled for {memory['platform']}: roofline "
-                f"step {e['compiled_step_seconds'] * 1e3:.1f} ms ({memory['bound']} bound, MFU "
+                f"step {e['compiled_step_seconds'] * 1e3:.4g} ms ({memory['bound']} bound, MFU "
                 f"{memory['mfu']:.3f}): {e['compiled_hours']:.4g} hours, "
                 f"{e['compiled_usd']:,.2f} USD (a lower bound: no communication, perfect "
                 "overlap)"]

@@ -828,7 +828,7 @@ def check_cost_topology(ws, result):
   assert match, out[-1500:]
   steps = 600  # the runlocal config's
   assert float(match.group(2)) == pytest.approx(float(match.group(1)) / 1e3 * steps / 3600,
-                                                rel=2e-3)
+                                                rel=1e-3)
 
 
 CHECKS = {
