@@ -179,6 +179,11 @@ def estimate(config, topology: Topology, steps) -> dict:
          "grad_accum_steps": config.train.grad_accum_steps, "kind": model_cfg.kind,
          "layers": model_cfg.num_layers, "hidden": model_cfg.hidden_size, "notes": notes,
          "steps": {}}
+  if config.train.grad_accum_steps > 1 or model_cfg.scan_layers:
+    out["notes"].append("XLA's cost analysis counts a loop's body once (train.grad_accum_steps "
+                        "> 1, model.scan_layers): its FLOPs and bytes, and so the roofline step "
+                        "time, tokens/s and MFU, are too small by the loop's trip count; the "
+                        "memory is right")
   step = memory.abstract_step(config, mesh)
   for kind in steps:
     compiled, oom = compile_step(step, kind)
