@@ -19,7 +19,9 @@ than memory"):
 A Llama-style 1B decoder (Llama 3.2 1B's shape: 16 layers x 2048, 32 heads over 8 key/value
 heads, SwiGLU MLP 8192, RMSNorm, rotary positions, no biases, a 128256-token vocabulary) at 2048
 tokens; will it fit on a TPU (README, "Will it fit on a TPU?"):
-  python -m research.aot --config=configs/clm.py:size=llama_1b --topology=v5p:4x4x4
+  python -m research.aot --config=configs/clm.py:size=llama_1b --topology=v5p:4x4x4 \
+      --config.mesh.data=1 --config.mesh.fsdp=-1 --config.model.remat=full
+  Expected (compiled, not run; 2026-11-25): fits, 17.65 GiB of a v5p chip's 95 per device.
 
 Arguments (after ':'): size=tiny|mini|small|base|large|llama_1b (default base), runlocal.
 """
