@@ -40,16 +40,21 @@ MODELS = [
 # wheel plus a few small dependencies; never needed to train.
 WANDB = ["wandb>=0.31.0,<0.32"]
 
+# Compiling for TPU topologies ahead of time on any machine (`python -m research.aot`): XLA's TPU
+# compiler. The version jax 0.10.2 pairs with; 680 MB installed; no TPU needed to install or use it.
+TPU_AOT = ["libtpu==0.0.42.1"]
+
 EXTRAS_REQUIRE = {
     "models": MODELS,
     "wandb": WANDB,
+    "tpu-aot": TPU_AOT,
     # Parity tests against transformers (PyTorch) and peft (the Hugging Face PEFT export), on
     # random models and the real weights of `models`. torch is pinned to the CPU build this
     # environment carries; an unpinned torch would pull a multi-GB CUDA build.
     # nbclient, nbformat and ipykernel execute colab/*.ipynb headless (tests/test_notebooks.py).
     "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6", "peft>=0.21.2,<0.22",
              "nbclient>=0.11.0,<0.12", "nbformat>=5.11.1,<6", "ipykernel>=7.4.0,<8",
-             *MODELS, *WANDB],
+             *MODELS, *WANDB, *TPU_AOT],
 }
 
 setup(

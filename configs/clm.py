@@ -16,18 +16,36 @@ than memory"):
       --config.data.source='/data/corpus/*.txt'
   ... --config.data.source=prepared:/data/gpt2_rows
 
-Arguments (after ':'): size=tiny|mini|small|base|large (default base), runlocal.
+A Llama-style 1B decoder (Llama 3.2 1B's shape: 16 layers x 2048, 32 heads over 8 key/value
+heads, SwiGLU MLP 8192, RMSNorm, rotary positions, no biases, a 128256-token vocabulary) at 2048
+tokens; will it fit on a TPU (README, "Will it fit on a TPU?"):
+  python -m research.aot --config=configs/clm.py:size=llama_1b --topology=v5p:4x4x4 \
+      --config.mesh.data=1 --config.mesh.fsdp=-1 --config.model.remat=full
+  Expected (compiled, not run; 2026-11-25): fits, 17.65 GiB of a v5p chip's 95 per device.
+
+Arguments (after ':'): size=tiny|mini|small|base|large|llama_1b (default base), runlocal.
 """
 import ml_collections
 
 from research import config_lib
 
+# Llama 3.2 1B's shape (its HF config.json), on top of the 'large' decoder section.
+LLAMA_1B = dict(num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, mlp_dim=8192,
+                norm="rmsnorm", layer_norm_eps=1e-5, activation="silu", gated_mlp=True,
+                use_bias=False, position_embedding="rotary", rope_theta=500000.0,
+                dropout_rate=0.0, max_len=2048)
+LLAMA_VOCAB = 128256
+
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, size="base", runlocal=False, peft="none")
   config = config_lib.common(ml_collections.ConfigDict())
-  config.model = config_lib.model("decoder", "tiny" if arg.runlocal else arg.size,
+  llama = arg.size == "llama_1b" and not arg.runlocal
+  config.model = config_lib.model("decoder", "tiny" if arg.runlocal else
+                                  "large" if llama else arg.size,
                                   dtype="float32" if arg.runlocal else "bfloat16")
+  if llama:
+    config.model.update(LLAMA_1B)
   config.objective = dict(name="clm", max_predictions=0)
   config.data = dict(source="bbc_news", text_field="text", eval_fraction=0.05, seq_len=1024,
                      tokenizer="", vocab_size=50257)
@@ -36,6 +54,8 @@ def get_config(arg=None):
   config.schedule = dict(warmup_steps=2000, decay="cosine", end_factor=0.1)
   config.train = config_lib.train(steps=100_000, batch_size=512)
   config.evals = dict(every_steps=5000, batches=0)
+  if llama:
+    config.data.update(seq_len=2048, vocab_size=LLAMA_VOCAB)
 
   if arg.runlocal:
     config.data.update(vocab_size=8192, seq_len=128)

@@ -1,7 +1,8 @@
 r"""What a config's training run costs: parameters, FLOPs, memory, and time and money per chip.
 
   python -m research.cost --config=configs/mlm.py[:ARGS] [--config.SECTION.KEY=VALUE ...]
-                          [--devices=N] [--mfu=F] [--nomemory] [--calibrate] [--json]
+                          [--devices=N] [--mfu=F] [--nomemory] [--topology=v5e:2x4]
+                          [--calibrate] [--json]
 
 Flags:
   --config     a config file and its overrides, exactly as for research.main (the config is
@@ -13,6 +14,10 @@ Flags:
                MFU research.bench measured there, else a published one: research/chips.py)
   --memory     compile the train step abstractly for its per-device memory (default true;
                --nomemory skips the compile, a minute for BERT-base on a loaded CPU)
+  --topology   a TPU slice (v4:AxBxC, v5e:AxB, v5p:AxBxC, v6e:AxB; research.aot): the train
+               step is compiled for its chips instead (libtpu, no TPU needed): the memory is that
+               chip's, fits or not, and its row adds the compiled step's roofline time, hours
+               and USD; the devices are the slice's chips
   --calibrate  also time this config's train step on this machine (research.bench's timing: a
                synthetic batch, compiled, 2 warm-up then --calibrate_steps steps) and predict the
                run's step time here from the FLOP rate it achieves
@@ -41,6 +46,10 @@ Printed:
                    (`research.memory.train_step_memory`: params, optimizer state, activations
                    kept for the backward pass, XLA:CPU's total) for pretraining configs; "not
                    available" for fine-tuning configs (their steps' batches are built from data)
+  with --topology  the memory per device of the step compiled for the slice's chip (XLA's TPU
+                   buffer assignment, fits or not in its HBM), and for that chip the hours and
+                   USD of train.steps steps at the compiled step's roofline time (research.aot:
+                   max(XLA FLOPs / peak, XLA bytes / HBM bandwidth), a lower bound on time)
   per chip         TPU v4, v5e, v5p, v6e, A100, H100: hours = total FLOPs / (devices x peak
                    bf16 FLOP/s (`perf.PEAK_FLOPS`) x MFU), USD = hours x devices x on-demand
                    price per chip-hour (`research/chips.py`, each price with its source and date)
@@ -57,6 +66,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from research.command_line import parse_flags
+from research.run_shape import shape_config
 from research.errors import UserError, exit_with, one_line_errors
 
 FLAGS = flags.FLAGS
@@ -65,6 +75,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.p
 flags.DEFINE_integer("devices", 0, "Chips assumed (0: the config's mesh, else 1).", lower_bound=0)
 flags.DEFINE_float("mfu", None, "MFU assumed on every chip, in (0, 1] (default: per chip).")
 flags.DEFINE_bool("memory", True, "Compile the train step abstractly for per-device memory.")
+flags.DEFINE_string("topology", None, "TPU slice to compile the train step for (research.aot), "
+                    "e.g. v5e:2x4.")
 flags.DEFINE_bool("calibrate", False, "Time the train step here and predict its step time.")
 flags.DEFINE_integer("calibrate_steps", 20, "Timed steps of --calibrate.", lower_bound=1)
 flags.DEFINE_bool("json", False, "One JSON object on the last line.")
@@ -72,44 +84,6 @@ flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
 flags.mark_flags_as_required(["config"])
 
 CALIBRATE_WARMUP = 2
-
-
-# ---------------------------------------------------------------------------------------------
-# The shapes a run of this config would have, without its data.
-# ---------------------------------------------------------------------------------------------
-def shape_config(config) -> tuple:
-  """(config with model.vocab_size, model.heads and objective.max_predictions derived as a run
-  derives them, notes on what was assumed); reads no corpus, trains no tokenizer."""
-  from research import objectives  # pylint: disable=g-import-not-at-top
-  from research.convert import hf  # pylint: disable=g-import-not-at-top
-  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from research.tasks import finetuning  # pylint: disable=g-import-not-at-top
-  from research.train import initialization, resolve  # pylint: disable=g-import-not-at-top
-  from research import validation  # pylint: disable=g-import-not-at-top
-  config = config.copy_and_resolve_references()
-  validation.check_config(config)  # the value checks a run makes (train.steps >= 1, ...)
-  notes = []
-  weights = config.init.weights
-  if weights.startswith("hf:") and hf.local_dir(weights[3:]) is None:
-    notes.append(f"init.weights {weights!r} is not on this machine (not downloaded): the shape "
-                 "is the config's model fields")
-    config.init.weights = ""
-  initialization.configure(config)  # an HF checkpoint's shape; a workdir's tokenizer
-  resolve.resolve_max_predictions(config)
-  if config.model.vocab_size == -1:
-    if config.data.tokenizer:
-      tokens, where = tokenizer_lib.load(config.data.tokenizer).get_vocab_size(), "data.tokenizer"
-    else:
-      tokens, where = config.data.vocab_size, "data.vocab_size (the tokenizer a run trains)"
-    config.model.vocab_size = resolve.padded_vocab_size(tokens)
-    notes.append(f"vocabulary {config.model.vocab_size}: {where} {tokens} rounded up to 128")
-  if config.get("tasks"):
-    config.model.heads = finetuning.heads_of_config(config)
-    notes.append(f"heads {list(config.model.heads)}, from the tasks' kinds; a classifier has "
-                 f"model.num_labels={config.model.num_labels} outputs (its labels need the data)")
-  else:
-    config.model.heads = objectives.pretraining(config.objective)[1]
-  return config, notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,16 +126,26 @@ def calibrate(config, steps: int, flops_per_step: float) -> dict:
           "train_seconds": step_s * config.train.steps}
 
 
-def estimate(config, devices: int, mfu: float, memory: bool, calibrate_steps: int) -> dict:
-  """Every figure of the module doc, as one dict (the --json object)."""
+def estimate(config, devices: int, mfu: float, memory: bool, calibrate_steps: int,
+             topology=None) -> dict:
+  """Every figure of the module doc, as one dict (the --json object); `topology`
+  (`research.tpu.Topology`) compiles the train step for that TPU slice."""
+  from research import tpu  # pylint: disable=g-import-not-at-top
   from research import memory as memory_lib  # pylint: disable=g-import-not-at-top
   from research import models, perf, sharding  # pylint: disable=g-import-not-at-top
   from research.train import optim  # pylint: disable=g-import-not-at-top
   from research.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  given = config
   config, notes = shape_config(config)
   model_cfg = models.ModelConfig.of_run(config)
-  mesh = sharding.make_mesh(config.mesh)
+  if topology is not None:
+    if config.get("tasks"):
+      raise UserError("--topology compiles pretraining configs (research.aot): a fine-tuning "
+                      "config's batches are built from its data")
+    mesh = tpu.topology_mesh(config, topology, tpu.tpu_devices(topology))
+  else:
+    mesh = sharding.make_mesh(config.mesh)
   params = state_lib.abstract_params(models.build(model_cfg), config, mesh,
                                      sharding.rules_of(config))
   seq, batch, steps = config.data.seq_len, config.train.batch_size, config.train.steps
@@ -176,7 +160,12 @@ def estimate(config, devices: int, mfu: float, memory: bool, calibrate_steps: in
          "tokens": steps * batch * seq, "total_flops": flops_per_step * steps,
          "counted": "training steps only (not evaluation, tokenizer, compilation)",
          "notes": notes}
-  if not memory:
+  if topology is not None:
+    compiled = tpu.estimate(given, topology, ["train"])
+    out["memory"] = {"devices": compiled["devices"], "platform": compiled["topology"],
+                     "chip": compiled["chip"], "hbm_bytes": compiled["hbm_bytes"],
+                     **compiled["steps"]["train"]}
+  elif not memory:
     out["memory"] = "not computed (--nomemory)"
   elif config.get("tasks"):
     out["memory"] = ("not available for this config: the abstract train step is built for "
@@ -185,6 +174,10 @@ def estimate(config, devices: int, mfu: float, memory: bool, calibrate_steps: in
     out["memory"] = {"devices": jax.device_count(), "platform": jax.devices()[0].platform,
                      **memory_lib.train_step_memory(config, mesh)}
   out["estimates"] = chip_estimates(out["total_flops"], devices, mfu)
+  if topology is not None and "step_seconds" in out["memory"]:
+    e, step_s = out["estimates"][out["memory"]["chip"]], out["memory"]["step_seconds"]
+    e.update(compiled_step_seconds=step_s, compiled_hours=step_s * steps / 3600,
+             compiled_usd=step_s * steps / 3600 * devices * e["usd_per_chip_hour"])
   if calibrate_steps:
     if config.get("tasks"):
       raise UserError("--calibrate times the pretraining train step (research.bench): "
@@ -211,6 +204,14 @@ def report(out: dict) -> list:
   memory = out["memory"]
   if isinstance(memory, str):
     lines.append(f"memory per device: {memory}")
+  elif "chip" in memory:  # compiled for a TPU slice
+    need = (f"XLA: {memory['xla_error']}" if "xla_error" in memory else
+            f"step total {gib(memory['total'])} + code {gib(memory['code'])} of "
+            f"{gib(memory['hbm_bytes'])} HBM")
+    lines.append(f"memory per device ({memory['devices']} {memory['chip']} chips, "
+                 f"{memory['platform']}, the train step compiled for them, not run): params "
+                 f"{gib(memory['params'])}, optimizer {gib(memory['optimizer'])}, {need}: "
+                 f"{'fits' if memory['fits'] else 'DOES NOT FIT'}")
   else:
     lines.append(f"memory per device ({memory['devices']} {memory['platform']} device(s), "
                  f"the train step compiled, not run): params {gib(memory['params'])}, optimizer "
@@ -225,6 +226,13 @@ def report(out: dict) -> list:
   for name, e in out["estimates"].items():
     lines.append(f"{name}: MFU {e['mfu_source']}; price {e['price_source']}, as of "
                  f"{e['price_as_of']}")
+  for name, e in out["estimates"].items():
+    if "compiled_hours" in e:
+      lines += ["", f"{name}, from the train step compiled for {memory['platform']}: roofline "
+                f"step {e['compiled_step_seconds'] * 1e3:.4g} ms ({memory['bound']} bound, MFU "
+                f"{memory['mfu']:.3f}): {e['compiled_hours']:.4g} hours, "
+                f"{e['compiled_usd']:,.2f} USD (a lower bound: no communication, perfect "
+                "overlap)"]
   if "this_machine" in out:
     m = out["this_machine"]
     lines += ["", f"this machine ({m['device']}): {m['flops_per_sec'] / 1e9:.2f} GFLOP/s achieved "
@@ -240,15 +248,28 @@ def main(argv):
   if FLAGS.mfu is not None and not 0 < FLAGS.mfu <= 1:
     exit_with(f"--mfu must be in (0, 1] (a fraction of the chip's peak), got {FLAGS.mfu}")
   config = FLAGS.config
-  devices = assumed_devices(config, FLAGS.devices)
-  if devices > 1 and not FLAGS.calibrate:  # the mesh (and the step's memory) on `devices`
+  topology = None
+  if FLAGS.topology:
+    from research import tpu  # pylint: disable=g-import-not-at-top
+    with one_line_errors(FLAGS.verbose):
+      topology = tpu.parse_topology(FLAGS.topology)
+    if FLAGS.devices and FLAGS.devices != topology.chips:
+      exit_with(f"--devices={FLAGS.devices} but --topology={topology.name} has "
+                f"{topology.chips} chips: give one of them")
+    if FLAGS.calibrate:
+      exit_with("--calibrate times this machine's devices: not with --topology")
+  devices = topology.chips if topology else assumed_devices(config, FLAGS.devices)
+  if topology:  # the mesh is the slice's (compile-only TPU devices)
+    import jax  # pylint: disable=g-import-not-at-top  (the config file imported it already)
+    jax.config.update("jax_platforms", "cpu")
+  elif devices > 1 and not FLAGS.calibrate:  # the mesh (and the step's memory) on `devices`
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={devices}")
     import jax  # pylint: disable=g-import-not-at-top  (the config file imported it already)
     jax.config.update("jax_platforms", "cpu")
   with one_line_errors(FLAGS.verbose):
     out = estimate(config, devices, FLAGS.mfu, FLAGS.memory,
-                   FLAGS.calibrate_steps if FLAGS.calibrate else 0)
+                   FLAGS.calibrate_steps if FLAGS.calibrate else 0, topology)
   print("\n".join(report(out)), flush=True)
   if FLAGS.json:
     print(json.dumps(out, sort_keys=True))

@@ -4,12 +4,13 @@ r"""What one device holds for a config's train step, by mesh and remat, without 
                             [--meshes=8x1x1,1x8x1,1x1x8,2x2x2] [--remat=none,dots,full]
                             [--set=KEY=VALUE ...] [--devices=8] [--json]
 
-`train_step_memory(config, mesh)` builds the train step the trainer runs for a pretraining
-config (the state of `state.create_sharded_state`, the step of `step.make_train_step`, jitted with
-the trainer's in/out shardings and the donated state), but only abstractly: the state comes from
+`abstract_step(config, mesh)` builds the train step the trainer runs for a pretraining config
+(the state of `state.create_sharded_state`, the step of `step.make_train_step`, jitted with the
+trainer's in/out shardings and the donated state), but only abstractly: the state comes from
 `jax.eval_shape`, the batch is a `jax.ShapeDtypeStruct` of the benchmark's synthetic batch, and
 the step is lowered and compiled, never run. So nothing is allocated and `mesh` may hold any
-devices, e.g. 8 simulated CPU devices. It returns per-device bytes:
+devices, e.g. 8 simulated CPU devices, or a TPU slice's compile-only devices (`research.aot`).
+`train_step_memory(config, mesh)` compiles it and returns per-device bytes:
 
   params, optimizer   the shard shapes of the abstract state's leaves (exact: what each device
                       stores; `optimizer` is the optax state: AdamW's two moments and its count);
@@ -33,9 +34,12 @@ CPU devices (it sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` and JA
 before jax looks for devices); `--devices=0` uses this machine's own devices.
 """
 import argparse
+import dataclasses
+import functools
 import json
 import math
 import os
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -47,7 +51,8 @@ from research.errors import UserError
 from research.train import optim
 from research.train import state as state_lib
 from research.train.resolve import check_batch, padded_vocab_size
-from research.train.step import derive_dropout_key, make_loss_fn, make_train_step
+from research.train.step import (derive_dropout_key, make_eval_step, make_loss_fn,
+                                 make_train_step)
 
 FIELDS = ("params", "optimizer", "activations", "temp", "argument", "output", "alias", "total")
 
@@ -120,42 +125,94 @@ def saved_activation_bytes(loss_fn, objectives, dropout_key, state, batch, bigge
   return compiled.memory_analysis().output_size_in_bytes
 
 
-def train_step_memory(config, mesh) -> dict:
-  """Per-device bytes of the train step of a pretraining `config` on `mesh` (see the module doc).
+@dataclasses.dataclass
+class AbstractStep:
+  """The train step of a pretraining config on a mesh, and its sharded abstract arguments: what
+  `research.memory` and `research.aot` compile (nothing allocated, any devices)."""
+  config: Any
+  mesh: Any
+  model: Any
+  objectives: tuple
+  rules: tuple
+  state: Any  # the abstract `TrainState`, each leaf with its sharding
+  shardings: Any
+  batch: dict  # the synthetic batch as sharded shape structs
+  batch_sharding: Any
+  dropout_key: Any
+  train_step: Any  # `step.make_train_step`'s function, not yet jitted
+
+  def jit_train(self):
+    """The step jitted as `trainer.compile_steps` jits it: the state donated."""
+    return jax.jit(self.train_step, in_shardings=(self.shardings, self.batch_sharding),
+                   out_shardings=(self.shardings, None), donate_argnums=0)
+
+  def compile_train(self):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return self.jit_train().lower(self.state, self.batch).compile()
+
+  def compile_eval(self):
+    """The pretraining task's eval step (`make_eval_step` over `objectives.eval_sums`) on the
+    same batch shape, jitted as the trainer jits it."""
+    eval_step = make_eval_step(self.model, functools.partial(objectives_lib.eval_sums,
+                                                             self.objectives))
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return jax.jit(eval_step, in_shardings=(self.shardings.params, self.batch_sharding)
+                     ).lower(self.state.params, self.batch).compile()
+
+
+def abstract_step(config, mesh) -> AbstractStep:
+  """The trainer's train step of a pretraining `config` on `mesh`, abstractly (module doc).
 
   `config` has its derived fields filled (model.vocab_size, model.heads,
-  objective.max_predictions), as `research.bench.run_config` or `resolve` leave them.
+  objective.max_predictions), as `research.bench.run_config` or `research.cost.shape_config`
+  leave them.
   """
   check_batch(config, mesh)
   model = models.build(models.ModelConfig.of_run(config))
   tx, lr_schedule = optim.build(config)
   rules = sharding.rules_of(config)
   state, shardings = abstract_state(model, tx, config, mesh, rules)
-  accum = config.train.grad_accum_steps
   batch, batch_sharding = abstract_batch(config, mesh, config.train.batch_size)
   _, dropout_key = jax.random.split(jax.random.key(config.train.seed))
   dropout_key = derive_dropout_key(dropout_key, config.train.dropout_prng)
   step_objectives = objectives_lib.pretraining(config.objective)[0]
-  train_step = make_train_step(model, step_objectives, tx, lr_schedule, dropout_key, accum,
+  train_step = make_train_step(model, step_objectives, tx, lr_schedule, dropout_key,
+                               config.train.grad_accum_steps,
                                trainable=optim.trainable_predicate(config))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as trainer.compile_steps jits it
-    compiled = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
-                       out_shardings=(shardings, None), donate_argnums=0
-                       ).lower(state, batch).compile()
-    rows = config.train.batch_size // accum  # the backward pass of one microbatch at a time
-    saved = saved_activation_bytes(
-        make_loss_fn(model, step_objectives), step_objectives, dropout_key, state,
-        abstract_batch(config, mesh, rows)[0], abstract_batch(config, mesh, 2 * rows)[0],
-        (shardings, batch_sharding))
+  return AbstractStep(config, mesh, model, step_objectives, rules, state, shardings, batch,
+                      batch_sharding, dropout_key, train_step)
+
+
+def compiled_memory(step: AbstractStep, compiled) -> dict:
+  """Per-device bytes of a compiled train step: the state's shards and XLA's buffer statistics
+  (module doc), without `activations`."""
+  out = {"params": shard_bytes(step.state.params),
+         "optimizer": shard_bytes(step.state.opt_state), "state": shard_bytes(step.state),
+         "batch_shard": shard_bytes(step.batch)}
   stats = compiled.memory_analysis()
-  out = {"params": shard_bytes(state.params), "optimizer": shard_bytes(state.opt_state),
-         "state": shard_bytes(state), "batch_shard": shard_bytes(batch), "activations": saved}
   if stats is None:  # a backend without XLA's buffer statistics
     return out
   out.update(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
              alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes,
              generated_code=stats.generated_code_size_in_bytes)
   out["total"] = perf.compiled_bytes(compiled)
+  return out
+
+
+def train_step_memory(config, mesh) -> dict:
+  """Per-device bytes of the train step of a pretraining `config` on `mesh` (see the module doc),
+  `activations` included (a second, smaller compile)."""
+  step = abstract_step(config, mesh)
+  compiled = step.compile_train()
+  config = step.config
+  rows = config.train.batch_size // config.train.grad_accum_steps  # one microbatch's backward
+  with jax.set_mesh(mesh), nn.logical_axis_rules(step.rules):
+    saved = saved_activation_bytes(
+        make_loss_fn(step.model, step.objectives), step.objectives, step.dropout_key, step.state,
+        abstract_batch(config, mesh, rows)[0], abstract_batch(config, mesh, 2 * rows)[0],
+        (step.shardings, step.batch_sharding))
+  out = compiled_memory(step, compiled)
+  out["activations"] = saved
   return out
 
 

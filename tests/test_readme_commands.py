@@ -47,6 +47,9 @@ SHRINK_BY_CONFIG = {  # what else each config file needs to be small (fields it 
 # research.cost on BERT-base's config: a one-layer model compiles its abstract step in seconds.
 COST_SHRINK = ["--config.model.num_layers=1", "--config.train.batch_size=8",
                "--config.data.seq_len=32", "--config.data.vocab_size=512"]
+# research.aot and research.cost --topology on a runlocal config: one layer compiles for the TPU
+# slice in seconds (XLA's TPU compiler is slow on 2 cores).
+AOT_SHRINK = ["--config.model.num_layers=1"]
 GLUE_FIXTURES = ("mrpc", "rte", "stsb")  # hub tasks finetune_fixtures.glue_dir can stand in for
 HF_WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                 max_position_embeddings=64)
@@ -205,6 +208,8 @@ class Workspace:
       out.append("--progress=false")
     if argv[2] == "research.cost" and argv[3].split(":")[0] == "--config=configs/mlm.py":
       out += COST_SHRINK + (["--calibrate_steps=2"] if "--calibrate" in argv else [])
+    if argv[2] == "research.aot":
+      out += AOT_SHRINK
     if argv[2] == "research.data.prepare":  # rows for the shrunk training run that reads them
       config_file = next(a for a in argv if a.startswith("--config=")).split("=", 1)[1]
       out += [f for f in SHRINK + SHRINK_BY_CONFIG[config_file.split(":")[0]]
@@ -799,6 +804,33 @@ def check_cost_calibrate(ws, result):
   assert int(match.group(3)) == 600  # the runlocal config's steps
 
 
+def check_aot(ws, result):
+  """The runlocal step compiled for a v5e 2x2 slice: it fits, with every figure printed."""
+  result.assert_ok()
+  out = result.proc.stdout
+  assert out.startswith("v5e:2x2: 4 x TPU v5 lite (TPU v5e: 16.00 GiB HBM, 819 GB/s, 197 "
+                        "TFLOP/s bf16)\n"), out[:500]
+  assert re.search(r"^  XLA: argument .* of 16.00 GiB: fits \(", out, re.M), out
+  assert re.search(r"^  roofline step [\d.]+ ms .*tokens/s, MFU 0\.\d+$", out, re.M), out
+
+
+def check_cost_topology(ws, result):
+  """research.cost with the step compiled for a v5e-8: its memory, and the v5e row's compiled
+  hours beside the MFU-based ones (the other chips' rows as without --topology)."""
+  result.assert_ok()
+  out = result.proc.stdout
+  assert re.search(r"^memory per device \(8 TPU v5e chips, v5e:2x4, the train step compiled for "
+                   r"them, not run\): .* of 16.00 GiB HBM: fits$", out, re.M), out
+  table = _cost_table(out)
+  assert table["TPU v5e"][0] == 8 and table["TPU v4"][0] == 8, table
+  match = re.search(r"^TPU v5e, from the train step compiled for v5e:2x4: roofline step "
+                    r"([\d.]+) ms .*: ([\d.e+-]+) hours, ([\d,.]+) USD", out, re.M)
+  assert match, out[-1500:]
+  steps = 600  # the runlocal config's
+  assert float(match.group(2)) == pytest.approx(float(match.group(1)) / 1e3 * steps / 3600,
+                                                rel=1e-3)
+
+
 CHECKS = {
     "research.main --config=configs/mlm.py:runlocal --workdir": ("quickstart", check_quickstart),
     "research.main --config=configs/mlm.py --workdir --config.init.weights --config.data.source":
@@ -868,6 +900,9 @@ CHECKS = {
         "cost_minilm", check_cost_minilm),
     "research.cost --config=configs/mlm.py:runlocal --calibrate --nomemory": (
         "cost_calibrate", check_cost_calibrate),
+    "research.aot --config=configs/mlm.py:runlocal --topology": ("aot", check_aot),
+    "research.cost --config=configs/mlm.py:runlocal --topology": ("cost_topology",
+                                                                 check_cost_topology),
 }
 OFFLINE_WANDB = {"wandb_offline"}  # checks run with W&B offline, its files in the workspace
 # Flags appended to one command after the shrink overrides (its schedule, fitted to 2 steps).
@@ -918,7 +953,7 @@ SLOW = {"clm", "clm_lora", "peft_lora", "convert_to_hf_peft", "generate_prompt",
         "compress_heads", "compress_sparse", "compress_distill", "prune_finetune",
         "distill_main", "continual_local", "continual_replay", "continual_ewc",
         "glue_from_hf", "finetune_lr", "report", "wandb_offline", "cost_bert", "cost_calibrate",
-        "mesh"}  # `-m slow`
+        "mesh", "aot", "cost_topology"}  # `-m slow`
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW

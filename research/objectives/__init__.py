@@ -8,7 +8,7 @@ heads they read; fine-tuning tasks build theirs from `classification`, `token_cl
 """
 from research.errors import UserError
 from research.objectives.base import (Objective, Regularizer, counts, cross_entropy_sums,
-                                      loss_and_sums, row_weights)
+                                      eval_sums, loss_and_sums, row_weights)
 from research.objectives.causal_lm import (causal_lm, completion_lm, completion_sums_per_row,
                                             completion_weights)
 from research.objectives.classification import classification, multilabel, regression
@@ -37,7 +37,7 @@ def pretraining(objective_cfg) -> tuple[tuple, tuple]:
       ("mlm", "sentence_pair")
 
 
-__all__ = ["Objective", "Regularizer", "counts", "cross_entropy_sums", "loss_and_sums", "row_weights",
+__all__ = ["Objective", "Regularizer", "counts", "cross_entropy_sums", "eval_sums", "loss_and_sums", "row_weights",
            "causal_lm", "completion_lm", "completion_sums_per_row", "completion_weights",
            "classification", "multilabel", "regression", "masked_lm",
            "max_predictions", "sentence_pair", "span", "token_classification", "pretraining"]

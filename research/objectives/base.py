@@ -65,6 +65,11 @@ def loss_and_sums(objectives, outputs, batch, global_counts: dict):
   return loss, sums
 
 
+def eval_sums(objectives, outputs, batch) -> dict:
+  """An eval batch's {'<name>/<metric>': (sum, count)}: `loss_and_sums` over its own counts."""
+  return loss_and_sums(objectives, outputs, batch, counts(objectives, batch))[1]
+
+
 def unigram_hits(batch, labels, weights):
   """How many weighted labels equal the most frequent training token (batch['unigram_top'])."""
   return ((labels == batch["unigram_top"][:, None]) * weights).sum()

@@ -22,8 +22,7 @@ class PretrainingTask(Task):
     self.splits = {"eval": (data.eval, data.eval_steps)}
 
   def eval_outputs(self, outputs, batch):
-    counts = objectives_lib.counts(self.objectives, batch)
-    return objectives_lib.loss_and_sums(self.objectives, outputs, batch, counts)[1]
+    return objectives_lib.eval_sums(self.objectives, outputs, batch)
 
   def evaluate(self, split: str, context: EvalContext) -> dict:
     batches, steps = self.splits[split]
