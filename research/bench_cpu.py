@@ -4,7 +4,7 @@ r"""The CPU side-by-side benchmark: our steps against transformers + torch, inte
                            [--rows=train,eval,infer] [--repeats=7] [--table]
 
 What a user of this codebase on a laptop, a Colab CPU runtime or CI sees. Each workload is a
-config a user runs, built by the library (`research.cost.shape_config`: the model a run of that
+config a user runs, built by the library (`research.run_shape.shape_config`: the model a run of that
 config builds, heads and vocabulary derived as a run derives them; float32 on CPU), with random
 weights (the time does not depend on them):
   runlocal-encoder   configs/mlm.py:runlocal (BERT 2 x 128, vocabulary 8192), MLM, 32 x 128
@@ -79,14 +79,14 @@ ROWS = ("train", "eval", "infer")
 # ---------------------------------------------------------------------------------------------
 def run_config(w: Workload):
   """The workload's config with its shapes derived as a run derives them, float32."""
-  from research import config_lib, cost  # pylint: disable=g-import-not-at-top
+  from research import config_lib, run_shape  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config_file(w.config_file, w.config_arg)
   config.train.batch_size, config.data.seq_len = w.batch, w.seq
   config.model.dtype = "float32"
   for key, value in w.overrides:
     section, field = key.split(".")
     config[section][field] = value
-  config, _ = cost.shape_config(config)
+  config, _ = run_shape.shape_config(config)
   return config
 
 

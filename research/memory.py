@@ -164,7 +164,7 @@ def abstract_step(config, mesh) -> AbstractStep:
   """The trainer's train step of a pretraining `config` on `mesh`, abstractly (module doc).
 
   `config` has its derived fields filled (model.vocab_size, model.heads,
-  objective.max_predictions), as `research.bench.run_config` or `research.cost.shape_config`
+  objective.max_predictions), as `research.bench.run_config` or `research.run_shape.shape_config`
   leave them.
   """
   check_batch(config, mesh)
