@@ -916,6 +916,11 @@ NOT_RUN = {
                                         "is tests/test_bench.py",
     "research.bench --workloads --sweep --max-batch --profile": "GPU workloads",
     "research.bench --smoke --peer --pipeline": "tests/test_bench.py runs the smoke mode",
+    "research.bench --device --peer --table": "minutes of interleaved timing; "
+                                              "tests/test_bench_cpu.py runs this command on "
+                                              "the runlocal workloads",
+    "research.bench --device --levers --workloads": "minutes; tests/test_bench_cpu.py runs "
+                                                    "--levers on the runlocal decoder",
     "research.memory --kinds": "base-size compiles take minutes; tests/test_memory.py runs the "
                                "command at tiny sizes",
     "research.memory --kinds --batch": "the same, for the decoder",
