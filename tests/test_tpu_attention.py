@@ -4,14 +4,12 @@ padding, packed documents, the causal flag and grouped-query attention; its mask
 one-line refusal of a length the kernel cannot tile; (slow) a model's loss and gradients, the
 decode step's fallback, and the train step compiled for a TPU slice with the kernel in it."""
 import dataclasses
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
 from research.errors import UserError
 from research.models import attention, layers, tpu_attention
 
@@ -114,10 +112,9 @@ def test_config_accepts_it_and_refuses_a_misspelling():
 # Slow: a model, the decode step, the TPU compile.
 # ---------------------------------------------------------------------------------------------
 def runlocal_decoder(**model):
-  sys.path.insert(0, str(REPO / "configs"))
-  import clm  # pylint: disable=g-import-not-at-top
+  from research import config_lib  # pylint: disable=g-import-not-at-top
   from research.run_shape import shape_config  # pylint: disable=g-import-not-at-top
-  config = clm.get_config("runlocal")
+  config = config_lib.load_config_file("clm", "runlocal")
   config.model.update(model)
   return shape_config(config)[0]
 
