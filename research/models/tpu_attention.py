@@ -19,8 +19,9 @@ every real query, to float round-off (tests/test_tpu_attention.py):
     The head size must be at most 128 or a multiple of 128 (the kernel's).
 Where it runs: on a TPU (the platform of the mesh set by `jax.set_mesh`, else jax's default
 backend) the kernel compiles with Mosaic, also for a compile-only TPU slice (`research.aot`); on
-any other platform it runs in Pallas's TPU interpret mode (`pltpu.force_tpu_interpret_mode`,
-forward and backward): the same kernel, simulated on the CPU, slowly: for tests only.
+any other platform it runs in Pallas's interpreter (`interpret=True`, forced on the kernel's
+calls with `pltpu.force_tpu_interpret_mode`, forward and backward): the same kernel as plain XLA
+ops looping over its grid, slowly: for tests only.
 Under a mesh the kernel runs per device under `jax.shard_map` (XLA does not partition a Pallas
 call): the batch split as `act_batch`, the heads as `heads` (the config's sharding rules).
 What the kernel cannot express is not sent to it: a dense mask (prefix tuning's prefixes, the
@@ -35,6 +36,10 @@ from research.errors import UserError
 IMPL = "pallas_flash"  # the `model.attention_impl` value
 MIN_BLOCK = 128  # the kernel's smallest tile (its lanes)
 BLOCKS = (512, 256, 128)
+# Off a TPU: Pallas's generic interpreter (`interpret=True`: the kernel as plain XLA ops, a loop
+# over the grid), not the TPU interpret mode's simulator (`pltpu.InterpretParams`), whose threads
+# and callbacks stalled our tests now and then.
+HLO_INTERPRETER = True
 
 
 def mask_kwargs(padding, segment_ids, causal: bool) -> dict:
@@ -104,24 +109,24 @@ def _kernel(block: int, causal: bool, sm_scale: float, interpret: bool):
 
 
 def _interpreted(call):
-  """`call` in Pallas's TPU interpret mode, its backward too: the kernel's VJP traces its
+  """`call` in Pallas's interpreter, its backward too: the kernel's VJP traces its
   backward kernels when the gradient is taken, after the forward's trace has returned, so the
   interpret-mode context is entered again there (the forward's pullback is the residual)."""
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
 
   @jax.custom_vjp
   def interpreted(q, k, v, *ids):
-    with pltpu.force_tpu_interpret_mode():
+    with pltpu.force_tpu_interpret_mode(HLO_INTERPRETER):
       return call(q, k, v, *ids)
 
   def forward(q, k, v, *ids):
-    with pltpu.force_tpu_interpret_mode():
+    with pltpu.force_tpu_interpret_mode(HLO_INTERPRETER):
       out, pullback = jax.vjp(lambda q, k, v: call(q, k, v, *ids), q, k, v)
     return out, (pullback, ids)
 
   def backward(residuals, g):
     pullback, ids = residuals
-    with pltpu.force_tpu_interpret_mode():
+    with pltpu.force_tpu_interpret_mode(HLO_INTERPRETER):
       return (*pullback(g), *(None for _ in ids))
 
   interpreted.defvjp(forward, backward)
