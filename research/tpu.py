@@ -183,7 +183,8 @@ def abstract_decode_step(config, mesh) -> DecodeStep:
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   from research import models, sharding  # pylint: disable=g-import-not-at-top
   from research.generate import check_model, param_shardings  # pylint: disable=g-import-not-at-top
-  from research.generate.cached_model import CachedModel, decoding_config  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from research.generate.cached_model import CachedModel, decoding_config
   cfg = decoding_config(models.ModelConfig.of_run(config))
   try:
     check_model(cfg)

@@ -1,8 +1,9 @@
 """`model.attention_impl='pallas_flash'`: Pallas's TPU flash attention kernel, run here in Pallas's
 interpreter (interpret=True), against our XLA attention (values and gradients, on every real
 query) with padding, packed documents, the causal flag and grouped-query attention; its mask
-arguments; the one-line refusal of a length the kernel cannot tile; (slow) a model's loss and gradients, the
-decode step's fallback, and the train step compiled for a TPU slice with the kernel in it."""
+arguments; the one-line refusal of a length the kernel cannot tile; the decode step's fallback;
+(slow) a model's loss and gradients, and the train step compiled for a TPU slice with the kernel
+in it."""
 import dataclasses
 
 import jax

@@ -95,7 +95,8 @@ def flash_attention(q, k, v, segment_ids=None, is_causal: bool = False):
 def _kernel(block: int, causal: bool, sm_scale: float, interpret: bool):
   """f(q, k, v[, segment_ids]) -> out, all (batch, heads, length, head_dim): the Pallas kernel,
   compiled for a TPU or (`interpret`) simulated, forward and backward."""
-  from jax.experimental.pallas.ops.tpu import flash_attention as fa  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu import flash_attention as fa
   sizes = fa.BlockSizes(block_q=block, block_k_major=block, block_k=block, block_b=1,
                         block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
                         block_q_dkv=block, block_k_major_dq=block, block_k_dq=block,
