@@ -1,7 +1,8 @@
 r"""Will it fit on a TPU? A config's train step compiled ahead of time for a TPU topology, here.
 
   python -m research.aot --config=configs/FILE.py[:ARGS] --topology=v5e:2x2
-                         [--config.SECTION.KEY=VALUE ...] [--step=train,eval] [--json] [--verbose]
+                         [--config.SECTION.KEY=VALUE ...] [--step=train,eval,decode] [--json]
+                         [--verbose]
 
 Flags:
   --config    a pretraining config and its overrides, exactly as for research.main (its mesh
@@ -10,7 +11,9 @@ Flags:
               v5e-8, v5e:16x16 a v5e-256, v5p:4x4x4 a v5p-128: v5p and v4 names count 2 cores per
               chip, each chip one jax device)
   --step      the steps compiled: train (default), eval (the pretraining eval step on the same
-              batch), or both: --step=train,eval
+              batch), decode (a decoder's generation step: one new token for each of
+              `train.batch_size` rows against a key/value cache of `data.seq_len` slots, params
+              sharded as `research.generate` shards them), or several: --step=train,eval,decode
   --json      one JSON object on the last line (bytes, seconds, FLOPs)
   --verbose   show the traceback of a bad-input error instead of one line
 
@@ -34,6 +37,10 @@ Printed per step, per device (GiB = 2**30 bytes):
                      `research.perf.train_flops_per_step` (what MFU counts) beside them
   step time          roofline: max(FLOPs / peak bf16 FLOP/s, bytes / HBM bandwidth): a lower
                      bound (no communication, perfect overlap); tokens/s and MFU at that time
+For the decode step: params and the key/value cache per device instead of params and optimizer,
+and the roofline step is the time of one generated token per row (tokens/s: rows / step); MFU
+counts each new token's forward FLOPs against the whole cache (`research.perf`'s sequence FLOPs /
+its length).
 A step that does not fit ends the command with one line (exit code 1): XLA's numbers and the
 lever that helps (more fsdp, `model.remat`, a smaller batch or `train.grad_accum_steps`). Bad input
 (an unknown topology, a mesh that does not match the slice, libtpu missing) is one line `error:
@@ -55,7 +62,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlm.py:size=base, "
                                 "and its --config.SECTION.KEY=VALUE overrides.", lock_config=True)
 flags.DEFINE_string("topology", None, "TPU slice: v4:AxBxC, v5e:AxB, v5p:AxBxC or v6e:AxB.")
-flags.DEFINE_list("step", ["train"], "Steps to compile: train, eval.")
+flags.DEFINE_list("step", ["train"], "Steps to compile: train, eval, decode.")
 flags.DEFINE_bool("json", False, "One JSON object on the last line.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
 flags.mark_flags_as_required(["config", "topology"])

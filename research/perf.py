@@ -2,11 +2,12 @@
 
 FLOPs of one training step = 3 x forward FLOPs (backward costs twice the forward), counting a
 multiply-add as 2 FLOPs and only matrix multiplications. Forward FLOPs per sequence of length T,
-hidden d, MLP width f, L layers, vocabulary V:
-  per layer   2T(4d^2)     query/key/value/output projections
-            + 2T(2df)      MLP
-            + 2(2T^2 d)    attention scores and weighted sum (causal attention counted in full,
-                           as PaLM's appendix B does, so MFU is comparable across models)
+hidden d, MLP width f, L layers, vocabulary V, H query heads and K key/value heads of size h:
+  per layer   2T(2dHh + 2dKh)  query and output projections (d x Hh each), key and value (d x Kh
+                               each; K < H: grouped-query attention); 2T(4d^2) when Hh = d, K = H
+            + 2T(2df)          MLP (up, down); with a gated MLP (SwiGLU) 2T(3df): gate, up, down
+            + 2(2T^2 Hh)       attention scores and weighted sum (causal attention counted in
+                               full, as PaLM's appendix B does, so MFU is comparable across models)
   MLM head    2P(d^2 + dV) on the P = max_predictions gathered positions only
   LM head     2T dV
 Recomputation (remat) is not counted: this is *model* FLOPs utilisation.
@@ -29,7 +30,11 @@ PEAK_FLOPS = (
 def forward_flops_per_sequence(model_cfg, seq_len: int, max_predictions: int = 0) -> float:
   d, f, L, V, T = (model_cfg.hidden_size, model_cfg.mlp_dim, model_cfg.num_layers,
                    model_cfg.vocab_size, seq_len)
-  flops = L * (2 * T * 4 * d * d + 2 * T * 2 * d * f + 2 * 2 * T * T * d)
+  query_width = model_cfg.num_heads * model_cfg.head_dim  # Hh
+  kv_width = model_cfg.kv_heads * model_cfg.head_dim  # Kh
+  projections = 2 * d * query_width + 2 * d * kv_width
+  mlp = (3 if model_cfg.gated_mlp else 2) * d * f
+  flops = L * (2 * T * projections + 2 * T * mlp + 2 * 2 * T * T * query_width)
   if "mlm" in model_cfg.heads:
     flops += 2 * max_predictions * (d * d + d * V)
   if "lm" in model_cfg.heads:

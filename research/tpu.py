@@ -2,9 +2,10 @@
 
 `tpu_devices(parse_topology("v5e:2x4"))` gives a slice's devices for compiling only (libtpu's
 `jax.experimental.topologies`); `estimate(config, topology, steps)` compiles the config's train
-(and eval) step for them with the config's mesh and reports per-device memory against the chip's
-HBM, XLA's FLOPs and bytes, and a roofline step time: the figures `python -m research.aot` prints
-(its module doc says what each means) and `python -m research.cost --topology` uses.
+(and eval, and generation's decode) step for them with the config's mesh and reports per-device
+memory against the chip's HBM, XLA's FLOPs and bytes, and a roofline step time: the figures
+`python -m research.aot` prints (its module doc says what each means) and `python -m
+research.cost --topology` uses. `abstract_decode_step` is generation's cached one-token step.
 """
 import dataclasses
 import math
@@ -12,7 +13,7 @@ import os
 
 from research.errors import UserError
 
-STEPS = ("train", "eval")
+STEPS = ("train", "eval", "decode")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +153,105 @@ def compile_step(step, kind: str):
     return None, first
 
 
+@dataclasses.dataclass
+class DecodeStep:
+  """Generation's one-token step (`CachedModel.step`: every row feeds its last token, reads and
+  writes the key/value cache) over a mesh, abstractly: params sharded as `research.generate`
+  shards them (training's rules), the cache as `kv_cache.update` constrains it (batch split
+  over the data-parallel axes), `rows` rows and a cache of `cache_length` slots."""
+  mesh: object
+  rules: tuple
+  fn: object
+  args: tuple  # params, cache, tokens, prompt mask, index: sharded shape structs
+  in_shardings: tuple
+  out_shardings: tuple
+
+  def compile(self):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return jax.jit(self.fn, in_shardings=self.in_shardings, out_shardings=self.out_shardings,
+                     donate_argnums=1).lower(*self.args).compile()
+
+
+def abstract_decode_step(config, mesh) -> DecodeStep:
+  """The decode step of a decoder `config` (derived fields filled) on `mesh`: `train.batch_size`
+  rows, a cache of `data.seq_len` slots (a prompt of seq_len - 1 tokens and one new token)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from research import models, sharding  # pylint: disable=g-import-not-at-top
+  from research.generate import check_model, param_shardings  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from research.generate.cached_model import CachedModel, decoding_config
+  cfg = decoding_config(models.ModelConfig.of_run(config))
+  try:
+    check_model(cfg)
+  except UserError as e:
+    raise UserError(f"--step=decode: {e}") from None
+  rows, length = config.train.batch_size, config.data.seq_len
+  ways = sharding.data_parallel_size(mesh)
+  if rows % ways:
+    raise UserError(f"--step=decode: train.batch_size ({rows}, the rows decoded at once) must be "
+                    f"divisible by the data-parallel size (mesh data x fsdp = {ways})")
+  rules = sharding.rules_of(config)
+  model = CachedModel(cfg, prompt_length=length - 1, max_new_tokens=1)
+  shard = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+  p_shardings = param_shardings(cfg, mesh, rules)  # outside the mesh: it makes a small array
+  with nn.logical_axis_rules(rules):
+    params = jax.eval_shape(lambda: nn.unbox(models.build(cfg).init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+  params = jax.tree.map(shard, params, p_shardings)
+  batch = sharding.batch_sharding(mesh)
+  ids = jax.ShapeDtypeStruct((rows, length - 1), jnp.int32, sharding=batch)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    cache = jax.eval_shape(model.prefill, params, ids, ids)[1]
+  c_shardings = jax.tree.map(lambda x: NamedSharding(mesh, PartitionSpec(
+      *([None] * (x.ndim - 4)), sharding.BATCH_AXES)), cache)  # (.., batch, slot, heads, dim)
+  cache = jax.tree.map(shard, cache, c_shardings)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  args = (params, cache, jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=batch), ids,
+          jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
+  return DecodeStep(mesh, rules, model.step, args,
+                    (p_shardings, c_shardings, batch, batch, replicated), (None, c_shardings))
+
+
+def decode_figures(config, mesh, model_cfg, chip, peak: float) -> dict:
+  """The decode step's figures: its params and cache per device, XLA's memory and cost, and the
+  roofline per generated token (`train.batch_size` tokens a step)."""
+  from research import memory, perf  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  step = abstract_decode_step(config, mesh)
+  devices, rows, length = mesh.devices.size, config.train.batch_size, config.data.seq_len
+  # One token per row, attending to the whole cache: the sequence's forward FLOPs / its length.
+  flops = rows * perf.forward_flops_per_sequence(model_cfg, length) / length
+  figures = {"params": memory.shard_bytes(step.args[0]), "optimizer": 0,
+             "cache": memory.shard_bytes(step.args[1]), "rows": rows, "cache_length": length,
+             "model_flops": flops / devices}
+  try:
+    compiled = step.compile()
+  except jax.errors.JaxRuntimeError as e:
+    first = str(e).splitlines()[0]
+    if "RESOURCE_EXHAUSTED" not in first:
+      raise
+    return dict(figures, fits=False, xla_error=first, levers=[
+        f"fewer rows decoded at once (--config.train.batch_size, now {rows}) or a shorter "
+        f"cache (--config.data.seq_len, now {length})"])
+  stats = compiled.memory_analysis()
+  figures.update(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
+                 alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes,
+                 total=perf.compiled_bytes(compiled), code=stats.generated_code_size_in_bytes,
+                 **cost_figures(compiled))
+  need = figures["total"] + figures["code"]
+  figures.update(fits=need <= chip.hbm_bytes, headroom=chip.hbm_bytes - need,
+                 **roofline(figures, chip, peak, rows, flops, devices))
+  if not figures["fits"]:
+    figures["levers"] = [f"fewer rows decoded at once (--config.train.batch_size, now {rows}) "
+                         f"or a shorter cache (--config.data.seq_len, now {length})"]
+  return figures
+
+
 def estimate(config, topology: Topology, steps) -> dict:
   """Every figure of the module doc, as one dict (the --json object)."""
   from research import chips, memory, models, perf  # pylint: disable=g-import-not-at-top
@@ -184,8 +284,12 @@ def estimate(config, topology: Topology, steps) -> dict:
                         "> 1, model.scan_layers): its FLOPs and bytes, and so the roofline step "
                         "time, tokens/s and MFU, are too small by the loop's trip count; the "
                         "memory is right")
-  step = memory.abstract_step(config, mesh)
+  if "decode" in steps:
+    out["steps"]["decode"] = decode_figures(config, mesh, model_cfg, chip, peak)
+  step = memory.abstract_step(config, mesh) if set(steps) - {"decode"} else None
   for kind in steps:
+    if kind == "decode":
+      continue
     compiled, oom = compile_step(step, kind)
     # Forward only (a third of training's FLOPs) for the eval step.
     flops = model_flops if kind == "train" else model_flops / 3
@@ -226,8 +330,13 @@ def report(out: dict) -> list:
            f"{m['data']}, fsdp {m['fsdp']}, tensor {m['tensor']}; remat {out['remat']}"]
   lines += [f"  ({note})" for note in out["notes"]]
   for kind, f in out["steps"].items():
-    lines.append(f"{kind} step, per device: params {gib(f['params'])}, optimizer "
-                 f"{gib(f['optimizer'])}")
+    if kind == "decode":
+      lines.append(f"decode step ({f['rows']} rows, one new token each, a cache of "
+                   f"{f['cache_length']} slots), per device: params {gib(f['params'])}, cache "
+                   f"{gib(f['cache'])}")
+    else:
+      lines.append(f"{kind} step, per device: params {gib(f['params'])}, optimizer "
+                   f"{gib(f['optimizer'])}")
     if "xla_error" in f:
       lines.append(f"  does not fit: XLA: {f['xla_error']}")
       continue
@@ -240,6 +349,9 @@ def report(out: dict) -> list:
               f"  roofline step {f['step_seconds'] * 1e3:.1f} ms ({f['bound']} bound; compute "
               f"{f['compute_seconds'] * 1e3:.1f} ms, HBM {f['memory_seconds'] * 1e3:.1f} ms): "
               f"{f['tokens_per_sec']:,.0f} tokens/s, MFU {f['mfu']:.3f}"]
+    if kind == "decode":
+      lines[-1] += (f"; {f['step_seconds'] * 1e3:.2f} ms per generated token of a row "
+                    "(the step)")
   return lines
 
 

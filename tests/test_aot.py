@@ -169,3 +169,39 @@ def test_too_large_config_is_reported_in_one_line():
                        "or --config.model.remat=full (or dots): keep fewer activations for the "
                        "backward pass; or a smaller batch per step (--config.train.batch_size, "
                        "now 32) or --config.train.grad_accum_steps=2 (now 1)"), line
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation's decode step.
+# ---------------------------------------------------------------------------------------------
+def test_decode_step_needs_a_decoder(libtpu_env):
+  with pytest.raises(UserError) as e:
+    tpu.estimate(config_of("mlm", "runlocal", (4, 1, 1)), tpu.parse_topology("v5e:2x2"),
+                 ["decode"])
+  assert str(e.value) == ("--step=decode: generation needs a decoder with a causal-LM head; this "
+                          "model is an encoder with heads ['mlm']")
+
+
+@pytest.mark.slow
+def test_decode_step_compiles_with_its_cache(libtpu_env):
+  """The runlocal decoder's one-token step for 32 rows against a 128-slot cache, fsdp=4 on a
+  v5e 2x2: params sharded as training shards them, the cache split by rows (8 per chip): 2
+  layers x (key, value) x 8 rows x 128 slots x 2 heads x 64 x 4 bytes (float32 compute) = 2 MiB,
+  both inside XLA's arguments; the step time is one generated token per row."""
+  from research import memory  # pylint: disable=g-import-not-at-top
+  from research.run_shape import shape_config  # pylint: disable=g-import-not-at-top
+  config = config_of("clm", "runlocal", (1, 4, 1))
+  out = tpu.estimate(config, tpu.parse_topology("v5e:2x2"), ["decode"])
+  decode = out["steps"]["decode"]
+  assert decode["cache"] == 2 * 2 * 8 * 128 * 2 * 64 * 4
+  mesh = tpu.topology_mesh(config, tpu.parse_topology("v5e:2x2"),
+                           tpu.tpu_devices(tpu.parse_topology("v5e:2x2")))
+  train_params = memory.shard_bytes(memory.abstract_step(shape_config(config)[0],
+                                                         mesh).state.params)
+  assert decode["params"] == train_params
+  assert decode["fits"] and decode["argument"] >= decode["params"] + decode["cache"]
+  assert decode["tokens_per_sec"] == pytest.approx(32 / decode["step_seconds"])
+  assert decode["xla_flops"] > 0 and decode["rows"] == 32 and decode["cache_length"] == 128
+  lines = tpu.report(out)
+  assert ("decode step (32 rows, one new token each, a cache of 128 slots), per device: params "
+          f"{tpu.gib(decode['params'])}, cache 2.0 MiB") in lines

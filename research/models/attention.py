@@ -1,4 +1,5 @@
-"""softmax(q k / sqrt(head_dim)) v: our XLA form, or jax's call for cuDNN's fused kernel.
+"""softmax(q k / sqrt(head_dim)) v: our XLA form, jax's call for cuDNN's fused kernel, or Pallas's
+TPU flash attention kernel (`impl='pallas_flash'`: research/models/tpu_attention.py).
 
 `dot_product_attention(q, k, v, impl, mask=, is_causal=)` takes what `jax.nn.dot_product_attention`
 takes (q (batch, query, heads, head_dim), k and v (batch, key, kv_heads, head_dim); a boolean
@@ -21,16 +22,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models import tpu_attention
+
 # What a masked logit becomes (jax's choice: finite, so a fully masked row stays finite).
 MASKED = np.float32(-0.7 * np.finfo(np.float32).max)
 
 
 def dot_product_attention(q, k, v, impl: str, **mask_kwargs):
-  """`impl` 'xla': ours (`mask`, `is_causal`); else `jax.nn.dot_product_attention` with
-  `mask_kwargs` (cuDNN also takes sequence lengths: `layers.AttentionMask.kwargs`)."""
-  if impl != "xla":
-    return jax.nn.dot_product_attention(q, k, v, implementation=impl, **mask_kwargs)
-  return xla_attention(q, k, v, **mask_kwargs)
+  """`impl` 'xla': ours (`mask`, `is_causal`); 'pallas_flash': `tpu_attention.flash_attention`
+  (`segment_ids`, `is_causal`); else `jax.nn.dot_product_attention` with `mask_kwargs` (cuDNN also
+  takes sequence lengths). `layers.AttentionMask.kwargs(impl)` gives each its `mask_kwargs`."""
+  if impl == "xla":
+    return xla_attention(q, k, v, **mask_kwargs)
+  if impl == tpu_attention.IMPL:
+    return tpu_attention.flash_attention(q, k, v, **mask_kwargs)
+  return jax.nn.dot_product_attention(q, k, v, implementation=impl, **mask_kwargs)
 
 
 def xla_attention(q, k, v, mask=None, is_causal: bool = False):

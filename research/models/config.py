@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from research.errors import UserError
 from research.models import quantization
+from research.models import tpu_attention
 from research.peft.config import PeftConfig
 
 # (num_layers, hidden_size, num_heads). tiny..small are the BERT miniatures of Turc et al. (2019);
@@ -78,7 +79,8 @@ class ModelConfig:
   param_dtype: str = "float32"
   heads: tuple = ()  # HeadSpec strings: a kind from HEADS, or 'name=kind[:num_labels]'
   tie_embeddings: bool = True  # vocabulary projections reuse the token embedding matrix
-  attention_impl: Optional[str] = None  # None: cuDNN on GPU with 16-bit compute, else XLA
+  # None: cuDNN on GPU with 16-bit compute, else XLA; 'pallas_flash': Pallas's TPU flash attention
+  attention_impl: Optional[str] = None
   remat: str = "none"  # recompute block activations in the backward pass: 'none', 'full', 'dots'
   scan_layers: bool = False  # one nn.scan over the blocks (parameters stacked on a 'layers' axis)
   # Projections (every `layers.Einsum`): 'none', 'int8_weights', 'int8' (weights and
@@ -142,7 +144,8 @@ class ModelConfig:
     choices = {"norm": ("layernorm", "rmsnorm"), "activation": ACTIVATIONS,
                "position_embedding": ("learned", "rotary"),
                "classifier": ("pooled", "first_token_mlp"), "remat": ("none", "full", "dots"),
-               "attention_impl": (None, "", "xla", "cudnn"), "quantization": quantization.MODES}
+               "attention_impl": (None, "", "xla", "cudnn", tpu_attention.IMPL),
+               "quantization": quantization.MODES}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise UserError(f"model.{field} must be one of {allowed}, got {getattr(self, field)!r}")

@@ -15,6 +15,7 @@ from research.models import attention
 from research.models import kv_cache
 from research.models import layout
 from research.models import quantization
+from research.models import tpu_attention
 from research.errors import UserError
 from research.models.config import ModelConfig
 from research.models.dropout import Dropout
@@ -117,7 +118,10 @@ class AttentionMask:
   causal: bool = flax.struct.field(pytree_node=False)
 
   def kwargs(self, impl: str) -> dict:
-    """Keyword arguments of `jax.nn.dot_product_attention` for implementation `impl`."""
+    """Keyword arguments of `attention.dot_product_attention` for implementation `impl` (Pallas
+    flash attention takes segment ids: `tpu_attention.mask_kwargs`)."""
+    if impl == tpu_attention.IMPL:
+      return tpu_attention.mask_kwargs(self.padding, self.segment_ids, self.causal)
     if self.padding is None and self.segment_ids is None:
       return {"is_causal": self.causal}  # nothing to mask but the future, if causal
     padding = self.padding
@@ -229,7 +233,9 @@ class SelfAttention(nn.Module):
   """Multi-head (or grouped-query) self-attention (`attention.dot_product_attention`).
 
   On GPUs with 16-bit compute that runs cuDNN's fused kernel (see `attention_impl`), elsewhere
-  our XLA form (research/models/attention.py).
+  our XLA form (research/models/attention.py); `attention_impl='pallas_flash'` runs Pallas's TPU
+  flash attention (research/models/tpu_attention.py) except where the mask is dense (the decode
+  step, prefix tuning): those fall back to the XLA form.
   Attention-probability dropout is not applied (the fused kernel does not support it); dropout
   acts on the attention output instead. With prefix tuning (research/peft/prefix.py) the keys and
   values get learned prefixes; `prefix_hidden` is the shared prefix MLP's output (or None).
@@ -256,6 +262,8 @@ class SelfAttention(nn.Module):
     if self.is_mutable_collection(ATTENTION) and decode is None:  # asked for (distillation)
       self.sow(ATTENTION, "log_probs", attention_log_probs(q, k, mask.dense(*x.shape[:2])))
     impl = attention_impl(cfg)
+    if impl == tpu_attention.IMPL and (decode is not None or cfg.peft.method == "prefix"):
+      impl = "xla"  # a dense mask (the decode step's, the prefixes'): the kernel takes none
     kwargs = mask.kwargs(impl)
     if cfg.peft.method == "prefix":
       if prefix_lib.refusal(impl):
