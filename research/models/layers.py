@@ -233,7 +233,7 @@ class SelfAttention(nn.Module):
   """Multi-head (or grouped-query) self-attention (`attention.dot_product_attention`).
 
   On GPUs with 16-bit compute that runs cuDNN's fused kernel (see `attention_impl`), elsewhere
-  our XLA form (research/models/attention.py); `attention_impl='pallas_flash'` runs Pallas's TPU
+  XLA (our form on a CPU, jax's on other targets: research/models/attention.py); `attention_impl='pallas_flash'` runs Pallas's TPU
   flash attention (research/models/tpu_attention.py) except where the mask is dense (the decode
   step, prefix tuning): those fall back to the XLA form.
   Attention-probability dropout is not applied (the fused kernel does not support it); dropout
