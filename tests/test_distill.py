@@ -466,8 +466,11 @@ def test_a_student_on_eight_devices_logs_the_one_device_losses(teacher, tmp_path
   assert len(runs["one"]) == 4
   for key in ("train/loss", "train/bbc_news_soft/loss", "train/hidden/loss",
               "train/attention/loss"):
+    # abs=2e-7: the soft term is a KL of nearly equal distributions (4.7e-4 here, a difference of
+    # terms near 1), so float32 round-off that differs between meshes moves it by ~1e-7 absolute,
+    # 2e-4 relative (measured: 9.4e-8 at step 1 on 8 devices against 1).
     assert [r[key] for r in runs["eight"]] == pytest.approx([r[key] for r in runs["one"]],
-                                                           rel=1e-4), key
+                                                           rel=1e-4, abs=2e-7), key
 
 
 def test_the_teacher_is_laid_out_by_the_runs_rules_not_replicated():
