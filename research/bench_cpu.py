@@ -16,7 +16,7 @@ Rows per workload:
   train   one train step: forward, backward, AdamW (ours: `step.make_train_step`, jitted as the
           trainer jits it; dropout on, as in training)
   eval    the forward-only eval step: loss and the objective's sums (`make_eval_step` over the
-          objectives' `loss_and_sums`), no dropout
+          objectives' `eval_sums`), no dropout
   infer   predict's path (classification only): the head's logits for `infer_batch` rows
           (research.predict jits the task's eval outputs, which are those logits)
 The peer (`--peer=hf`) is the matching transformers model (BertForMaskedLM, GPT2LMHeadModel,
@@ -154,8 +154,8 @@ def build_ours(w: Workload) -> Ours:
   train_step = make_train_step(model, objectives, tx, lr,
                                derive_dropout_key(dropout_key, config.train.dropout_prng),
                                config.train.grad_accum_steps)
-  eval_step = make_eval_step(model, lambda outputs, batch: objectives_lib.loss_and_sums(
-      objectives, outputs, batch, objectives_lib.counts(objectives, batch))[1])
+  eval_step = make_eval_step(model, lambda outputs, batch: objectives_lib.eval_sums(
+      objectives, outputs, batch))
   start = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
