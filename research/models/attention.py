@@ -61,8 +61,39 @@ def xla_attention(q, k, v, mask=None, is_causal: bool = False):
     allowed = causal if allowed is None else allowed & causal
   if allowed is not None:
     logits = jnp.where(allowed, logits, MASKED)
+  out = softmax_times(logits, v)
+  return out.astype(v.dtype).reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3)
+
+
+@jax.custom_jvp
+def softmax_times(logits, v):
+  """softmax(logits) @ v in float32: logits (batch, kv_heads, group, query, key) float32, v
+  (batch, kv_heads, key, head_dim).
+
+  The forward normalises after the product (module doc). Its derivative is defined, not traced:
+  traced, the quotient's two terms (g.v_j / sum and g.out / sum^2) cancel only to round-off where
+  the softmax saturates, and that residue, multiplied by the keys, gave a gradient 3e7 times
+  jax's when a diverging run's logits were ~1e4 (tests/test_nonfinite.py's lr 1e3 run). The
+  tangent below is the softmax's own, y (dx - sum(y dx)), as jax.nn.softmax defines it: exactly
+  zero on a saturated row, and its transpose is jax's backward."""
   unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
   out = jnp.einsum("bkgts,bksh->bkgth", unnormalised.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
-  out = out / unnormalised.sum(-1, keepdims=True)
-  return out.astype(v.dtype).reshape(batch, heads, length, head_dim).transpose(0, 2, 1, 3)
+  return out / unnormalised.sum(-1, keepdims=True)
+
+
+@softmax_times.defjvp
+def _softmax_times_jvp(primals, tangents):
+  logits, v = primals
+  logits_dot, v_dot = tangents
+  unnormalised = jnp.exp(logits - logits.max(-1, keepdims=True))
+  total = unnormalised.sum(-1, keepdims=True)
+  out = jnp.einsum("bkgts,bksh->bkgth", unnormalised.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32) / total
+  probs = unnormalised / total
+  probs_dot = probs * (logits_dot - jnp.sum(probs * logits_dot, -1, keepdims=True))
+  out_dot = (jnp.einsum("bkgts,bksh->bkgth", probs_dot.astype(v.dtype), v,
+                        preferred_element_type=jnp.float32)
+             + jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v_dot,
+                          preferred_element_type=jnp.float32))
+  return out, out_dot
