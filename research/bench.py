@@ -214,7 +214,7 @@ def time_train_step(config, steps: int, warmup: int, profile_dir: str = "", name
   `steps` timed steps (see the module doc). `research.cost --calibrate` times it too."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from research import models, objectives, perf, sharding  # pylint: disable=g-import-not-at-top
+  from research import compile_options, models, objectives, perf, sharding  # pylint: disable=g-import-not-at-top
   from research.models import layers  # pylint: disable=g-import-not-at-top
   from research.train import optim, state as state_lib  # pylint: disable=g-import-not-at-top
   from research.train.step import derive_dropout_key, make_train_step  # pylint: disable=g-import-not-at-top
@@ -236,7 +236,8 @@ def time_train_step(config, steps: int, warmup: int, profile_dir: str = "", name
   start, start_cpu = time.perf_counter(), time.process_time()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, None), donate_argnums=0
+                   out_shardings=(state_shardings, None), donate_argnums=0,
+                   compiler_options=compile_options.for_step(compile_options.TRAIN)
                    ).lower(state, batch).compile()
   compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
   memory = step.memory_analysis()  # this program's own buffers, unlike the process-wide peak
@@ -437,8 +438,8 @@ def main(argv=None):
   cpu.add_argument("--calls", type=int, default=1,
                    help="with --device=cpu: calls per side per round")
   cpu.add_argument("--levers", action="store_true",
-                   help="with --device=cpu: train-step rows with our CPU levers off, each alone, "
-                        "all on (no peer)")
+                   help="with --device=cpu: each --rows row with our CPU levers off, each "
+                        "alone, all on (no peer)")
   cpu.add_argument("--table", action="store_true",
                    help="with --device=cpu: also print the README's markdown table")
   args = parser.parse_args(argv)

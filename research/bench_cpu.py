@@ -135,7 +135,7 @@ class Ours:
 def build_ours(w: Workload) -> Ours:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from research import models, objectives as objectives_lib, sharding  # pylint: disable=g-import-not-at-top
+  from research import compile_options, models, objectives as objectives_lib, sharding  # pylint: disable=g-import-not-at-top
   from research.train import optim, state as state_lib  # pylint: disable=g-import-not-at-top
   from research.train.step import (apply_model, derive_dropout_key, make_eval_step,  # pylint: disable=g-import-not-at-top
                                    make_train_step)
@@ -159,12 +159,16 @@ def build_ours(w: Workload) -> Ours:
   start = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
-                    out_shardings=(shardings, None), donate_argnums=0).lower(state, batch).compile()
-    evaluate = jax.jit(eval_step).lower(state.params, batch).compile()
+                    out_shardings=(shardings, None), donate_argnums=0,
+                    compiler_options=compile_options.for_step(compile_options.TRAIN)
+                    ).lower(state, batch).compile()
+    forward_options = compile_options.for_step(compile_options.FORWARD)
+    evaluate = jax.jit(eval_step, compiler_options=forward_options
+                       ).lower(state.params, batch).compile()
     infer = None
     if infer_batch is not None:
-      infer = jax.jit(lambda p, b: apply_model(model, p, b)[f"{head}_logits"]
-                      ).lower(state.params, infer_batch).compile()
+      infer = jax.jit(lambda p, b: apply_model(model, p, b)[f"{head}_logits"],
+                      compiler_options=forward_options).lower(state.params, infer_batch).compile()
   return Ours(config, model_cfg, state, train, evaluate, infer, batch, infer_batch,
               time.perf_counter() - start)
 
@@ -285,11 +289,16 @@ def _jax_gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
+def _xla_default_options(kind, platform=None):  # pylint: disable=unused-argument
+  return {}
+
+
 # name: (module, attribute or ACTIVATIONS key, what it replaced)
 LEVERS = {
     "fused_dropout_bits": ("research.models.dropout", "keep_mask", _jax_dropout_mask),
     "heads_major_attention": ("research.models.attention", "xla_attention", _jax_attention),
     "erf_gelu": ("research.models.layers", "ACTIVATIONS['gelu']", _jax_gelu),
+    "xla_cpu_options": ("research.compile_options", "for_step", _xla_default_options),
 }
 
 
@@ -315,10 +324,11 @@ def levers_off(names):
       table[key] = value
 
 
-def measure_levers(w: Workload, repeats: int, calls: int, warmup: int) -> list:
-  """Train-step rows: every lever off (the code before them), each lever alone, all on; each
-  with its loss after the same steps on the same batch, which the levers leave equal to
-  round-off (dropout's bits are identical)."""
+def measure_levers(w: Workload, rows, repeats: int, calls: int, warmup: int) -> list:
+  """For each of `rows`: every lever off (the code before them), each lever alone, all on,
+  timed interleaved. Train rows carry the loss after the same steps on the same batch, eval rows
+  the eval loss, infer rows the largest logit difference from 'none': the levers leave each equal
+  to round-off (dropout's bits are identical)."""
   names = list(LEVERS)
   variants = {"none": names, **{f"only {n}": [m for m in names if m != n] for n in names},
               "all": []}
@@ -326,27 +336,40 @@ def measure_levers(w: Workload, repeats: int, calls: int, warmup: int) -> list:
   for variant, off in variants.items():
     with levers_off(off):
       built[variant] = build_ours(w)
-  calls_of = {v: our_calls(o)["train"] for v, o in built.items()}
-  for _ in range(warmup):
-    for fn in calls_of.values():
-      fn()
-  samples = {v: [] for v in variants}
-  for _ in range(repeats):
-    for variant, fn in calls_of.items():
-      start = time.perf_counter()
-      for _ in range(calls):
-        fn()
-      samples[variant].append((time.perf_counter() - start) / calls)
-  base = summary(samples["none"])[0]
   out = []
-  for variant in variants:
-    seconds, spread = summary(samples[variant])
-    out.append({"workload": w.name, "row": "train", "levers": variant, "ms": 1e3 * seconds,
-                "spread": spread, "tokens_per_sec": w.batch * w.seq / seconds,
-                "speedup": base / seconds, "repeats": repeats,
-                # every variant took the same steps on the same batch: the same loss to round-off
-                "loss": float(built[variant].metrics["train/loss"])})
+  for row in rows:
+    if row == "infer" and built["none"].infer is None:
+      continue
+    calls_of = {v: our_calls(o)[row] for v, o in built.items()}
+    for _ in range(warmup):
+      for fn in calls_of.values():
+        fn()
+    samples = {v: [] for v in variants}
+    for _ in range(repeats):
+      for variant, fn in calls_of.items():
+        start = time.perf_counter()
+        for _ in range(calls):
+          fn()
+        samples[variant].append((time.perf_counter() - start) / calls)
+    base = summary(samples["none"])[0]
+    rows_per_call = w.infer_batch if row == "infer" else w.batch
+    for variant in variants:
+      seconds, spread = summary(samples[variant])
+      out.append({"workload": w.name, "row": row, "levers": variant, "ms": 1e3 * seconds,
+                  "spread": spread, "tokens_per_sec": rows_per_call * w.seq / seconds,
+                  "speedup": base / seconds, "repeats": repeats,
+                  **lever_result(row, built[variant], built["none"])})
   return out
+
+
+def lever_result(row: str, ours: Ours, none: Ours) -> dict:
+  """What a lever must leave unchanged beyond round-off, for one row of `measure_levers`."""
+  if row == "train":  # every variant took the same steps on the same batch
+    return {"loss": float(ours.metrics["train/loss"])}
+  if row == "eval":
+    return {"loss": eval_loss(ours)}
+  logits = lambda o: np.asarray(o.infer(o.state.params, o.infer_batch))
+  return {"max_logit_diff": float(np.abs(logits(ours) - logits(none)).max())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +456,8 @@ def main(args):
   records = []
   for name in names:
     if args.levers:
-      for record in measure_levers(WORKLOADS[name], args.repeats, args.calls, args.warmup):
+      for record in measure_levers(WORKLOADS[name], rows, args.repeats, args.calls,
+                                   args.warmup):
         print(json.dumps(record), flush=True)
       continue
     for record in measure(WORKLOADS[name], rows, args.peer, args.repeats, args.calls,

@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from research import bench, config_lib, models, perf, sharding
+from research import bench, compile_options, config_lib, models, perf, sharding
 from research import objectives as objectives_lib
 from research.errors import UserError
 from research.train import optim
@@ -144,7 +144,9 @@ class AbstractStep:
   def jit_train(self):
     """The step jitted as `trainer.compile_steps` jits it: the state donated."""
     return jax.jit(self.train_step, in_shardings=(self.shardings, self.batch_sharding),
-                   out_shardings=(self.shardings, None), donate_argnums=0)
+                   out_shardings=(self.shardings, None), donate_argnums=0,
+                   compiler_options=compile_options.for_step(
+                       compile_options.TRAIN, self.mesh.devices.flat[0].platform))
 
   def compile_train(self):
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
@@ -156,7 +158,9 @@ class AbstractStep:
     eval_step = make_eval_step(self.model, functools.partial(objectives_lib.eval_sums,
                                                              self.objectives))
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      return jax.jit(eval_step, in_shardings=(self.shardings.params, self.batch_sharding)
+      return jax.jit(eval_step, in_shardings=(self.shardings.params, self.batch_sharding),
+                     compiler_options=compile_options.for_step(
+                         compile_options.FORWARD, self.mesh.devices.flat[0].platform)
                      ).lower(self.state.params, self.batch).compile()
 
 

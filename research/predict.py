@@ -57,7 +57,7 @@ class Predictor:
     import jax  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
     from research import checkpoint, models  # pylint: disable=g-import-not-at-top
-    from research import tasks  # pylint: disable=g-import-not-at-top
+    from research import compile_options, tasks  # pylint: disable=g-import-not-at-top
     from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     from research.tasks import finetuning  # pylint: disable=g-import-not-at-top
     from research.train import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -84,7 +84,9 @@ class Predictor:
     # On the device once: host arrays (a checkpoint restored without shardings) would be copied
     # to it again at every call.
     self.params = jax.device_put(checkpoint.workdir_params(workdir, best=True))
-    self.forward = jax.jit(lambda p, b: self.task.eval_outputs(step_lib.apply_model(model, p, b), b))
+    self.forward = jax.jit(
+        lambda p, b: self.task.eval_outputs(step_lib.apply_model(model, p, b), b),
+        compiler_options=compile_options.for_step(compile_options.FORWARD))
 
   def predict(self, rows: list[dict], progress=None) -> list[dict]:
     import numpy as np  # pylint: disable=g-import-not-at-top

@@ -28,7 +28,7 @@ import numpy as np
 from research import checkpoint as ckpt_lib
 from research import data as data_lib
 from research import params as params_lib
-from research import sharding
+from research import compile_options, sharding
 from research.errors import UserError
 from research.objectives import distillation
 
@@ -104,7 +104,8 @@ def compute(r, teacher, folder: str):
   total = r.config.train.steps
   batch_sharding = sharding.batch_sharding(r.mesh)
   params = jax.device_put(teacher.params, teacher.shardings(r.mesh, r.rules))
-  outputs = jax.jit(teacher.outputs)
+  outputs = jax.jit(teacher.outputs, compiler_options=compile_options.for_step(
+      compile_options.FORWARD, r.mesh.devices.flat[0].platform))
   os.makedirs(folder, exist_ok=True)
   arrays = None
   bar = tqdm.tqdm(total=total, unit="step", desc="teacher logits",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import compile_options
 from research.models import tpu_attention
 
 # What a masked logit becomes (jax's choice: finite, so a fully masked row stays finite).
@@ -35,7 +36,7 @@ def dot_product_attention(q, k, v, impl: str, **mask_kwargs):
   `tpu_attention.flash_attention`
   (`segment_ids`, `is_causal`); else `jax.nn.dot_product_attention` with `mask_kwargs` (cuDNN also
   takes sequence lengths). `layers.AttentionMask.kwargs(impl)` gives each its `mask_kwargs`."""
-  if impl == "xla" and tpu_attention.platform() == "cpu":
+  if impl == "xla" and compile_options.target_platform() == "cpu":
     return xla_attention(q, k, v, **mask_kwargs)
   if impl == tpu_attention.IMPL:
     return tpu_attention.flash_attention(q, k, v, **mask_kwargs)

@@ -60,12 +60,6 @@ def block_size(length: int) -> int:
   return next(b for b in BLOCKS if length % b == 0)
 
 
-def platform() -> str:
-  """Where the traced computation will run: the set mesh's platform, else the default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
-
-
 def flash_attention(q, k, v, segment_ids=None, is_causal: bool = False):
   """(batch, query, heads, head_dim) in q's dtype; k, v (batch, key, kv_heads, head_dim);
   `segment_ids` (batch, length) int32 (0: padding) or None (module doc)."""

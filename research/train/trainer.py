@@ -25,7 +25,7 @@ import numpy as np
 
 from research import checkpoint as ckpt_lib
 from research import data as data_lib
-from research import models, perf, sharding, tracking
+from research import compile_options, models, perf, sharding, tracking
 from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
 from research.compress import distill, magnitude, precomputed
@@ -175,9 +175,13 @@ def compile_steps(r: Run, b: Built) -> Steps:
                         nonfinite.limit(r.config.train), optim.trainable_predicate(r.config),
                         b.teacher),
         in_shardings=(b.shardings, batch_sharding, *extra_shardings),
-        out_shardings=(b.shardings, None), donate_argnums=0), extra) for task in tasks]
+        out_shardings=(b.shardings, None), donate_argnums=0,
+        compiler_options=compile_options.for_step(compile_options.TRAIN)), extra)
+        for task in tasks]
     eval_steps = [jax.jit(make_eval_step(b.model, task.eval_outputs),
-                          in_shardings=(b.shardings.params, batch_sharding)) for task in tasks]
+                          in_shardings=(b.shardings.params, batch_sharding),
+                          compiler_options=compile_options.for_step(compile_options.FORWARD))
+                  for task in tasks]
   return Steps(train_steps, eval_steps, batch_sharding)
 
 
