@@ -270,8 +270,9 @@ def our_calls(ours: Ours) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Levers: each of this codebase's CPU speed-ups can be swapped back for what it replaced, so its
-# effect is measured on its own (`--levers`). Swapping acts when a step is traced: every variant
-# is compiled with its own set, then all are timed interleaved.
+# effect is measured on its own (`--levers`). Swapping acts when a step is traced and jitted
+# (`xla_cpu_options` is read when the jit is made): every variant is built with its own set,
+# then all are timed interleaved.
 # ---------------------------------------------------------------------------------------------
 def _jax_dropout_mask(key, keep_prob, shape):
   import jax  # pylint: disable=g-import-not-at-top

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import compile_options
 from research.errors import UserError
 
 IMPL = "pallas_flash"  # the `model.attention_impl` value
@@ -75,7 +76,7 @@ def flash_attention(q, k, v, segment_ids=None, is_causal: bool = False):
   if group > 1:
     k, v = jnp.repeat(k, group, axis=1), jnp.repeat(v, group, axis=1)
   kernel = _kernel(block_size(length), is_causal, float(1.0 / np.sqrt(head_dim)),
-                   interpret=platform() != "tpu")
+                   interpret=compile_options.target_platform() != "tpu")
   args = (q, k, v) if segment_ids is None else (q, k, v, segment_ids)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty:
