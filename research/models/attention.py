@@ -77,24 +77,27 @@ def softmax_times(logits, v):
   jax's when a diverging run's logits were ~1e4 (tests/test_nonfinite.py's lr 1e3 run). The
   tangent below is the softmax's own, y (dx - sum(y dx)), as jax.nn.softmax defines it: exactly
   zero on a saturated row, and its transpose is jax's backward."""
-  unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-  out = jnp.einsum("bkgts,bksh->bkgth", unnormalised.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)
-  return out / unnormalised.sum(-1, keepdims=True)
+  return _unnormalised_times(logits, v)[0]
+
+
+def _times(probs, v):
+  """(batch, kv_heads, group, query, key) weights @ (batch, kv_heads, key, head_dim) values, in
+  the values' dtype, accumulated in float32."""
+  return jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v,
+                    preferred_element_type=jnp.float32)
+
+
+def _unnormalised_times(logits, v):
+  """(softmax(logits) @ v, the unnormalised exp, its row sums): normalised after the product."""
+  unnormalised = jnp.exp(logits - logits.max(-1, keepdims=True))
+  total = unnormalised.sum(-1, keepdims=True)
+  return _times(unnormalised, v) / total, unnormalised, total
 
 
 @softmax_times.defjvp
 def _softmax_times_jvp(primals, tangents):
-  logits, v = primals
-  logits_dot, v_dot = tangents
-  unnormalised = jnp.exp(logits - logits.max(-1, keepdims=True))
-  total = unnormalised.sum(-1, keepdims=True)
-  out = jnp.einsum("bkgts,bksh->bkgth", unnormalised.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32) / total
+  (logits, v), (logits_dot, v_dot) = primals, tangents
+  out, unnormalised, total = _unnormalised_times(logits, v)
   probs = unnormalised / total
   probs_dot = probs * (logits_dot - jnp.sum(probs * logits_dot, -1, keepdims=True))
-  out_dot = (jnp.einsum("bkgts,bksh->bkgth", probs_dot.astype(v.dtype), v,
-                        preferred_element_type=jnp.float32)
-             + jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v_dot,
-                          preferred_element_type=jnp.float32))
-  return out, out_dot
+  return out, _times(probs_dot, v) + _times(probs, v_dot)
