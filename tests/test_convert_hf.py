@@ -206,8 +206,7 @@ def test_real_minilm_matches_transformers_by_default():
   sentences = ["The quick brown fox jumps over the lazy dog.", "Hello world!",
                "JAX and Flax compute the same numbers as PyTorch, on a CPU or a GPU.",
                "Tokenizers split naïve words like antidisestablishmentarianism."]
-  tok = tokenizer_lib.load(directory)
-  tok.no_padding()
+  tok = tokenizer_lib.load(directory)  # its file's padding to 128 off (`owned`)
   ids = [e.ids for e in tok.encode_batch(sentences)]
   assert ids == transformers.AutoTokenizer.from_pretrained(directory)(sentences)["input_ids"]
   length = max(map(len, ids))

@@ -4,6 +4,11 @@ Encoders get a BERT WordPiece tokenizer (lower-cased, [PAD] [UNK] [CLS] [SEP] [M
 GPT-2 byte-level BPE tokenizer (<|endoftext|>). Their vocabularies are learned by `bpe`, not by
 the `tokenizers` trainers, so the same texts give the same tokenizer in any process. A trained
 tokenizer is saved as WORKDIR/tokenizer.json and reused when the run resumes.
+
+Padding and truncation are ours (research/data/encoding.py, examples.py, ...), never the
+tokenizer's: many Hugging Face tokenizer.json files carry their own (all-MiniLM-L6-v2's: pad and
+truncate every encoding to 128 ids), which would put [PAD]s inside our rows and cut texts before
+we count them. Every tokenizer this module loads or trains comes out of `owned`, with both off.
 """
 import collections
 import dataclasses
@@ -87,7 +92,7 @@ def with_pair_template(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
   """A copy of `tok` whose encode(a, b) gives CLS a SEP b SEP with type ids 0/1 ([CLS]/<s>)."""
   ids = SpecialIds.of(tok)
   cls_token, sep_token = tok.id_to_token(ids.cls), tok.id_to_token(ids.sep)
-  out = tokenizers.Tokenizer.from_str(tok.to_str())
+  out = owned(tokenizers.Tokenizer.from_str(tok.to_str()))
   out.post_processor = processors.TemplateProcessing(
       single=f"{cls_token}:0 $A:0 {sep_token}:0",
       pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
@@ -117,10 +122,10 @@ def train(kind: str, text_batches, vocab_size: int) -> tokenizers.Tokenizer:
     tok = bert_wordpiece({})
     for texts in text_batches:
       counts.update(bpe.bert_word_counts(texts, tok.normalizer, tok.pre_tokenizer))
-    return wordpiece_from_counts(counts, vocab_size)
+    return owned(wordpiece_from_counts(counts, vocab_size))
   for texts in text_batches:
     counts.update(bpe.byte_level_word_counts(texts))
-  return byte_bpe_from_counts(counts, vocab_size)
+  return owned(byte_bpe_from_counts(counts, vocab_size))
 
 
 def wordpiece_from_counts(counts: dict, vocab_size: int) -> tokenizers.Tokenizer:
@@ -149,17 +154,29 @@ def byte_bpe_from_counts(counts: dict, vocab_size: int) -> tokenizers.Tokenizer:
   return tok
 
 
+def owned(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+  """`tok` with its own padding and truncation switched off (the module doc says why)."""
+  tok.no_padding()
+  tok.no_truncation()
+  return tok
+
+
 def load(path: str) -> tokenizers.Tokenizer:
   """Loads a tokenizer file or directory, giving the ids transformers' fast tokenizer gives.
 
   `path`: a tokenizer.json; a WordPiece vocab.txt; or a directory holding tokenizer.json, else
   vocab.txt (BERT; `do_lower_case` from tokenizer_config.json), else vocab.json + merges.txt
-  (GPT-2 byte-level BPE; RoBERTa's <s> A </s> when the vocabulary has <s> and </s>).
+  (GPT-2 byte-level BPE; RoBERTa's <s> A </s> when the vocabulary has <s> and </s>). Its own
+  padding and truncation are off (`owned`).
   """
+  return owned(_read(path))
+
+
+def _read(path: str) -> tokenizers.Tokenizer:
   if os.path.isdir(path):
     for name in ("tokenizer.json", "vocab.txt"):
       if os.path.exists(os.path.join(path, name)):
-        return load(os.path.join(path, name))
+        return _read(os.path.join(path, name))
     vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
     if os.path.exists(vocab) and os.path.exists(merges):
       with open(vocab, encoding="utf-8") as f:
@@ -186,9 +203,10 @@ def load(path: str) -> tokenizers.Tokenizer:
 
 
 def from_file(path: str) -> tokenizers.Tokenizer:
-  """A tokenizer.json; a file `tokenizers` cannot read fails in one line naming it."""
+  """A tokenizer.json, its own padding and truncation off (`owned`); a file `tokenizers` cannot
+  read fails in one line naming it."""
   try:
-    return tokenizers.Tokenizer.from_file(path)
+    return owned(tokenizers.Tokenizer.from_file(path))
   except Exception as e:  # pylint: disable=broad-except  (`tokenizers` raises plain Exception)
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UserError(f"{path!r} is not a tokenizer.json the `tokenizers` library can read "
