@@ -1,5 +1,6 @@
 """Gradient accumulation gives the full batch's loss and gradients, also when microbatches hold
 different numbers of predictions (the step divides once, by the global count)."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from research import models, objectives
 from research import params as params_lib
+from research.models.dropout import Dropout
 from research.train.step import TrainState, make_train_step
 
 ROWS, SEQ, VOCAB, ACCUM = 8, 16, 64, 4
@@ -118,3 +120,37 @@ def test_a_mean_of_microbatch_means_would_differ():
     means.append(float(loss))
   full, _, _ = run_step(model_cfg, objective, batch, 1)
   assert abs(np.mean(means) - full) > 1e-3 * full
+
+
+class MaskRecorder(nn.Module):
+  """Row r's output is w[r] times a dropout mask (input_ids[:, 0] holds r), so the gradient of
+  the sum of the outputs with respect to w[r] is the mask row r was given: 0 or 2 (rate 0.5)."""
+
+  @nn.compact
+  def __call__(self, input_ids, deterministic=True):
+    w = self.param("w", nn.initializers.ones, (ROWS, SEQ))
+    kept = Dropout(0.5)(jnp.ones((input_ids.shape[0], SEQ)), deterministic=deterministic)
+    return {"out": w[input_ids[:, 0]] * kept}
+
+
+def test_dropout_masks_differ_across_steps_and_microbatches():
+  """The step draws dropout from fold_in(key, step), microbatch i from fold_in(that, i): rows at
+  the same place of two microbatches, and a row at two steps, get different masks."""
+  model, tx = MaskRecorder(), gradient_recorder()
+  summed = objectives.Objective("sum", lambda batch: jnp.float32(1.0),
+                                lambda outputs, batch: {"loss": outputs["out"].sum()})
+  step = jax.jit(make_train_step(model, (summed,), tx, optax.constant_schedule(0.0),
+                                 jax.random.key(1), grad_accum_steps=2))
+  batch = {"input_ids": jnp.arange(ROWS, dtype=jnp.int32)[:, None]}
+  params = model.init(jax.random.key(0), batch["input_ids"])["params"]
+  state = TrainState.create(params, tx.init(params))
+  masks = []
+  for _ in range(2):
+    state, _ = step(state, batch)
+    masks.append(np.asarray(state.opt_state["w"]))  # the gradients: each row's mask
+  assert set(np.unique(masks)) == {0.0, 2.0}
+  # Microbatch 0 holds rows 0 and 2, microbatch 1 rows 1 and 3 (`_microbatches`).
+  for m in masks:
+    assert not np.array_equal(m[0], m[1]) and not np.array_equal(m[2], m[3])
+  for row in range(ROWS):
+    assert not np.array_equal(masks[0][row], masks[1][row]), row

@@ -114,6 +114,24 @@ def test_rank_allocation_prunes_to_the_budget_on_schedule_then_keeps_the_final_m
   assert kept[7] == set(range(8))
 
 
+@pytest.mark.parametrize("lead", [(), (2,)])
+def test_triplet_scores_average_over_p_and_q(lead):
+  """S_i = s(E_i) + mean_j s(P_ji) + mean_j s(Q_ij), s = I * U, per block when stacked; P
+  (in1 x in2 x rank) and Q (rank x out) of different sizes, so a sum would weigh them apart."""
+  rng = np.random.default_rng(0)
+  shapes = (lead + (3, 2, 4), lead + (4,), lead + (4, 5))  # P, E, Q
+  draw = lambda: tuple(rng.uniform(size=s).astype(np.float32) for s in shapes)
+  (sp, se, sq), (up, ue, uq) = draw(), draw()
+  got = np.asarray(adalora.triplet_scores([(sp, se, sq)], [(up, ue, uq)]))
+  expected = []
+  for block in np.ndindex(*lead):
+    for i in range(4):
+      p = [sp[block][a, b, i] * up[block][a, b, i] for a in range(3) for b in range(2)]
+      q = [sq[block][i, o] * uq[block][i, o] for o in range(5)]
+      expected.append(se[block][i] * ue[block][i] + sum(p) / 6 + sum(q) / 5)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
 def test_orthogonality_is_zero_for_orthonormal_factors_and_grows_otherwise():
   rng = np.random.default_rng(0)
   p = np.linalg.qr(rng.normal(size=(2, 12, 4)))[0]  # stacked: 2 blocks of (12 x 4), P^T P = I
@@ -172,12 +190,18 @@ def test_adalora_run_reports_the_final_ranks(tmp_path):
   reported = {k[len("peft/rank/"):]: v for k, v in summary.items() if k.startswith("peft/rank/")}
   assert len(reported) == 4  # 2 blocks x (query, value)
   assert summary["peft/rank_total"] == sum(reported.values()) == 2 * 4
-  assert all(0 <= r <= 4 for r in reported.values())
   from research import checkpoint  # pylint: disable=g-import-not-at-top
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False)
-  saved = ckpt.restore_raw_state(8)["params"]
+  raw = ckpt.restore_raw_state(8)
+  saved = raw["params"]
   es = {p[:-len("/lora_e")]: np.asarray(v) for p, v in params_lib.flatten(saved).items()
         if p.endswith("/lora_e")}
+  # The kept singular values are those of the mask fixed at update T - t_f = 6 (the optimizer
+  # state's one boolean array, modules in the parameters' order), applied at updates 7 and 8.
+  (final_keep,) = [np.asarray(x) for x in jax.tree.leaves(raw["opt_state"])
+                   if np.asarray(x).dtype == bool]
+  np.testing.assert_array_equal(np.concatenate([e.reshape(-1) != 0 for e in es.values()]),
+                                final_keep)
   assert {m: int(np.count_nonzero(e)) for m, e in es.items()} == reported
   assert sum(int((e == 0.0).sum()) for e in es.values()) == 16 - 8  # pruned: exactly zero
   assert adalora.ranks(saved) == reported

@@ -5,7 +5,9 @@ import json
 import os
 import shutil
 
+import flax.linen as nn
 import jax
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -56,6 +58,38 @@ def test_ewc_penalty_is_its_formula_in_the_train_step():
     np.testing.assert_allclose(np.asarray(g), 3.0 * fisher[path] * (np.asarray(flat[path]) -
                                                                     anchor[path]), rtol=1e-5,
                                atol=1e-7)
+
+
+class SoftmaxRegression(nn.Module):
+  """logits = x W + b: an example's cross-entropy gradient is (outer(x, p - y), p - y), with p
+  the softmax and y the one-hot label, so the Fisher diagonal has a closed form."""
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    return {"c_logits": nn.Dense(3)(x)}
+
+
+def test_fisher_diagonal_is_the_mean_of_squared_closed_form_gradients():
+  rng = np.random.default_rng(0)
+  features = [{"input_ids": rng.normal(size=4).astype(np.float32), "label": np.int32(i % 3)}
+              for i in range(7)]
+  model = SoftmaxRegression()
+  params = model.init(jax.random.key(0), features[0]["input_ids"][None])["params"]
+  params = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(np.float32), params)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  got = penalty.fisher_diagonal(model, params, (objectives_lib.classification("t", "c"),),
+                                features, 4, 7, 2, mesh, ())  # 4 of 7 examples, chunks of 2
+  w, b = (np.asarray(params["Dense_0"][k], np.float64) for k in ("kernel", "bias"))
+  squares = {"Dense_0/kernel": 0.0, "Dense_0/bias": 0.0}
+  for i in np.random.default_rng(7).permutation(7)[:4]:  # the documented choice of examples
+    x, label = features[i]["input_ids"].astype(np.float64), features[i]["label"]
+    z = x @ w + b
+    d = np.exp(z - z.max()) / np.exp(z - z.max()).sum() - np.eye(3)[label]
+    squares["Dense_0/kernel"] += np.outer(x, d) ** 2
+    squares["Dense_0/bias"] += d ** 2
+  assert got.keys() == squares.keys()
+  for path, total in squares.items():
+    np.testing.assert_allclose(got[path], total / 4, rtol=1e-5, err_msg=path)
 
 
 @pytest.mark.slow
@@ -184,7 +218,8 @@ def test_a_stage_killed_midway_resumes_to_the_uninterrupted_numbers(method, scen
       assert summary[f"continual/R/{i + 1}/{j + 1}"] == final[f"eval/{name}/accuracy"], (i, j)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     assert [json.loads(line)["continual/stage"] for line in f] == [1, 2]
-  assert os.path.getsize(os.path.join(workdir, runner.HEATMAP)) > 0
+  # 2 tasks: a (1.6 x 2 + 3) x (1.2 x 2 + 2) inch heatmap at 100 dpi
+  assert matplotlib.image.imread(os.path.join(workdir, runner.HEATMAP)).shape[:2] == (440, 620)
 
 
 @pytest.mark.parametrize("flags, fragment", [

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from conftest import REPO
 from research import data as data_lib
 from research.data import bpe, keyed_random, masking, packing, sources, tokenizer as tokenizer_lib
+from research.data import examples as examples_lib
 from research.data.pipeline import StepIndexedBatches
 from research.errors import UserError
 
@@ -228,6 +230,24 @@ def test_a_rows_corruption_depends_on_its_example_index_only():
     np.testing.assert_array_equal(whole[k][4:], part[k])
   assert not np.array_equal(whole["masked_positions"], other_seed["masked_positions"])
   assert len({tuple(r) for r in whole["masked_positions"]}) == 6  # rows differ from each other
+
+
+@pytest.mark.parametrize("task", ["none", "nsp", "sop"])
+def test_mlm_never_masks_cls_sep_or_padding(task):
+  """At mask_rate 1 every maskable token is predicted: exactly the chunk's tokens, never the
+  [CLS], the [SEP]s or the padding around them."""
+  specials = tokenizer_lib.SpecialIds(pad=0, cls=1, sep=2, mask=3, eos=-1, special=(0, 1, 2, 3))
+  rng = np.random.default_rng(0)
+  chunks = examples_lib.DenseRows([rng.integers(10, 100, n) for n in (1, 2, 5, 9, 9, 3)])
+  examples = examples_lib.EncoderExamples(
+      chunks, seq_len=12, specials=specials, vocab_size=100, max_predictions=12, seed=0,
+      objective_cfg=types.SimpleNamespace(sentence_task=task, mask_rate=1.0))
+  indices = np.arange(2 * len(chunks))
+  rows, pieces = examples.rows(indices), examples.pieces(indices)
+  used = rows["masked_weights"] > 0
+  np.testing.assert_array_equal(used.sum(1), pieces["a_len"] + pieces["b_len"])
+  assert not np.isin(rows["masked_ids"][used], [specials.pad, specials.cls, specials.sep]).any()
+  assert (rows["masked_ids"][used] >= 10).all()
 
 
 def test_keyed_uniforms_are_uniform_and_independent():

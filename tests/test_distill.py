@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.special
 
 from conftest import run_cli, tiny_config
 from research import checkpoint, models, objectives
@@ -141,7 +142,22 @@ def test_hidden_and_attention_terms_vanish_for_the_teacher_itself_only():
     outputs = apply_model(model, student, batch, sown=teacher.sown)
     losses.append([float(o.sums(outputs, batch)["loss"]) for o in terms])
   assert losses[0] == [0.0, 0.0]
-  assert min(losses[1]) > 0
+  # The other student's terms, written out: (batch, blocks, length, hidden) squared errors
+  # averaged over hidden; KL(teacher || student) (scipy's rel_entr) of each query's attention
+  # (batch, blocks, heads, query, key), averaged over heads; both summed over blocks and over
+  # the real tokens.
+  tokens = np.asarray(batch["attention_mask"], np.float64)
+  ours, theirs = (
+      {k: np.asarray(v, np.float64) for k, v in o.items() if k in teacher.sown}
+      for o in (outputs, batch[distillation.TEACHER]))
+  hidden = ((ours[layers.BLOCK_OUTPUTS] - theirs[layers.BLOCK_OUTPUTS]) ** 2).mean(-1).sum(1)
+  kl = scipy.special.rel_entr(np.exp(theirs[layers.ATTENTION]), np.exp(ours[layers.ATTENTION]))
+  attention = kl.sum(-1).mean(2).sum(1)
+  np.testing.assert_allclose(losses[1], [(hidden * tokens).sum(), (attention * tokens).sum()],
+                             rtol=1e-4)
+  reversed_kl = scipy.special.rel_entr(np.exp(ours[layers.ATTENTION]),
+                                       np.exp(theirs[layers.ATTENTION])).sum(-1).mean(2).sum(1)
+  assert abs((reversed_kl * tokens).sum() - losses[1][1]) > 1e-3 * losses[1][1]  # tells them apart
 
 
 def test_every_k_takes_blocks_0_k_2k_in_either_layout():

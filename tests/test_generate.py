@@ -109,6 +109,44 @@ def _assert_cached_equals_uncached(cfg, params, new_tokens):
   return out["tokens"]
 
 
+class MarkovChain:
+  """A decoder whose next-token probabilities depend on the last token only (CHAIN's rows):
+  what `beam.decode` calls, `prefill` and `step`, with a cache that holds nothing."""
+  # tokens: 0 stops, 1 is the prompt, 2 and 3 are words, 4 is padding
+  CHAIN = np.log(np.array([[0.2] * 5,
+                           [0.4, 0.04, 0.5, 0.04, 0.02],
+                           [0.1, 0.08, 0.1, 0.7, 0.02],
+                           [0.7, 0.08, 0.1, 0.1, 0.02],
+                           [0.2] * 5], np.float32))
+
+  def prefill(self, params, prompt_ids, prompt_mask):
+    return jnp.asarray(self.CHAIN)[prompt_ids[:, -1]], jnp.zeros((prompt_ids.shape[0], 1, 1, 1))
+
+  def step(self, params, cache, tokens, rows_mask, index):
+    return jnp.asarray(self.CHAIN)[tokens], cache
+
+
+# Worked by hand: '0' (stop at once) has log p = log .4 over 1 token, '2 3 0' log(.5 .7 .7) over
+# 3; every other ending scores lower at these penalties. Without a penalty the short one wins,
+# with one the long one does.
+SHORT, LONG = (np.log(0.4), 1), (np.log(0.5 * 0.7 * 0.7), 3)
+
+
+@pytest.mark.parametrize("length_penalty, tokens, best", [
+    (0.0, [0, 4, 4, 4], SHORT), (2.0, [2, 3, 0, 4], LONG)])
+def test_beam_scores_finished_hypotheses_by_length_penalised_log_probability(
+    length_penalty, tokens, best):
+  from research.generate import beam  # pylint: disable=g-import-not-at-top
+  settings = generate_lib.Settings(strategy="beam", num_beams=2, max_new_tokens=4,
+                                   length_penalty=length_penalty)
+  decode = jax.jit(lambda ids: beam.decode(MarkovChain(), settings, None, ids, ids,
+                                           stop_ids=(0,), pad_id=4))
+  out = decode(jnp.ones((1, 1), jnp.int32))  # the prompt: token 1
+  assert out["tokens"].tolist() == [tokens]
+  log_p, length = best
+  np.testing.assert_allclose(out["scores"], [log_p / length ** length_penalty], rtol=1e-5)
+
+
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
   cfg, params = tiny_decoder(LLAMA)
   run = lambda **kw: generate_lib.generate_ids(

