@@ -188,6 +188,11 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))["config"]
 
+  def saved_data_state(self, step: int) -> dict:
+    """The `data` item: the data position, and the tokenizer's fingerprint (since it was added)."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        data=ocp.args.JsonRestore()))["data"]
+
   def save(self, step: int, state, data_state: dict, config: dict,
            base: BaseReference | None = None):
     """Starts writing checkpoint `step` (returns once the arrays are copied off the devices);
@@ -429,13 +434,8 @@ RESUMABLE_FIELDS = ("train.steps", "logging.", "ckpt.every_steps", "ckpt.keep", 
 
 def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4):
   """Raises `UserError` listing `key: saved -> new` for the fields (other than
-  `RESUMABLE_FIELDS`) where this run's resolved config differs from its checkpoint's. Only fields
-  both configs have are compared: one the other lacks comes from another version of this library
-  (a field added or renamed since the checkpoint was written), not from the user."""
-  saved, new = flat_config(saved_config), flat_config(config)
-  diff = [f"{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(set(saved) & set(new))
-          if saved[k] != new[k]
-          and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
+  `RESUMABLE_FIELDS`) where this run's resolved config differs from its checkpoint's."""
+  diff = config_diff(saved_config, config)
   if diff:
     more = f" (and {len(diff) - shown} more)" if len(diff) > shown else ""
     may_change = ", ".join(f + "*" if f.endswith(".") else f for f in RESUMABLE_FIELDS)
@@ -445,6 +445,38 @@ def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4)
 
 
 def flat_config(tree: dict, prefix: str = "") -> dict:
+def config_diff(saved_config: dict, config: dict) -> list:
+  """`key: saved -> new` for each field (other than `RESUMABLE_FIELDS`) that differs. Only fields
+  both configs have are compared: one the other lacks comes from another version of this library
+  (a field added or renamed since the checkpoint was written), not from the user."""
+  saved, new = flat_config(saved_config), flat_config(config)
+  return [f"{k}: {saved[k]!r} -> {new[k]!r}" for k in sorted(set(saved) & set(new))
+          if saved[k] != new[k]
+          and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+  """sha256 of the tokenizer as a run uses it: its tokenizer.json (vocabulary, normalizer,
+  pre-tokenizer, model, post-processor, added tokens) as canonical JSON, without the padding and
+  truncation settings, which the run sets itself. Saved with each checkpoint (`data` item), so
+  that a resumed run refuses a tokenizer.json swapped since: its ids would mean other tokens."""
+  spec = json.loads(tokenizer.to_str())
+  spec.pop("padding", None)
+  spec.pop("truncation", None)
+  canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_same_tokenizer(saved_fingerprint: str | None, tokenizer, where: str, path: str,
+                         step: int):
+  """`UserError` if the tokenizer this run loaded (from `path`) is not the one checkpoint `step`
+  was trained with; a checkpoint from before fingerprints (None) is not checked."""
+  if saved_fingerprint and saved_fingerprint != tokenizer_fingerprint(tokenizer):
+    raise UserError(f"{where} holds a checkpoint trained with another tokenizer: {path!r} differs "
+                    f"from the tokenizer checkpoint {step} was trained with. Restore that "
+                    "tokenizer.json, or use a new --workdir")
+
+
   """{'section.key': value} of a nested config dict (lists and tuples alike, as lists)."""
   out = {}
   for k, v in tree.items():

@@ -20,8 +20,18 @@ from research.peft.config import PeftConfig
 from research.sharding import DEFAULT_RULES
 
 
+# The spellings a bool argument accepts (any case); a bare name is true. Anything else is refused:
+# a lenient parse read 'runlocal=maybe' as false and started a full-size run.
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
-  """'size=tiny,runlocal' -> ConfigDict(size='tiny', runlocal=True), typed like `defaults`."""
+  """'size=tiny,runlocal' -> ConfigDict(size='tiny', runlocal=True), typed like `defaults`.
+
+  Strict, since a typo must not silently change the run: an unknown name, a bool that is not
+  one of `TRUE_WORDS`/`FALSE_WORDS`, a number that does not parse, or a bare name that is not a
+  bool each raise `UserError` naming the argument and what it accepts.
+  """
   out = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
@@ -29,13 +39,23 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
       raise UserError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
     kind = type(defaults[key])
     if kind is bool:
-      out[key] = (value.lower() in ("1", "true", "yes")) if eq else True
+      out[key] = parse_bool(key, value) if eq else True
+    elif not eq:
+      raise UserError(f"config argument {key!r} needs a value: {key}=...")
     else:
       try:
         out[key] = kind(value)
       except ValueError:
         raise UserError(f"config argument {key}={value!r} is not a {kind.__name__}") from None
   return out
+
+
+def parse_bool(key: str, value: str) -> bool:
+  word = value.strip().lower()
+  if word in TRUE_WORDS + FALSE_WORDS:
+    return word in TRUE_WORDS
+  raise UserError(f"config argument {key}={value!r} is not a bool: use "
+                  f"{', '.join(TRUE_WORDS + FALSE_WORDS)} (any case), or {key} alone for true")
 
 
 def load_config_file(name: str, arg: str | None = None) -> ml_collections.ConfigDict:

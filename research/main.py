@@ -20,10 +20,10 @@ Flags:
 Everything here is `research.train.run(config, workdir)` (for a continual-learning config,
 `research.continual.run`), which tests and notebooks call directly.
 Bad input ends with one line on stderr and exit code 2; nothing already written is touched.
-A SIGTERM/SIGINT saves a checkpoint at the next step and exits with 3 (rerun to resume); a
-divergence exits with 4 without saving; a checkpoint that cannot be written (disk full,
-unwritable) exits with 5, the checkpoints before it intact; a second signal exits at once
-with 6 (research/errors.py).
+A SIGTERM/SIGINT saves a checkpoint at the next step (during the final evaluation: waits for the
+last save) and exits with 3 (rerun to resume or finish); a divergence exits with 4 without
+saving; a checkpoint that cannot be written (disk full, unwritable) exits with 5, the checkpoints
+before it intact; a second signal exits at once with 6 (research/errors.py).
 """
 import difflib
 import json

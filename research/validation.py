@@ -3,8 +3,10 @@
 One table of (key, what is allowed, test); a key the config does not have is skipped (a
 fine-tuning config has no `objective`, a pretraining one no `tasks`). Checks that relate several
 keys follow the table. Every failure is a `UserError` naming the key, the value and what is
-allowed.
+allowed. No number may be NaN or infinite, in the table or anywhere else in the config (a NaN
+passes any `x <= 0` refusal, an inf any lower bound): `check_finite`.
 """
+import math
 import re
 
 from research import wandb_logging
@@ -17,7 +19,16 @@ _AT_LEAST_ONE = ("train.steps", "train.batch_size", "train.grad_accum_steps",
                  "train.max_consecutive_skips", "data.seq_len",
                  "logging.every_steps", "evals.every_steps", "ckpt.every_steps", "ckpt.keep")
 
+# The train state counts steps in int32: more than this overflows (a traceback, after writing).
+MAX_STEPS = 2**31 - 1
+
 RULES = [(key, ">= 1", lambda v: v >= 1) for key in _AT_LEAST_ONE] + [
+    ("train.steps", f"<= {MAX_STEPS} (the step counter is int32)", lambda v: v <= MAX_STEPS),
+    ("schedule.warmup_steps", f"<= {MAX_STEPS} (the step counter is int32)",
+     lambda v: v <= MAX_STEPS),
+    ("model.num_layers", ">= 1", lambda v: v >= 1),
+    ("model.num_heads", ">= 1", lambda v: v >= 1),
+    ("model.hidden_size", ">= 1", lambda v: v >= 1),
     ("objective.mask_rate", "in (0, 1]", lambda v: 0 < v <= 1),
     ("model.dropout_rate", "in [0, 1)", lambda v: 0 <= v < 1),
     ("optim.learning_rate", ">= 0", lambda v: v >= 0),
@@ -50,11 +61,16 @@ def _lookup(config, key):
   return value
 
 
+def _finite(value) -> bool:
+  return not isinstance(value, float) or math.isfinite(value)
+
+
 def check_config(config):
   for key, allowed, ok in RULES:
     value = _lookup(config, key)
-    if value is not _MISSING and not ok(value):
+    if value is not _MISSING and not (_finite(value) and ok(value)):
       raise UserError(f"{key} must be {allowed}, got {value!r}")
+  check_finite(config)
   mode = _lookup(config, "logging.wandb.mode")
   if mode not in (_MISSING, "disabled") and not wandb_logging.installed():
     raise UserError(f"logging.wandb.mode={mode!r} needs the wandb package: pip install wandb "
@@ -67,6 +83,7 @@ def check_config(config):
   if config.data.seq_len > config.model.max_len:
     raise UserError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_len "
                     f"({config.model.max_len})")
+  check_min_seq_len(config)
   if config.get("tasks"):
     wanted = finetuning.model_kind(config)
     if kind != wanted:
@@ -78,3 +95,25 @@ def check_config(config):
       re.compile(pattern)
     except re.error as e:
       raise UserError(f"bad regex {pattern!r} in config: {e}") from None
+
+
+def check_finite(config, prefix: str = ""):
+  """Every float of the config, at any depth, is finite (the table checks its own keys first,
+  with their ranges in the message)."""
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      check_finite(value, f"{prefix}{key}.")
+    elif not _finite(value):
+      raise UserError(f"{prefix}{key} must be a finite number, got {value!r}")
+
+
+def check_min_seq_len(config):
+  """A row holds its special tokens and at least one token of text: an encoder's [CLS] x [SEP]
+  ([CLS] a [SEP] b [SEP] with a sentence task), a decoder's input and next token. Shorter rows
+  fail deep in the data pipeline, or train on nothing (a CLM loss of 0)."""
+  pair = bool(config.get("objective")) and config.objective.get("sentence_task", "none") != "none"
+  shortest, row = {"encoder": (4, "[CLS] a [SEP] b [SEP]") if pair else (3, "[CLS] a [SEP]"),
+                   "decoder": (2, "a token and the next")}.get(config.model.kind, (1, "a token"))
+  if config.data.seq_len < shortest:
+    raise UserError(f"data.seq_len must be >= {shortest} for model.kind={config.model.kind!r} "
+                    f"(a row holds {row}), got {config.data.seq_len}")

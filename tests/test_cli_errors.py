@@ -1,6 +1,8 @@
 """Bad input: one line on stderr, exit code 2, and nothing already written is touched."""
 import hashlib
+import json
 import os
+import shutil
 
 import pytest
 
@@ -191,6 +193,14 @@ BAD_INPUTS = [
     ("--config.optim.no_decay=('[',)", ("bad regex '['",)),
     # Resuming with a changed config (not a run-length field) names what differs.
     ("--config.train.seed=9", ("different config", "train.seed: 0 -> 9", "new --workdir")),
+    # A lenient parse read 'maybe' as false: a full-size run (issue 27).
+    ("--config=configs/mlm.py:runlocal=maybe",
+     ("error: config argument runlocal='maybe' is not a bool: use true, 1, yes, false, 0, no "
+      "(any case), or runlocal alone for true",)),
+    # Once an overflow in the first jitted step, after config.json and the tokenizer were written.
+    ("--config.train.steps=100000000000000000000",
+     ("error: train.steps must be <= 2147483647 (the step counter is int32), got "
+      "100000000000000000000",)),
 ]
 
 
@@ -203,3 +213,45 @@ def test_bad_input_leaves_an_existing_workdir_untouched(finished_workdir, flag, 
                  flag.format(root=finished_workdir))
   _fails_with(proc, *fragments)
   assert _tree_digest(workdir) == before
+
+
+def test_a_swapped_tokenizer_is_refused_on_resume(finished_workdir, tmp_path):
+  """Another valid tokenizer.json in the workdir (here two ids swapped) would resume training with
+  ids that mean other tokens: the checkpoint's fingerprint of its tokenizer refuses it."""
+  workdir = tmp_path / "w"
+  shutil.copytree(finished_workdir / "w", workdir)
+  spec = json.loads((workdir / "tokenizer.json").read_text())
+  vocab = spec["model"]["vocab"]
+  a, b = list(vocab)[200:202]
+  vocab[a], vocab[b] = vocab[b], vocab[a]
+  (workdir / "tokenizer.json").write_text(json.dumps(spec))
+  before = _tree_digest(workdir)
+  line = _fails_with(run_cli("--config=configs/mlm.py:runlocal", f"--workdir={workdir}", *TINY,
+                             "--config.train.steps=8"))
+  assert line == (f"error: workdir '{workdir}' holds a checkpoint trained with another tokenizer: "
+                  f"'{workdir}/tokenizer.json' differs from the tokenizer checkpoint 4 was trained "
+                  "with. Restore that tokenizer.json, or use a new --workdir")
+  assert _tree_digest(workdir) == before
+
+
+def test_nan_in_a_continual_penalty_is_refused(tmp_path):
+  # NaN passed the `strength <= 0` refusal: EWC trained with a NaN penalty.
+  line = _fails_with(run_cli("--config=configs/continual.py:runlocal,method=ewc",
+                             f"--workdir={tmp_path}/w", "--config.continual.ewc.strength=nan"))
+  assert line == "error: continual.ewc.strength must be a finite number, got nan"
+  assert not (tmp_path / "w").exists()
+
+
+def test_fine_tuning_labels_of_two_types_are_refused(tmp_path):
+  """1 and '1' were two classes, both named '1' in labels.json (the other label checks:
+  tests/test_classification.py)."""
+  train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+  train_file.write_text("".join(json.dumps({"text": f"row {i}", "label": label}) + "\n"
+                                for i, label in enumerate([1, "1", "pos", 1] * 2)))
+  eval_file.write_text("".join(json.dumps({"text": f"row {i}", "label": "pos"}) + "\n"
+                               for i in range(4)))
+  line = _fails_with(run_cli(f"--config=configs/finetune.py:task=local,runlocal,"
+                             f"train={train_file},eval={eval_file}", f"--workdir={tmp_path}/w"))
+  assert line == ("error: task 'local', train split: labels mix integers and text (row 1: 1, "
+                  "row 2: '1'); write every label the same way")
+  assert _tree_digest(tmp_path / "w") == {}

@@ -246,6 +246,12 @@ def test_early_stopping_and_resume_after_stop(tmp_path):
                       **{"optim.learning_rate": 0.0, "evals.patience": 2})
   summary = train.run(config, str(tmp_path))
   assert summary["stopped_early"] and summary["step"] == 30 and summary["best/step"] == 10
+  # eval/* are the last evaluation's, test/* and the reports the best step's parameters': the
+  # summary names both steps.
+  assert summary["eval_step"] == 30 and summary["final_step"] == 10
+  evals = [r for r in tracking.read_metrics(str(tmp_path)) if "eval/bbc_news/accuracy" in r]
+  assert [r["step"] for r in evals] == [10, 20, 30]
+  assert all(r["eval/bbc_news/loss"] > 0 for r in evals)  # loss.png's eval curve
   again = train.run(config, str(tmp_path))
   assert again["step"] == 30
 

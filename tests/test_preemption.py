@@ -1,5 +1,6 @@
 """SIGTERM/SIGINT: the first asks for a save at the next step boundary, a second exits at once.
 (The whole path through the command line: tests/test_resume.py and tests/test_chaos.py.)"""
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from research.errors import EXIT_ABORTED, EXIT_PREEMPTED
 from research.train import preemption
 
@@ -75,3 +76,47 @@ def test_sigterm_to_one_process_saves_the_same_step_on_every_process(tmp_path):
     assert line == (f"preempted (SIGTERM) at step {step}: saved {saved}; rerun the same command "
                     "to resume"), result.report()
   assert os.path.isdir(saved)
+
+
+# research.main with a SIGTERM as the final evaluation starts (`finish`), while the last save may
+# still be written in the background.
+SIGNAL_IN_FINISH = textwrap.dedent("""
+    import os, signal, sys
+    from research.train import trainer
+    finish = trainer.finish
+    def signalled(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return finish(*args, **kwargs)
+    trainer.finish = signalled
+    from research import main
+    sys.argv[0] = "research.main"
+    main.entry()
+    """)
+TINY = ["--config=configs/mlm.py:runlocal", "--config.train.steps=4", "--config.train.batch_size=8",
+        "--config.data.vocab_size=1024", "--config.data.seq_len=32", "--config.evals.batches=1",
+        "--config.ckpt.every_steps=2", "--config.logging.progress=False",
+        "--config.logging.tensorboard=False"]
+
+
+@pytest.mark.slow  # two tiny runs: 46 s on the shared 2-core machine
+def test_sigterm_during_the_final_evaluation_saves_and_the_rerun_finishes(tmp_path):
+  """Before: killed by the signal (exit code 143), no line, and checkpoint 4 left unfinished
+  (4.orbax-checkpoint-tmp): the last save lost."""
+  from research import checkpoint, tracking  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "w")
+  proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_FINISH, *TINY, f"--workdir={workdir}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == EXIT_PREEMPTED, proc.stderr[-3000:]
+  saved = os.path.join(workdir, "checkpoints", "4")
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"preempted (SIGTERM) during the final evaluation at step 4: saved {saved}; rerun the same "
+      "command to finish")
+  assert checkpoint.Checkpointer(os.path.dirname(saved), use_async=False).newest_readable() == 4
+  assert not any(checkpoint.TMP_MARK in n for n in os.listdir(os.path.dirname(saved)))
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  assert tracking.read_summaries(workdir)[-1]["outcome"] == "preempted"
+  rerun = run_cli(*TINY, f"--workdir={workdir}")
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert json.loads(rerun.stdout)["step"] == 4
+  assert tracking.read_summaries(workdir)[-1]["outcome"] == "finished"

@@ -8,6 +8,7 @@ import pytest
 from conftest import run_cli
 from research import data as data_lib
 from research import tracking
+from research.errors import UserError
 
 TINY = ["--config.train.steps=3", "--config.train.batch_size=8", "--config.data.vocab_size=1024",
         "--config.data.seq_len=32", "--config.evals.batches=1", "--config.evals.every_steps=3",
@@ -78,3 +79,62 @@ def test_one_evaluation_pass_counts_every_row_once(tiny, tmp_path):
   assert all(m.all() for m in masks[:-1])
   assert masks[-1].sum() == rows % batch_size  # the filled-up rows of the last batch count 0
   assert sum(int(m.sum()) for m in masks) == rows  # indices 0..rows-1: epoch 0, each row once
+
+
+def _tokenizer():
+  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  return tokenizer_lib.train("encoder", [["the quick brown fox jumps over the lazy dog"] * 20], 300)
+
+
+def test_the_tokenizer_fingerprint_is_of_what_maps_text_to_ids():
+  """Padding and truncation are the run's own settings; the vocabulary is the tokenizer."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from research import checkpoint  # pylint: disable=g-import-not-at-top
+  tok = _tokenizer()
+  saved = checkpoint.tokenizer_fingerprint(tok)
+  tok.enable_padding(length=16)
+  tok.enable_truncation(16)
+  assert checkpoint.tokenizer_fingerprint(tok) == saved
+  checkpoint.check_same_tokenizer(saved, tok, "workdir 'w'", "w/tokenizer.json", 4)
+  checkpoint.check_same_tokenizer(None, tok, "workdir 'w'", "w/tokenizer.json", 4)  # an old one
+  spec = json.loads(tok.to_str())
+  vocab = spec["model"]["vocab"]
+  a, b = list(vocab)[-2:]
+  vocab[a], vocab[b] = vocab[b], vocab[a]
+  swapped = tokenizers.Tokenizer.from_str(json.dumps(spec))
+  with pytest.raises(UserError) as e:
+    checkpoint.check_same_tokenizer(saved, swapped, "workdir 'w'", "w/tokenizer.json", 4)
+  assert str(e.value) == ("workdir 'w' holds a checkpoint trained with another tokenizer: "
+                          "'w/tokenizer.json' differs from the tokenizer checkpoint 4 was trained "
+                          "with. Restore that tokenizer.json, or use a new --workdir")
+
+
+@pytest.mark.parametrize("written, warning", [
+    ('{"model": {"hidden_size": 128}, "train": {"steps": 4}}', None),
+    ('{"model": {"hidden_size": 128}, "train": {"steps": 9}}', None),  # may change on resume
+    ('{"model": {"hidden_size": 64}, "train": {"steps": 4}}',
+     "{path} differs from checkpoint 4's config (model.hidden_size: 128 -> 64): the run rewrites "
+     "it with its own config (the checkpoint's config is the one trained)"),
+    ('{"model": ', "{path} is not a readable config (Expecting value: line 1 column 11 (char 10)): "
+                   "the run rewrites it with its own config (the checkpoint's config is the one "
+                   "trained)"),
+    ('[1, 2]', "{path} is not a readable config ('list' object has no attribute 'items'): the run "
+               "rewrites it with its own config (the checkpoint's config is the one trained)"),
+])
+def test_a_config_json_that_is_not_the_checkpoints_is_named_before_it_is_rewritten(
+    tmp_path, caplog, written, warning):
+  from research.train import resolve  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "config.json"
+  path.write_text(written)
+  with caplog.at_level("WARNING", logger="research"):
+    resolve.warn_if_edited(str(path), {"model": {"hidden_size": 128}, "train": {"steps": 4}}, 4)
+  assert [r.getMessage() for r in caplog.records] == ([warning.format(path=path)] if warning else [])
+  assert path.read_text() == written  # resolve writes nothing
+
+
+def test_a_mesh_that_asks_for_more_devices_than_exist_is_refused():
+  from research import sharding  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError) as e:
+    sharding.mesh_shape({"data": 2, "fsdp": 1, "tensor": 1}, 1)
+  assert str(e.value) == ("mesh {'data': 2, 'fsdp': 1, 'tensor': 1} needs 2 devices, but 1 are "
+                          "available")

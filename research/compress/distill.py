@@ -74,11 +74,11 @@ class DistillConfig:
     return bool(self.teacher)
 
   def validate(self):
-    if self.temperature <= 0:
-      raise UserError(f"distill.temperature must be > 0, got {self.temperature!r}")
+    if not 0 < self.temperature < np.inf:  # written so that NaN, which fails every test, fails
+      raise UserError(f"distill.temperature must be finite and > 0, got {self.temperature!r}")
     for name in ("soft_weight", "hard_weight", "hidden_weight", "attention_weight"):
-      if getattr(self, name) < 0:
-        raise UserError(f"distill.{name} must be >= 0, got {getattr(self, name)!r}")
+      if not 0 <= getattr(self, name) < np.inf:
+        raise UserError(f"distill.{name} must be finite and >= 0, got {getattr(self, name)!r}")
     if self.init not in INITS:
       raise UserError(f"distill.init must be one of {list(INITS)}, got {self.init!r}")
     precomputed.check(self)

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from research import checkpoint as ckpt_lib
-from research import models, tracking
+from research import models, tracking, validation
 from research.continual import matrix, penalty, replay, stages
 from research.continual.settings import ContinualConfig
 from research.errors import UserError
@@ -94,7 +94,9 @@ def run(config, workdir: str) -> dict:
 
 
 def check(config) -> ContinualConfig:
-  """Every value of the sequence, the data's classes included, before anything is written."""
+  """Every value of the sequence, the data's classes included, before anything is written
+  (the values each stage's run checks too: before this run writes its config.json)."""
+  validation.check_config(config)
   settings = ContinualConfig.of_run(config)
   if int(config.continual.stage) != 0 or config.continual.previous or config.continual.base:
     raise UserError("continual.stage, continual.previous and continual.base are set by the run "

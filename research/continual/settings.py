@@ -18,6 +18,7 @@
 `config.train.steps` is the length of each stage. Every bad value is one `UserError` line.
 """
 import dataclasses
+import math
 
 from research.errors import UserError
 
@@ -79,18 +80,19 @@ class ContinualConfig:
       raise UserError(f"continual.split must be 'test' or 'eval', got {self.split!r}")
     if not 0.0 <= self.replay_ratio < 1.0:
       raise UserError(f"continual.replay.ratio must be in [0, 1), got {self.replay_ratio}")
-    if self.method == "replay" and (self.replay_ratio <= 0 or self.replay_size <= 0):
+    if self.method == "replay" and not (self.replay_ratio > 0 and self.replay_size > 0):
       raise UserError("continual.method='replay' needs continual.replay.size > 0 and "
                       f"continual.replay.ratio in (0, 1), got size {self.replay_size}, ratio "
                       f"{self.replay_ratio}")
-    if self.method == "ewc" and (self.ewc_strength <= 0 or not 0 <= self.ewc_decay <= 1
-                                 or self.fisher_examples <= 0):
-      raise UserError("continual.method='ewc' needs continual.ewc.strength > 0, decay in [0, 1] "
-                      f"and fisher_examples > 0, got {self.ewc_strength}, {self.ewc_decay}, "
-                      f"{self.fisher_examples}")
-    if self.method == "l2sp" and (self.l2sp_strength <= 0 or not config.init.weights):
+    if self.method == "ewc" and not (0 < self.ewc_strength < math.inf
+                                     and 0 <= self.ewc_decay <= 1 and self.fisher_examples > 0):
+      raise UserError("continual.method='ewc' needs a finite continual.ewc.strength > 0, decay "
+                      f"in [0, 1] and fisher_examples > 0, got {self.ewc_strength}, "
+                      f"{self.ewc_decay}, {self.fisher_examples}")
+    if self.method == "l2sp" and not (0 < self.l2sp_strength < math.inf
+                                      and config.init.weights):
       raise UserError("continual.method='l2sp' pulls towards the weights the run starts from: "
-                      "it needs init.weights and continual.l2sp.strength > 0")
+                      "it needs init.weights and a finite continual.l2sp.strength > 0")
     if self.method == "lora" and self.scenario == "class":
       raise UserError("continual.method='lora' selects each task's adapter by its task id, which "
                       "class-incremental learning does not have at test time: use "

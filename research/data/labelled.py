@@ -23,6 +23,7 @@ Sources (`task_cfg.source`):
 Hub-backed sources read `task_cfg.data_dir` instead of the hub when it is set: a directory of
 `<split>.jsonl` files with the hub dataset's columns (what the tests write).
 """
+import json
 import os
 import re
 
@@ -164,7 +165,7 @@ def _local(task_cfg) -> dict:
     rows = read_table(path)
     if not rows:
       raise UserError(f"{split} file {path!r} is empty")
-    out[split] = [_local_row(r, task_cfg, path) for r in rows]
+    out[split] = [_local_row(r, task_cfg, path, n) for n, r in enumerate(rows, 1)]
   return out
 
 
@@ -181,7 +182,9 @@ def read_table(path: str) -> list[dict]:
   raise UserError(f"{path!r}: expected a .jsonl or .csv file")
 
 
-def _local_row(row, task_cfg, path):
+def _local_row(row, task_cfg, path, number):
+  """Row `number` (1-based) of a local file. Its text must be text: a number or a list would be
+  str()-ed into a different input than the file holds (labels are checked by the task)."""
   if task_cfg.get("kind") == "generation":
     return _generation_row(row, task_cfg, path)
   text_field, label_field = task_cfg.get("text_field", "text"), task_cfg.get("label_field", "label")
@@ -190,8 +193,11 @@ def _local_row(row, task_cfg, path):
     if field not in row:
       raise UserError(f"{path!r} has no {field!r} column; columns: {sorted(row)}")
   pair = row.get(pair_field) or None
-  return {"text": str(row[text_field]), "text_pair": str(pair) if pair else None,
-          "label": row[label_field]}
+  for field in (text_field, pair_field) if pair is not None else (text_field,):
+    if not isinstance(row[field], str):
+      raise UserError(f"{path!r}, row {number}: {field!r} must be text, got "
+                      f"{json.dumps(row[field])[:60]}")
+  return {"text": row[text_field], "text_pair": pair, "label": row[label_field]}
 
 
 def _generation_row(row, task_cfg, path):

@@ -4,7 +4,8 @@ kind='classification': softmax cross-entropy; metrics accuracy, precision/recall
 weighted), MCC, ROC-AUC for two classes, GLUE's metric for GLUE tasks; a per-class report and a
 confusion-matrix PNG at the final evaluation. kind='multilabel': a sigmoid per label (a row's
 label is a list, or a '|'-separated string in CSV). kind='regression': one output, squared error;
-Pearson and Spearman.
+Pearson and Spearman. Every kind also reports `loss`, the training objective's per row, so that
+loss.png shows the eval loss beside the train loss.
 """
 import json
 import logging
@@ -25,15 +26,53 @@ OBJECTIVES = {"classification": objectives_lib.classification,
 KINDS = tuple(OBJECTIVES)
 
 
-def label_names(kind: str, train_rows: list[dict]) -> list[str]:
+def label_names(kind: str, train_rows: list[dict], task: str = "") -> list[str]:
+  """The classes, from the training rows: texts sorted, integers in numeric order.
+
+  Integers that are not 0..K-1 (e.g. {0, 7}, or 1-based {1, 2}) are names like any other: the
+  head has one output per class seen (not max + 1), and a warning line says so."""
+  check_labels(kind, train_rows, "train", task)
   if kind == "regression":
     return ["score"]
   if kind == "multilabel":
     return sorted({str(l) for r in train_rows for l in _label_list(r["label"])})
-  values = {r["label"] for r in train_rows}
-  if all(isinstance(v, int) for v in values):
-    return [str(v) for v in range(max(values) + 1)]
-  return sorted(str(v) for v in values)
+  values = sorted({r["label"] for r in train_rows})
+  where = f"task {task!r}: " if task else ""
+  if len(values) < 2:
+    raise UserError(f"{where}the train split has one class ({values[0]!r}); classification "
+                    "needs at least 2")
+  if isinstance(values[0], int) and values != list(range(len(values))):
+    log.warning("%sinteger labels %s are not 0..%d: they are class names, ids 0..%d in that order",
+                where, values, len(values) - 1, len(values) - 1)
+  return [str(v) for v in values]
+
+
+def _label_type(value) -> str | None:
+  """'text' or 'integer' (what a class label may be), else None (a bool, a float, a list...)."""
+  if isinstance(value, str):
+    return "text"
+  return "integer" if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_labels(kind: str, rows: list[dict], split: str, task: str = ""):
+  """Every row has a label, and a class label is text or an integer, all of one type: a null
+  would be class 'None', and 1 and '1' two classes of the same name."""
+  where = f"task {task!r}, {split} split" if task else f"{split} split"
+  first = {}
+  for n, row in enumerate(rows, 1):
+    label = row["label"]
+    if label is None:
+      raise UserError(f"{where}: row {n} has no label (null)")
+    if kind != "classification":
+      continue
+    kind_of = _label_type(label)
+    if kind_of is None:
+      raise UserError(f"{where}: row {n}'s label {label!r} is neither text nor an integer")
+    first.setdefault(kind_of, (n, label))
+  if len(first) > 1:
+    (n, a), (m, b) = first["integer"], first["text"]
+    raise UserError(f"{where}: labels mix integers and text (row {n}: {a!r}, row {m}: {b!r}); "
+                    "write every label the same way")
 
 
 def _label_list(value):
@@ -41,11 +80,12 @@ def _label_list(value):
 
 
 def encode_labels(kind: str, names: list[str], rows: list[dict], split: str, task: str):
+  check_labels(kind, rows, split, task)
   index = {n: i for i, n in enumerate(names)}
   if kind == "regression":
     try:
       return np.asarray([float(r["label"]) for r in rows], np.float32)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
       raise UserError(f"task {task!r}, {split} split: regression labels must be numbers ({e})") from None
   if kind == "multilabel":
     out = np.zeros((len(rows), len(names)), np.float32)
@@ -62,6 +102,20 @@ def encode_labels(kind: str, names: list[str], rows: list[dict], split: str, tas
   return np.asarray([index[str(r["label"])] for r in rows], np.int32)
 
 
+def mean_loss(kind: str, logits, labels) -> float:
+  """The training objective's loss per row (research/objectives/classification.py), on the host:
+  the eval loss that loss.png plots beside the train loss."""
+  logits = np.asarray(logits, np.float64)
+  if kind == "regression":
+    return float(np.mean(np.square(logits[:, 0] - labels)))
+  if kind == "multilabel":  # sigmoid cross-entropy, the mean over labels
+    losses = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
+    return float(losses.mean())
+  top = logits.max(-1, keepdims=True)
+  log_z = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:, 0]
+  return float(np.mean(log_z - logits[np.arange(len(labels)), labels]))
+
+
 class ClassificationTask(Task):
   final_splits = ("test", "eval")
 
@@ -75,7 +129,7 @@ class ClassificationTask(Task):
     return self
 
   def __init__(self, name, task_cfg, rows, tokenizer, config, head, names=None):
-    self.setup(name, task_cfg, head, names or label_names(task_cfg.kind, rows["train"]))
+    self.setup(name, task_cfg, head, names or label_names(task_cfg.kind, rows["train"], name))
     seq_len, batch = config.data.seq_len, config.train.batch_size
     self.stats = {}
     features = {}
@@ -123,6 +177,7 @@ class ClassificationTask(Task):
     if self.glue:
       result.update(metrics_lib.glue_metrics(self.glue, labels, predictions))
     if report_dir and self.kind == "classification":
+    result["loss"] = mean_loss(self.kind, logits, labels)
       self._report(split, labels, predictions, report_dir)
     return {f"{split}/{self.name}/{k}": v for k, v in result.items()}
 

@@ -16,8 +16,8 @@ def weights(sizes, kind: str, temperature: float) -> np.ndarray:
   if kind == "proportional":
     w = sizes
   elif kind == "temperature":
-    if temperature <= 0:
-      raise UserError(f"mixture.temperature must be > 0, got {temperature}")
+    if not 0 < temperature < np.inf:  # written so that NaN, which fails every test, fails
+      raise UserError(f"mixture.temperature must be finite and > 0, got {temperature}")
     w = sizes ** (1.0 / temperature)
   else:
     raise UserError(f"mixture.kind must be 'proportional' or 'temperature', got {kind!r}")

@@ -1,11 +1,13 @@
 """Preemption: SIGTERM or SIGINT asks the run to checkpoint at the next step boundary and stop.
 
-`Preemption` wraps the train loop (a context manager); after every step the loop asks
-`requested(step)`. It is true once a signal has come (one process), or, with several processes,
-at the step jax's preemption service picked for all of them (orbax's `reached_preemption`: the
-processes exchange their steps in the background and agree on the next one), so every process
-saves the same step. A second signal ends the process at once (`EXIT_ABORTED`, no save).
-(With several processes a second SIGTERM goes to jax's service, which does not stop at once.)
+`Preemption` wraps the train loop and the final evaluation (a context manager); after every
+step the loop asks `requested(step)`. It is true once a signal has come (one process), or, with
+several processes, at the step jax's preemption service picked for all of them (orbax's
+`reached_preemption`: the processes exchange their steps in the background and agree on the next
+one), so every process saves the same step. The final evaluation asks between its parts whether
+a signal came (`signal_name`; one process) and stops once the last checkpoint is complete. A
+second signal ends the process at once (`EXIT_ABORTED`, no save). (With several processes a
+second SIGTERM goes to jax's service, which does not stop at once.)
 
 With several processes jax's preemption service owns SIGTERM (its handler tells every
 process), so only SIGINT is ours there: it is passed on to that service as a SIGTERM. Handlers

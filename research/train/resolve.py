@@ -5,7 +5,8 @@ applies what the initialisation source implies (`init.weights` from HF: the mode
 tokenizer), derives `objective.max_predictions`, reads the data into the `TaskSet`, takes
 `model.vocab_size` from the tokenizer and `model.heads` from the tasks, builds the mesh, checks
 the batch against it, the optimizer settings, and a checkpoint already in the workdir against
-the model and the rest of the config (`checkpoint.check_same_run`); an adapter-only checkpoint
+the model, the rest of the config (`checkpoint.check_same_run`) and the tokenizer (its
+fingerprint, `checkpoint.check_same_tokenizer`); an adapter-only checkpoint
 (its own or `init.resume`'s) against its base: still there, same checksum (`check_base`). A damaged newest checkpoint
 is only skipped here (the newest one whose metadata reads is the one compared); the trainer's
 `build_state` moves it aside, since this phase writes nothing. Every bad input raises
@@ -14,6 +15,7 @@ is only skipped here (the newest one whose metadata reads is the one compared); 
 """
 import dataclasses
 import json
+import logging
 import math
 import os
 
@@ -34,6 +36,8 @@ from research.compress import distill
 from research.train import initialization, optim
 from research.train import state as state_lib
 from research.workdir import check_not_in_use
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +87,9 @@ def resolve(config, workdir: str) -> Run:
   check_path_patterns(config, list(params_lib.flatten(shapes)))
   peft_targets.check(model_cfg, {p: v.shape for p, v in params_lib.flatten(shapes).items()})
   check_prune(config, model_cfg, list(params_lib.flatten(shapes)))
-  if latest is not None:  # resuming: the same model and the same run, or a one-line refusal
-    saved = ckpt_lib.Checkpointer(own, use_async=False).saved_config(latest)
-    where = f"workdir {workdir!r}"
-    ckpt_lib.check_same_shapes(saved["model"], config.model.to_dict(), where)
-    ckpt_lib.check_same_run(saved, json.loads(config.to_json_best_effort()), where)
+  if latest is not None:  # resuming: the same model, run and tokenizer, or a one-line refusal
+    check_resumable(config, task_set.tokenizer, ckpt_lib.Checkpointer(own, use_async=False),
+                    latest, workdir)
   elif config.init.resume:
     other = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_of(config.init.resume, "init.resume"),
                                   use_async=False)
@@ -100,6 +102,36 @@ def resolve(config, workdir: str) -> Run:
     check_base(other, step)
   return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
              sharding.rules_of(config), latest)
+
+
+def check_resumable(config, tokenizer, own: ckpt_lib.Checkpointer, step: int, workdir: str):
+  """The workdir's checkpoint `step` is of this model, this run (`check_same_run`) and this
+  tokenizer (its fingerprint, from WORKDIR/tokenizer.json or data.tokenizer); a config.json that
+  is not the checkpoint's (damaged, edited by hand) gets one warning line: it is rewritten."""
+  saved = own.saved_config(step)
+  where = f"workdir {workdir!r}"
+  ckpt_lib.check_same_shapes(saved["model"], config.model.to_dict(), where)
+  ckpt_lib.check_same_run(saved, json.loads(config.to_json_best_effort()), where)
+  tokenizer_path = config.data.tokenizer or os.path.join(workdir, "tokenizer.json")
+  ckpt_lib.check_same_tokenizer(own.saved_data_state(step).get("tokenizer_sha256"), tokenizer,
+                                where, tokenizer_path, step)
+  warn_if_edited(os.path.join(workdir, "config.json"), saved, step)
+
+
+def warn_if_edited(path: str, saved: dict, step: int):
+  """One warning line if `path` (the workdir's config.json) does not hold checkpoint `step`'s
+  config (fields a resumed run may change aside): the run rewrites it with its own config."""
+  try:
+    with open(path) as f:
+      diff = ckpt_lib.config_diff(saved, json.load(f))
+    problem = f"differs from checkpoint {step}'s config ({diff[0]})" if diff else None
+  except FileNotFoundError:
+    problem = None
+  except (OSError, ValueError, AttributeError) as e:  # not JSON, or not a JSON object
+    problem = f"is not a readable config ({' '.join(str(e).split())[:80]})"
+  if problem:
+    log.warning("%s %s: the run rewrites it with its own config (the checkpoint's config is "
+                "the one trained)", path, problem)
 
 
 def check_trainable_quantization(mode: str):

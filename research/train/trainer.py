@@ -51,13 +51,16 @@ def run(config, workdir: str) -> dict:
     write_run_files(r, workdir)
     built = build_state(r, workdir)
     steps = compile_steps(r, built)
-    try:
-      trained = train(r, built, steps, workdir)
-    except RunStopped as stop:
-      tracking.append_summary(workdir, stop.outcome, int(built.data_state["next_step"]),
-                              {"step": stop.step, "wall_seconds": time.time() - wall_start})
-      raise
-    return finish(r, built, steps, trained, workdir, wall_start)
+    # A SIGTERM/SIGINT from here on saves (or has saved) and stops with exit code 3: during the
+    # final evaluation too, which may outlast a preemption's grace period.
+    with preemption.Preemption(built.ckpt.manager.reached_preemption) as preempt:
+      try:
+        trained = train(r, built, steps, workdir, preempt)
+        return finish(r, built, steps, trained, workdir, wall_start)
+      except RunStopped as stop:
+        tracking.append_summary(workdir, stop.outcome, int(built.data_state["next_step"]),
+                                {"step": stop.step, "wall_seconds": time.time() - wall_start})
+        raise
   finally:
     lock.release()
 
@@ -251,9 +254,10 @@ class Trained:
   best: Any  # ckpt_lib.BestCheckpoint or None
   stopped: bool
   compile_seconds: float | None
+  preempt: preemption.Preemption  # still listening during `finish`
 
 
-def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
+def train(r: Run, b: Built, steps: Steps, workdir: str, preempt: preemption.Preemption) -> Trained:
   """Steps from the data position to `train.steps`. A preemption signal saves and raises
   `Preempted`; a divergence (`train.nonfinite`) raises `Diverged` without saving."""
   config, state, total = r.config, b.state, r.config.train.steps
@@ -273,8 +277,7 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
   if b.teacher_logits is not None:
     train_batch = b.teacher_logits.batches(train_batch)
   try:
-    with preemption.Preemption(b.ckpt.manager.reached_preemption) as preempt, \
-        jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
+    with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
       for step, (task_index, batch) in data_lib.device_batches(
           train_batch, start, start if stopped else total, steps.batch_sharding):
         state, metrics = steps.train[task_index](state, batch)
@@ -309,7 +312,7 @@ def train(r: Run, b: Built, steps: Steps, workdir: str) -> Trained:
     b.ckpt.wait()  # the last save (a preemption's, or an earlier one) is complete on disk
     tracker.close(stop)
     raise
-  return Trained(state, tracker, best, stopped, throughput.compile_seconds)
+  return Trained(state, tracker, best, stopped, throughput.compile_seconds, preempt)
 
 
 class Saver:
@@ -319,6 +322,8 @@ class Saver:
     self.ckpt, self.train_config, self.base = b.ckpt, r.config.train, b.base
     self.config_dict = json.loads(r.config.to_json_best_effort())
     self.trainable = optim.trainable_predicate(r.config)
+    # Checked on resume (`checkpoint.check_same_tokenizer`): ids mean the same tokens.
+    self.tokenizer_sha256 = ckpt_lib.tokenizer_fingerprint(r.task_set.tokenizer)
 
   def diverged(self, state) -> Diverged | None:
     """The divergence `state` stops on, or None (waits for the step: call where it is synced)."""
@@ -332,7 +337,8 @@ class Saver:
     diverged = self.diverged(state)
     if diverged:
       raise diverged
-    self.ckpt.save(done, state, {"next_step": done, "stopped_early": stopped}, self.config_dict,
+    self.ckpt.save(done, state, {"next_step": done, "stopped_early": stopped,
+                                 "tokenizer_sha256": self.tokenizer_sha256}, self.config_dict,
                    self.base)
 
   def path(self, step: int) -> str:
@@ -380,6 +386,7 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
   final_eval = t.tracker.latest("eval/") or evaluate(r, steps, t.state.params)
   b.ckpt.wait()
   b.ckpt.close()
+  stop_if_preempted(t, b)  # the last save is complete on disk: stopping here loses nothing
   trainable = optim.trainable_predicate(r.config)
   summary = {"step": int(t.state.step), "params/total": state_lib.count_params(t.state.params),
              "params/trainable": state_lib.count_params(t.state.params, trainable),
@@ -393,9 +400,12 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
     summary.update({"best/step": t.best.step, f"best/{t.best.metric}": t.best.value,
                     "stopped_early": t.stopped})
     t.best.close()
+  summary.update(held_out_steps(t))
   report_dir = os.path.join(workdir, "reports") if jax.process_index() == 0 else None
   summary.update(evaluate(r, steps, final_params, "test", report_dir, final=True))
+  stop_if_preempted(t, b)
   evaluate(r, steps, final_params, "eval", report_dir, final=True)  # the eval split's reports
+  stop_if_preempted(t, b)
   summary.update(r.task_set.stats)
   if r.model_cfg.peft.method == "adalora":  # the rank each module kept, of the final parameters
     summary.update(adalora.report(final_params, r.model_cfg.peft))
@@ -403,3 +413,32 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
     summary.update(magnitude.report(final_params, r.prune))
   t.tracker.finish(summary)
   return summary
+
+
+def held_out_steps(t: Trained) -> dict:
+  """Which step each held-out figure is from: the summary's eval/* are the last evaluation's
+  (`eval_step`); test/* and the reports are of `final_step`'s parameters (the best step's when a
+  best checkpoint was kept). When they differ, one log line says so too."""
+  eval_step = max((r["step"] for r in t.tracker.history if any(k.startswith("eval/") for k in r)),
+                  default=int(t.state.step))
+  kept = t.best is not None and t.best.step is not None
+  final_step = t.best.step if kept else int(t.state.step)
+  if final_step != eval_step:
+    log.info("final evaluation (test split, reports) with the parameters of step %d%s; the "
+             "summary's eval/* are from the evaluation at step %d", final_step,
+             f" (best {t.best.metric})" if kept else "", eval_step)
+  return {"eval_step": eval_step, "final_step": final_step}
+
+
+def stop_if_preempted(t: Trained, b: Built):
+  """A SIGTERM/SIGINT during `finish` stops the run as one during training does (`Preempted`,
+  exit code 3), once the last checkpoint is complete: a rerun trains nothing and finishes. With
+  several processes jax's preemption service owns the signal, and they finish instead."""
+  if t.preempt.signal_name is None or jax.process_count() > 1:
+    return
+  step = int(t.state.step)
+  stop = Preempted(f"preempted ({t.preempt.signal_name}) during the final evaluation at step "
+                   f"{step}: saved {os.path.join(b.ckpt.directory, str(step))}; rerun the same "
+                   "command to finish", step)
+  t.tracker.close(stop)
+  raise stop
