@@ -10,13 +10,18 @@ Output, one line per input row, in order: classification {"label", "score", "sco
 multilabel {"labels", "scores"}, regression {"score"}, NER {"tags", "entities": [{"type",
 "start", "end", "text"}]} (character spans of the input text), QA {"answer", "start", "end",
 "score"}. Uses the run's best checkpoint (evals.best_metric) if it kept one, else its latest.
+The output file is replaced only once every prediction is written; bad input (an empty input, a
+directory or binary file, --output the same file as --input) is one line `error: ...`, exit code
+2, before the model loads and with nothing written (--verbose: the traceback).
 """
+import itertools
 import json
 import os
 import sys
 
 from absl import app, flags
 
+from research import command_line, files
 from research.errors import UserError, exit_with, one_line_errors
 
 FLAGS = flags.FLAGS
@@ -28,12 +33,23 @@ def define_flags():
   flags.DEFINE_string("input", "-", "JSONL or text file of inputs; '-' reads stdin.")
   flags.DEFINE_string("output", "-", "Where to write the JSONL predictions; '-' is stdout.")
   flags.DEFINE_string("task", "", "Which task's head to use (multi-task runs); default: the only one.")
-  flags.DEFINE_integer("batch_size", 64, "Rows per forward pass.")
+  flags.DEFINE_integer("batch_size", 64, "Rows per forward pass.", lower_bound=1)
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
   flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
 
 
 CHUNK = 1024  # rows read, encoded and predicted at a time
+# What a fine-tuning run leaves that predictions need (labels.json: `tasks.LABELS_FILE`, named
+# here so that the check runs before the heavy imports).
+WORKDIR_FILES = ("config.json", "tokenizer.json", "labels.json")
+
+
+def check_workdir(workdir: str):
+  if not workdir:
+    raise UserError("--workdir is required")
+  for name in WORKDIR_FILES:
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise UserError(f"{workdir!r} has no {name}: is it the workdir of a fine-tuning run?")
 
 
 def read_rows(lines):
@@ -61,9 +77,7 @@ class Predictor:
     from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     from research.tasks import finetuning  # pylint: disable=g-import-not-at-top
     from research.train import step as step_lib  # pylint: disable=g-import-not-at-top
-    for name in ("config.json", "tokenizer.json", tasks.LABELS_FILE):
-      if not os.path.exists(os.path.join(workdir, name)):
-        raise UserError(f"{workdir!r} has no {name}: is it the workdir of a fine-tuning run?")
+    check_workdir(workdir)
     with open(os.path.join(workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
     labels = tasks.saved_labels(workdir)
@@ -110,33 +124,39 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not predictions
   with one_line_errors(FLAGS.verbose):
     try:
-      if not FLAGS.workdir:
-        raise UserError("--workdir is required")
-      predictor = Predictor(FLAGS.workdir, FLAGS.task, FLAGS.batch_size)
-      source = sys.stdin if FLAGS.input == "-" else _open(FLAGS.input)
-      sink = sys.stdout if FLAGS.output == "-" else open(FLAGS.output, "w")
-      import tqdm  # pylint: disable=g-import-not-at-top
-      bar = tqdm.tqdm(unit="row", desc="predict", disable=not FLAGS.progress, file=sys.stderr)
-      chunk = []
-      for row in read_rows(source):
-        chunk.append(row)
-        if len(chunk) == CHUNK:
-          _write(sink, predictor.predict(chunk, bar))
-          chunk = []
-      _write(sink, predictor.predict(chunk, bar))
-      bar.close()
-      if sink is not sys.stdout:
-        sink.close()
+      run(FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.task, FLAGS.batch_size, FLAGS.progress)
     except KeyError as e:
       if FLAGS.verbose:
         raise
       exit_with(f"an input row lacks the field {e}")
+    except UnicodeDecodeError as e:  # past the part `files.check_input` reads
+      if FLAGS.verbose:
+        raise
+      exit_with(f"--input {FLAGS.input!r} is not UTF-8 text ({e.reason}); expected JSON Lines "
+                "or UTF-8 text")
 
 
-def _open(path):
-  if not os.path.exists(path):
-    raise UserError(f"no such input file {path!r}")
-  return open(path, encoding="utf-8")
+def run(workdir: str, input_path: str, output: str, task: str = "", batch_size: int = 64,
+        progress: bool = True):
+  """The command: every file check and the first row read before the model loads, the
+  predictions written to `output` only when all of them are done (`files.written_when_done`)."""
+  check_workdir(workdir)
+  files.check_input(input_path, "--input")
+  files.check_output(output, "--output", input_path)
+  source = sys.stdin if input_path == files.STDIO else open(input_path, encoding="utf-8")
+  rows = read_rows(source)
+  first = next(rows, None)
+  if first is None:  # most likely the wrong file: say so rather than write nothing
+    where = "stdin" if input_path == files.STDIO else f"--input {input_path!r}"
+    raise UserError(f"{where} holds no rows (it is empty or blank lines only): nothing to predict")
+  predictor = Predictor(workdir, task, batch_size)
+  import tqdm  # pylint: disable=g-import-not-at-top
+  with files.written_when_done(output) as sink:
+    bar = tqdm.tqdm(unit="row", desc="predict", disable=not progress, file=sys.stderr)
+    rows = itertools.chain([first], rows)
+    while chunk := list(itertools.islice(rows, CHUNK)):
+      _write(sink, predictor.predict(chunk, bar))
+    bar.close()
 
 
 def _write(sink, predictions):
@@ -147,4 +167,4 @@ def _write(sink, predictions):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=command_line.parse_flags)  # a bad flag: one line, exit code 2

@@ -189,8 +189,13 @@ def test_bad_checkpoints(tmp_path):
 
 
 def test_hub_name_offline_is_one_line(monkeypatch):
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  with pytest.raises(UserError, match="hub could not provide it"):
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read when huggingface_hub is imported
+  with pytest.raises(UserError, match=r"^'surely-not/a-model-42' is not a local directory nor in "
+                     r"the local Hugging Face cache, and could not be downloaded \(HF_HUB_OFFLINE "
+                     r"is set\); download it where the hub can be reached \(huggingface-cli "
+                     r"download surely-not/a-model-42 --local-dir DIR\) and pass DIR$"):
     hf.load_pretrained("surely-not/a-model-42")
 
 
@@ -336,3 +341,60 @@ def test_pytorch_bin_without_torch_is_one_line(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
   with pytest.raises(UserError, match="install torch to read it"):
     hf.read_tensors(str(tmp_path))
+
+
+def _classifier_workdir(root, names):
+  """A classifier's workdir as a fine-tuning run leaves it (config.json, checkpoints/,
+  tokenizer.json, labels.json naming the classes `names`), with random parameters: no training."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from research import params as params_lib  # pylint: disable=g-import-not-at-top
+  from research.compress import output  # pylint: disable=g-import-not-at-top
+  from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  source = root / "source"
+  source.mkdir()
+  tok = tokenizer_lib.train_wordpiece(["shares fell as the bank cut its profit forecast",
+                                       "the striker scored twice in the cup final"], 200)
+  tokenizer_lib.save(tok, str(source))
+  (source / "labels.json").write_text(json.dumps(
+      {"topics": {"kind": "classification", "head": "classification", "names": names}}))
+  cfg = models.ModelConfig(kind="encoder", vocab_size=tok.get_vocab_size(), hidden_size=32,
+                           num_layers=2, num_heads=4, mlp_dim=64, max_len=64, pooler=True,
+                           heads=("classification",), num_labels=len(names), dtype="float32")
+  rng = np.random.default_rng(0)  # random values of the model's shapes: no init to compile
+  params = params_lib.unflatten({
+      path: (path.endswith("scale") + rng.normal(0, 0.05, shape)).astype(np.float32)
+      for path, shape in hf.expected_shapes(cfg).items()})
+  model = dataclasses.asdict(cfg)
+  del model["peft"]
+  output.write(str(root / "run"), str(source), params, {"model": model})
+  return root / "run"
+
+
+def test_export_names_the_classes_and_overwrites_when_asked(tmp_path):
+  """--to_hf of a classifier: id2label/label2id hold labels.json's class names (not LABEL_<i>),
+  so transformers' text-classification pipeline answers with one of them; exporting again into
+  that directory with --overwrite replaces the export's files."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  names = ["business", "sport", "tech"]
+  workdir, out = _classifier_workdir(tmp_path, names), tmp_path / "hf"
+  convert = lambda *a: subprocess.run(
+      [sys.executable, "-m", "research.convert", f"--from={workdir}", f"--to_hf={out}", *a],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = convert()
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / "config.json") as f:
+    config = json.load(f)
+  assert config["id2label"] == {"0": "business", "1": "sport", "2": "tech"}
+  assert config["label2id"] == {"business": 0, "sport": 1, "tech": 2}
+  tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+  classify = transformers.pipeline("text-classification", model=str(out), tokenizer=tokenizer)
+  assert classify("Shares fell as the bank cut its profit forecast")[0]["label"] in names
+
+  # Refused without --overwrite: tests/test_command_errors.py::test_convert_bad_target.
+  (out / "config.json").write_text("{}")
+  proc = convert("--overwrite")
+  assert proc.returncode == 0 and proc.stdout.strip().endswith(f"(latest parameters) -> {out}")
+  with open(out / "config.json") as f:
+    assert json.load(f)["id2label"] == config["id2label"]

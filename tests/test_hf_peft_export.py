@@ -229,6 +229,40 @@ def test_base_must_be_init_weights(tmp_path):
   assert not (tmp_path / "bad").exists()
 
 
+def test_load_line_names_a_local_base_that_loads_offline(tmp_path):
+  """A run from 'hf:ORG/NAME' whose checkpoint is in the Hugging Face cache (here a tiny BERT put
+  there as `huggingface-cli download` leaves it) exports with base_model_name_or_path and a
+  printed load line that name the cached copy's directory, not the hub name; run exactly as
+  printed, where that cache is not the one in use (and the hub is not reached: tests run
+  offline), that line loads the adapter."""
+  run_config = _recipe("finetune:task=bbc_news,runlocal,peft=lora",
+                       model=dict(TINY_BERT, heads=("classification=classification:3",),
+                                  pooler=True))
+  params = _params(run_config)
+  repo = tmp_path / "cache" / "models--tiny--bert"
+  snapshot = repo / "snapshots" / ("0" * 40)
+  hf.save_pretrained(run_config["model"], params_lib.unflatten(
+      {p: v for p, v in params_lib.flatten(params).items() if "lora" not in p}), str(snapshot))
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text("0" * 40)
+  run_config["init"]["weights"] = "hf:tiny/bert"
+  workdir = _workdir(tmp_path / "run", run_config, params)
+  out = str(tmp_path / "adapter")
+  offline = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, "-m", "research.convert", f"--from={workdir}",
+                         f"--to_hf_peft={out}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env=offline)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  load = proc.stdout.strip().split("load it with ", 1)[1]
+  assert load == ("peft.PeftModel.from_pretrained(transformers.BertForSequenceClassification."
+                  f"from_pretrained({str(snapshot)!r}, num_labels=3), {out!r})")
+  with open(os.path.join(out, "adapter_config.json")) as f:
+    assert json.load(f)["base_model_name_or_path"] == str(snapshot)
+  # Here, with this process's own (empty) cache for 'tiny/bert': the hub name would fail.
+  loaded = eval(load, {"peft": peft_hf, "transformers": transformers})  # pylint: disable=eval-used
+  assert isinstance(loaded, peft_hf.PeftModel)
+
+
 def test_to_hf_of_a_lora_run_is_the_merged_model(tmp_path):
   run_config = _recipe("clm:runlocal,peft=lora", model=dict(TINY_GPT2, heads=("lm",)))
   params = _params(run_config)
@@ -296,8 +330,8 @@ def test_minilm_lora_run_exports_as_typed(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = _convert(f"--from={workdir}", f"--to_hf_peft={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(out, "adapter_config.json")) as f:
-    assert json.load(f)["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+  with open(os.path.join(out, "adapter_config.json")) as f:  # the installed copy: loads offline
+    assert json.load(f)["base_model_name_or_path"] == _minilm_dir()
   diff = _peft_parity(workdir, out, _batch(30522, types=True), "classification_logits",
                       num_labels=5)
   print(f"MiniLM bbc_news LoRA run -> peft: max |logit difference| {diff:.2e}")

@@ -481,13 +481,17 @@ def check_peft_lora(ws, result):
 
 
 def check_convert_to_hf_peft(ws, result):
-  """The PEFT-format files name the packaged MiniLM as their base and hold the LoRA factors."""
+  """The PEFT-format files name the packaged MiniLM's directory as their base and hold the LoRA
+  factors."""
   result.assert_ok()
   out = result.flag("to_hf_peft")
   with open(os.path.join(out, "adapter_config.json")) as f:
     adapter = json.load(f)
   assert adapter["peft_type"] == "LORA" and adapter["r"] == 8
-  assert adapter["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+  from research.convert import hub  # pylint: disable=g-import-not-at-top
+  # the installed package's copy, which loads offline (the hub name would need the hub)
+  assert adapter["base_model_name_or_path"] == hub.packaged_dir(
+      "sentence-transformers/all-MiniLM-L6-v2")
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   names = load_file(os.path.join(out, "adapter_model.safetensors"))
   assert sum(".lora_A." in n for n in names) == 12  # query and value in 6 layers

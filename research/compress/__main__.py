@@ -12,6 +12,7 @@ stderr and exit code 2 (--verbose shows the traceback).
 """
 from absl import app, flags
 
+from research import command_line, files
 from research.compress import distill, prune, quantize
 from research.errors import UserError, exit_with, one_line_errors
 
@@ -38,9 +39,10 @@ def main(argv):
     if not (FLAGS.workdir and FLAGS.method and FLAGS.out):
       raise UserError("pass --workdir=DIR --method=METHOD --out=DIR2 "
                       f"(METHOD one of {sorted(METHODS)})")
+    files.check_output_dir(FLAGS.out, "--out")
     print(METHODS[FLAGS.method].compress_from_flags(FLAGS))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=command_line.parse_flags)  # a bad flag: one line, exit code 2

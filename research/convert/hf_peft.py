@@ -12,9 +12,10 @@ What goes in:
     A = [A_q; A_v] along the rank, B block-structured with zeros for the key rows and across the
     blocks; its `rank_pattern`/`alpha_pattern` entry keeps the scale alpha / r (or alpha / sqrt(r)).
   - The task heads, trained in every PEFT run, as PEFT's `modules_to_save` ('classifier').
-  - The base: `init.weights` 'hf:DIR' -> base_model_name_or_path DIR, after checking that every
-    other parameter of the run equals DIR's; a run with any other base (from scratch, or from a
-    workdir of ours) gets its frozen weights written as a transformers checkpoint in OUT/base.
+  - The base: `init.weights` 'hf:NAME_OR_DIR' -> base_model_name_or_path its directory on this
+    machine (a hub name: the installed or cached copy, which loads offline), after checking that
+    every other parameter of the run equals its; a run with any other base (from scratch, or from
+    a workdir of ours) gets its frozen weights written as a transformers checkpoint in OUT/base.
 
 Only methods PEFT's format holds and this module writes are exported (`SUPPORTED`); bad input
 raises `UserError` before anything is written.
@@ -193,8 +194,9 @@ def head_tensors(arch, model_cfg: ModelConfig, flat: dict) -> tuple[dict, list]:
 
 def check_base(name_or_dir: str, base_params: dict) -> str:
   """The run's base is `init.weights`' transformers checkpoint: every parameter that is neither
-  LoRA nor a head equals it. Returns what base_model_name_or_path names (a local directory as an
-  absolute path)."""
+  LoRA nor a head equals it. Returns what base_model_name_or_path names and the printed load line
+  loads: the base's directory on this machine, as an absolute path (a hub name's installed or
+  cached copy: the name itself would need the hub, and fail offline)."""
   directory = hf.resolve(name_or_dir)
   _, loaded = hf.load_pretrained(directory)
   reference = hf.unrolled_float32(loaded)
@@ -205,4 +207,4 @@ def check_base(name_or_dir: str, base_params: dict) -> str:
     raise UserError(f"{len(differ)} parameters of the run differ from its base (init.weights "
                     f"hf:{name_or_dir}), e.g. {differ[:3]}; PEFT's format holds the LoRA weights "
                     "and the task heads only: export the whole model with --to_hf")
-  return os.path.abspath(name_or_dir) if os.path.isdir(name_or_dir) else name_or_dir
+  return os.path.abspath(directory)

@@ -26,7 +26,8 @@ Flags:
   --shard_documents  documents per shard: the unit of resumption (default 20000)
   --batch_documents  documents tokenized per call (default 1000)
   --progress         progress bars on stderr (default true)
-Bad input ends with one line `error: ...` on stderr and exit code 2.
+Bad input (an --output that is a file, a corpus with no document for a split, ...) ends with one
+line `error: ...` on stderr and exit code 2, before anything is written.
 """
 import itertools
 import json
@@ -37,12 +38,14 @@ import time
 
 import numpy as np
 
+from research import files
 from research.data import examples as examples_lib
 from research.data import prepared, sources, tokenizer as tokenizer_lib
 from research.data.tokenizer import SpecialIds
 from research.errors import UserError
 
 PROGRESS = "progress.json"
+PROBE_DOCUMENTS = 10_000  # documents read before any write to find every split (`check_documents`)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ def _bar(progress: bool, **kwargs):
 def prepare(config, output: str, *, shard_documents: int = 20_000, batch_documents: int = 1000,
             progress: bool = True) -> dict:
   """Writes OUTPUT for `config` (or finishes an interrupted run); returns a summary dict."""
+  files.check_output_dir(output, "--output")  # first: it needs none of the imports below
   from research import validation  # pylint: disable=g-import-not-at-top
   from research.train import initialization  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
@@ -91,9 +95,7 @@ def prepare(config, output: str, *, shard_documents: int = 20_000, batch_documen
                       f"({_difference(done, plan)}); choose another --output")
     log.info("%s is already prepared", output)
     return {"output": output, "seconds": 0.0, "already_prepared": True}
-  probe = sources.stream_documents(data_cfg)
-  next(probe, None)  # a source or tokenizer that cannot be read fails here, before any write
-  probe.close()
+  check_documents(data_cfg)
   if data_cfg.tokenizer:
     tokenizer_lib.load(data_cfg.tokenizer)
   os.makedirs(output, exist_ok=True)
@@ -134,6 +136,22 @@ def prepare(config, output: str, *, shard_documents: int = 20_000, batch_documen
           "tokens_per_sec": round(tokens / max(seconds, 1e-9)), "tokens": tokens,
           **{f"{s}_{k}": metadata["splits"][s][k] for s in prepared.SPLITS
              for k in ("documents", "rows")}}
+
+
+def check_documents(data_cfg):
+  """Before any write: a source that cannot be read fails, and so does a corpus that ends within
+  its first PROBE_DOCUMENTS documents without one for each split (an empty corpus, a tiny one).
+  A larger corpus is read once here only up to that point; `_ShardWriter.finish` checks the rest."""
+  seen, probe = set(), sources.stream_documents(data_cfg)
+  for split, _ in itertools.islice(probe, PROBE_DOCUMENTS):
+    seen.add(split)
+    if len(seen) == len(prepared.SPLITS):
+      break
+  ended = next(probe, None) is None
+  probe.close()
+  missing = [split for split in prepared.SPLITS if split not in seen]
+  if missing and ended:
+    raise sources.no_documents(data_cfg.source, missing[0])
 
 
 def _counting(batches, progress: bool):
