@@ -47,6 +47,9 @@ lever that helps (more fsdp, `model.remat`, a smaller batch or `train.grad_accum
 ...` and exit code 2.
 
 XLA's TPU compiler is slow on a small CPU: BERT-base's step takes about 2 minutes on 2 cores.
+A second run of the same step on the same slice reads the compile's figures from the compile
+cache (`config.compile.cache_dir`, research/compile_cache.py; research/tpu.py `analyse`): it
+traces and lowers the step (seconds) and does not compile it.
 """
 import json
 import sys
@@ -54,7 +57,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from research import tpu
+from research import compile_cache, tpu
 from research.command_line import parse_flags
 from research.errors import exit_with, one_line_errors
 
@@ -75,6 +78,7 @@ def main(argv):
     exit_with(f"unexpected arguments {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top  (the config file imported it already)
   jax.config.update("jax_platforms", "cpu")  # the TPU devices are the topology's, compile-only
+  compile_cache.use(compile_cache.of_config(FLAGS.config))  # where the figures are kept
   with one_line_errors(FLAGS.verbose):
     out = tpu.estimate(FLAGS.config, tpu.parse_topology(FLAGS.topology), FLAGS.step)
   print("\n".join(tpu.report(out)), flush=True)

@@ -12,8 +12,9 @@ pipeline_ratio = batches it builds per second / steps the model takes per second
 
 Timing: our step is compiled ahead of time (compile_s, and compile_cpu_s: the CPU seconds this
 process spent on it, which a shared machine's load inflates less; the peer's first step, which
-compiles), then `--warmup` steps, then `--steps` steps without a host sync between them, timed to
-`block_until_ready` (CUDA synchronize for the peer). peak_memory_gb is the device allocator's
+compiles); compile_s is a cold compile, outside the compile cache (research/compile_cache.py)
+that the rest of the command uses (--compile_cache_dir; empty: off); then `--warmup` steps, then
+`--steps` steps without a host sync between them, timed to `block_until_ready` (CUDA synchronize for the peer). peak_memory_gb is the device allocator's
 peak so far in this process; step_memory_gb is what XLA's buffer assignment gives our step
 (arguments + outputs + temporaries - donated), so it compares levers within one process.
 FLOPs per step: `research.perf.train_flops_per_step` (formula in its docstring; the MLM head
@@ -53,7 +54,7 @@ import types
 
 import numpy as np
 
-from research import bench_cpu
+from research import bench_cpu, compile_cache
 
 WORKLOADS = {  # name: (kind, size, seq, batch)
     "bert-base-mlm-s128": ("encoder", "base", 128, 256),
@@ -234,7 +235,7 @@ def time_train_step(config, steps: int, warmup: int, profile_dir: str = "", name
                                derive_dropout_key(dropout_key, config.train.dropout_prng),
                                config.train.grad_accum_steps)
   start, start_cpu = time.perf_counter(), time.process_time()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), compile_cache.bypassed():  # a cold compile
     step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, None), donate_argnums=0,
                    compiler_options=compile_options.for_step(compile_options.TRAIN)
@@ -442,7 +443,11 @@ def main(argv=None):
                         "alone, all on (no peer)")
   cpu.add_argument("--table", action="store_true",
                    help="with --device=cpu: also print the README's markdown table")
+  parser.add_argument("--compile_cache_dir", default=compile_cache.default_dir(),
+                      help="where compiled programs are kept and reused (empty: off); "
+                           "compile_s is timed without it")
   args = parser.parse_args(argv)
+  compile_cache.use(args.compile_cache_dir)
   if args.device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"  # before jax picks a backend
     args.workloads = "" if args.workloads == ",".join(WORKLOADS) else args.workloads

@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+from research import compile_cache
+
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
@@ -157,7 +159,8 @@ def build_ours(w: Workload) -> Ours:
   eval_step = make_eval_step(model, lambda outputs, batch: objectives_lib.eval_sums(
       objectives, outputs, batch))
   start = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  # compile_s is a cold compile: outside the compile cache (research/compile_cache.py).
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), compile_cache.bypassed():
     train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                     out_shardings=(shardings, None), donate_argnums=0,
                     compiler_options=compile_options.for_step(compile_options.TRAIN)

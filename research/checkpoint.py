@@ -425,11 +425,12 @@ def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):
 
 
 # What a resumed run may change: its length, what it reports, how often it saves and evaluates,
-# and the layout of its arrays over the devices (orbax reshards on restore). Any other change
-# would make the resumed run a different experiment than the one its checkpoints belong to.
+# the layout of its arrays over the devices (orbax reshards on restore), and where its compiled
+# programs are cached (which never changes a result). Any other change would make the resumed
+# run a different experiment than the one its checkpoints belong to.
 RESUMABLE_FIELDS = ("train.steps", "logging.", "ckpt.every_steps", "ckpt.keep", "ckpt.use_async",
                     "evals.every_steps", "evals.patience", "mesh.", "sharding_rules",
-                    "model.remat")
+                    "model.remat", "compile.")
 
 
 def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4):
@@ -444,7 +445,6 @@ def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4)
                     f"change only {may_change})")
 
 
-def flat_config(tree: dict, prefix: str = "") -> dict:
 def config_diff(saved_config: dict, config: dict) -> list:
   """`key: saved -> new` for each field (other than `RESUMABLE_FIELDS`) that differs. Only fields
   both configs have are compared: one the other lacks comes from another version of this library
@@ -477,6 +477,7 @@ def check_same_tokenizer(saved_fingerprint: str | None, tokenizer, where: str, p
                     "tokenizer.json, or use a new --workdir")
 
 
+def flat_config(tree: dict, prefix: str = "") -> dict:
   """{'section.key': value} of a nested config dict (lists and tuples alike, as lists)."""
   out = {}
   for k, v in tree.items():

@@ -65,6 +65,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from research import compile_cache
 from research.command_line import parse_flags
 from research.run_shape import shape_config
 from research.errors import UserError, exit_with, one_line_errors
@@ -267,6 +268,7 @@ def main(argv):
                                f" --xla_force_host_platform_device_count={devices}")
     import jax  # pylint: disable=g-import-not-at-top  (the config file imported it already)
     jax.config.update("jax_platforms", "cpu")
+  compile_cache.use(compile_cache.of_config(config))
   with one_line_errors(FLAGS.verbose):
     out = estimate(config, devices, FLAGS.mfu, FLAGS.memory,
                    FLAGS.calibrate_steps if FLAGS.calibrate else 0, topology)

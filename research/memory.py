@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from research import bench, compile_options, config_lib, models, perf, sharding
+from research import bench, compile_cache, compile_options, config_lib, models, perf, sharding
 from research import objectives as objectives_lib
 from research.errors import UserError
 from research.train import optim
@@ -148,20 +148,28 @@ class AbstractStep:
                    compiler_options=compile_options.for_step(
                        compile_options.TRAIN, self.mesh.devices.flat[0].platform))
 
-  def compile_train(self):
+  def lower_train(self):
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      return self.jit_train().lower(self.state, self.batch).compile()
+      return self.jit_train().lower(self.state, self.batch)
 
-  def compile_eval(self):
+  def lower_eval(self):
     """The pretraining task's eval step (`make_eval_step` over `objectives.eval_sums`) on the
-    same batch shape, jitted as the trainer jits it."""
+    same batch shape, jitted as the trainer jits it, lowered."""
     eval_step = make_eval_step(self.model, functools.partial(objectives_lib.eval_sums,
                                                              self.objectives))
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return jax.jit(eval_step, in_shardings=(self.shardings.params, self.batch_sharding),
                      compiler_options=compile_options.for_step(
                          compile_options.FORWARD, self.mesh.devices.flat[0].platform)
-                     ).lower(self.state.params, self.batch).compile()
+                     ).lower(self.state.params, self.batch)
+
+  def compile_train(self):
+    with compile_cache.compiling_for(self.mesh.devices.flat):
+      return self.lower_train().compile()
+
+  def compile_eval(self):
+    with compile_cache.compiling_for(self.mesh.devices.flat):
+      return self.lower_eval().compile()
 
 
 def abstract_step(config, mesh) -> AbstractStep:
@@ -285,6 +293,8 @@ def main(argv=None):
   parser.add_argument("--devices", type=int, default=8,
                       help="simulate N CPU devices (0: this machine's devices)")
   parser.add_argument("--json", action="store_true", help="one JSON line per row, in bytes")
+  parser.add_argument("--compile_cache_dir", default=compile_cache.default_dir(),
+                      help="where compiled programs are kept and reused (empty: off)")
   args = parser.parse_args(argv)
   if args.devices and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -293,6 +303,7 @@ def main(argv=None):
   if args.devices and jax.device_count() != args.devices:
     raise SystemExit(f"error: --devices={args.devices}, but jax started with "
                      f"{jax.device_count()} devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r})")
+  compile_cache.use(args.compile_cache_dir)
   overrides = bench.parse_overrides(args.overrides)
   meshes = [parse_mesh(m) for m in args.meshes.split(",")]
   if not args.json:

@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from research import command_line, files
+from research import command_line, compile_cache, files
 from research.errors import UserError, exit_with, one_line_errors
 
 FLAGS = flags.FLAGS
@@ -36,6 +36,7 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 64, "Rows per forward pass.", lower_bound=1)
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
   flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+  compile_cache.define_flag()
 
 
 CHUNK = 1024  # rows read, encoded and predicted at a time
@@ -122,6 +123,7 @@ def main(argv):
   del argv
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not predictions
+  compile_cache.use(FLAGS.compile_cache_dir)
   with one_line_errors(FLAGS.verbose):
     try:
       run(FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.task, FLAGS.batch_size, FLAGS.progress)

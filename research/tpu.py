@@ -6,6 +6,13 @@
 memory against the chip's HBM, XLA's FLOPs and bytes, and a roofline step time: the figures
 `python -m research.aot` prints (its module doc says what each means) and `python -m
 research.cost --topology` uses. `abstract_decode_step` is generation's cached one-token step.
+
+Compiled once per program and slice: JAX cannot load back an executable compiled for devices it
+has no client for, so these compiles keep out of JAX's cache (`compile_cache.bypassed`) and the
+figures read off a compile (`Analysis`: XLA's buffer statistics and cost analysis) are kept in
+the compile cache's folder instead, under a key of the lowered program, the slice and the
+compiler's version (`analyse`). A second `research.aot` of the same step and slice traces and
+lowers it (seconds) and reads the figures, where XLA's TPU compiler takes minutes.
 """
 import dataclasses
 import math
@@ -141,11 +148,85 @@ def levers(config, memory: dict, hbm: int, devices: int) -> list:
   return out
 
 
-def compile_step(step, kind: str):
-  """(compiled, None) or (None, XLA's one-line out-of-memory message)."""
+@dataclasses.dataclass
+class Analysis:
+  """What is read off a compiled step: XLA's buffer statistics (`memory`: argument, output,
+  alias, temp and generated_code sizes in bytes) and cost analysis (`cost`). It answers
+  `memory_analysis()` and `cost_analysis()` as the compiled step does, so `perf.compiled_bytes`
+  and `memory.compiled_memory` take either."""
+  memory: dict
+  cost: dict
+
+  FIELDS = ("argument", "output", "alias", "temp", "generated_code")
+
+  @classmethod
+  def of(cls, compiled) -> "Analysis":
+    stats = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return cls({f: int(getattr(stats, f"{f}_size_in_bytes")) for f in cls.FIELDS},
+               {k: float(v) for k, v in cost.items()})
+
+  def memory_analysis(self):
+    import types  # pylint: disable=g-import-not-at-top
+    return types.SimpleNamespace(**{f"{f}_size_in_bytes": v for f, v in self.memory.items()})
+
+  def cost_analysis(self) -> dict:
+    return self.cost
+
+
+def analyse(lowered, devices) -> Analysis:
+  """`lowered` compiled for the slice of `devices` (XLA's TPU compiler, no TPU), as an
+  `Analysis`: from the compile cache when this program was compiled for this slice before, else
+  compiled (outside JAX's cache, which cannot load it back) and kept there."""
+  import json  # pylint: disable=g-import-not-at-top
+  from research import compile_cache  # pylint: disable=g-import-not-at-top
+  path = compile_cache.figures_path(
+      lowered.as_text(), devices[0].platform, devices[0].device_kind, len(devices),
+      _coords(devices), _libtpu_version())
+  if path and os.path.exists(path):
+    try:
+      with open(path) as f:
+        return Analysis(**json.load(f))
+    except (OSError, ValueError, TypeError):
+      os.remove(path)  # damaged: compiled again below
+  with compile_cache.bypassed():
+    analysis = Analysis.of(lowered.compile())
+  if path:
+    _write_json(path, dataclasses.asdict(analysis))
+  return analysis
+
+
+def _coords(devices) -> str:
+  return ";".join(str(getattr(d, "coords", d.id)) for d in devices)
+
+
+def _libtpu_version() -> str:
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.metadata.version("libtpu")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown"
+
+
+def _write_json(path: str, value):
+  """Written whole or not at all (a temporary file, then a rename); a failure is not an error:
+  the figures are computed again next time."""
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+      json.dump(value, f)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
+  except OSError:
+    pass
+
+
+def compile_step(step, kind: str, devices):
+  """(Analysis, None) or (None, XLA's one-line out-of-memory message)."""
   import jax  # pylint: disable=g-import-not-at-top
   try:
-    return (step.compile_train() if kind == "train" else step.compile_eval()), None
+    return analyse(step.lower_train() if kind == "train" else step.lower_eval(), devices), None
   except jax.errors.JaxRuntimeError as e:
     first = str(e).splitlines()[0]
     if "RESOURCE_EXHAUSTED" not in first:
@@ -166,12 +247,12 @@ class DecodeStep:
   in_shardings: tuple
   out_shardings: tuple
 
-  def compile(self):
+  def lower(self):
     import flax.linen as nn  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       return jax.jit(self.fn, in_shardings=self.in_shardings, out_shardings=self.out_shardings,
-                     donate_argnums=1).lower(*self.args).compile()
+                     donate_argnums=1).lower(*self.args)
 
 
 def abstract_decode_step(config, mesh) -> DecodeStep:
@@ -230,7 +311,7 @@ def decode_figures(config, mesh, model_cfg, chip, peak: float) -> dict:
              "cache": memory.shard_bytes(step.args[1]), "rows": rows, "cache_length": length,
              "model_flops": flops / devices}
   try:
-    compiled = step.compile()
+    compiled = analyse(step.lower(), list(mesh.devices.flat))
   except jax.errors.JaxRuntimeError as e:
     first = str(e).splitlines()[0]
     if "RESOURCE_EXHAUSTED" not in first:
@@ -290,7 +371,7 @@ def estimate(config, topology: Topology, steps) -> dict:
   for kind in steps:
     if kind == "decode":
       continue
-    compiled, oom = compile_step(step, kind)
+    compiled, oom = compile_step(step, kind, devices)
     # Forward only (a third of training's FLOPs) for the eval step.
     flops = model_flops if kind == "train" else model_flops / 3
     figures = {"params": memory.shard_bytes(step.state.params),

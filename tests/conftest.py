@@ -4,11 +4,21 @@ import importlib
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
+
+# One compile cache for the whole test run (research/compile_cache.py), so that a program is
+# compiled once per run: in-process tests use it from here on, and every subprocess a test starts
+# inherits the variable (tests/process_group.py keeps it too). .ci/run sets it for the quick
+# start and both suites; without it a run gets a fresh folder, never a developer's own cache.
+os.environ.setdefault("RESEARCH_COMPILE_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="research-test-compile-cache-"))
+from research import compile_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
+compile_cache.use(os.environ["RESEARCH_COMPILE_CACHE_DIR"])
 
 
 def tiny_config(name="mlm", steps=20, **overrides):

@@ -12,7 +12,7 @@ stderr and exit code 2 (--verbose shows the traceback).
 """
 from absl import app, flags
 
-from research import command_line, files
+from research import command_line, compile_cache, files
 from research.compress import distill, prune, quantize
 from research.errors import UserError, exit_with, one_line_errors
 
@@ -26,6 +26,7 @@ def define_flags():
   flags.DEFINE_enum("method", None, list(METHODS), "How to compress it.")
   flags.DEFINE_string("out", None, "Where to write the compressed workdir (new or empty).")
   flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+  compile_cache.define_flag()
   for module in METHODS.values():
     module.define_flags()
 
@@ -35,6 +36,7 @@ def main(argv):
     exit_with(f"unexpected arguments {argv[1:]}")
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the result
+  compile_cache.use(FLAGS.compile_cache_dir)
   with one_line_errors(FLAGS.verbose):
     if not (FLAGS.workdir and FLAGS.method and FLAGS.out):
       raise UserError("pass --workdir=DIR --method=METHOD --out=DIR2 "

@@ -299,7 +299,8 @@ def student_config(teacher: str, layers: int, settings: DistillConfig, steps: in
   from research import config_lib  # pylint: disable=g-import-not-at-top
   saved = ckpt_lib.workdir_config(teacher)
   defaults = json.loads(config_lib.common(ml_collections.ConfigDict()).to_json())
-  saved.update(init=defaults["init"], peft=defaults["peft"])  # JSON values: no shared objects
+  # JSON values: no shared objects; the compile cache is this machine's, not the teacher run's.
+  saved.update(init=defaults["init"], peft=defaults["peft"], compile=defaults["compile"])
   config = ml_collections.ConfigDict(saved)
   config.distill = dataclasses.asdict(settings)
   config.model.num_layers = layers
@@ -320,6 +321,7 @@ def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
       precompute=FLAGS.distill_precompute, precompute_dir=FLAGS.distill_precompute_dir)
   settings.validate()
   config = student_config(FLAGS.workdir, FLAGS.distill_layers, settings, FLAGS.distill_steps)
+  config.compile.cache_dir = FLAGS.compile_cache_dir
   summary = trainer.run(config, FLAGS.out)
   tests = {k: v for k, v in summary.items() if k.startswith("test/") and k.endswith("accuracy")}
   shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())) or \

@@ -22,7 +22,7 @@ stderr and exit code 2, before anything is written (--verbose shows the tracebac
 """
 from absl import app, flags
 
-from research import command_line
+from research import command_line, compile_cache
 from research.convert.workdir import check_target, export_hf, import_hf
 from research.errors import UserError, one_line_errors
 
@@ -42,12 +42,14 @@ def define_flags():
   flags.DEFINE_bool("overwrite", False, "Let --to_hf or --to_hf_peft be a directory that is not "
                     "empty (an earlier export): the files the export writes replace theirs.")
   flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+  compile_cache.define_flag()
 
 
 def main(argv):
   del argv
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the result
+  compile_cache.use(FLAGS.compile_cache_dir)
   with one_line_errors(FLAGS.verbose):
     source = FLAGS["from"].value
     if FLAGS.from_hf and FLAGS.to and not (source or FLAGS.to_hf):

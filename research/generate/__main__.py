@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from research import command_line, files
+from research import command_line, compile_cache, files
 from research.errors import UserError, one_line_errors
 
 FLAGS = flags.FLAGS
@@ -49,6 +49,7 @@ def define_flags():
   flags.DEFINE_string("mesh", "-1,1,1", "Device mesh sizes data,fsdp,tensor (one may be -1).")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr (--input).")
   flags.DEFINE_bool("verbose", False, "Show tracebacks for bad-input errors.")
+  compile_cache.define_flag()
 
 
 def settings_from_flags(tokenizer):
@@ -119,6 +120,7 @@ def main(argv):
   del argv
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines are not the output
+  compile_cache.use(FLAGS.compile_cache_dir)
   with one_line_errors(FLAGS.verbose):
     if not FLAGS.workdir:
       raise UserError("--workdir is required")

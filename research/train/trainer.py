@@ -25,7 +25,7 @@ import numpy as np
 
 from research import checkpoint as ckpt_lib
 from research import data as data_lib
-from research import compile_options, models, perf, sharding, tracking
+from research import compile_cache, compile_options, models, perf, sharding, tracking
 from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
 from research.compress import distill, magnitude, precomputed
@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 def run(config, workdir: str) -> dict:
   """Trains as `config` says, in `workdir` (resuming if it holds a checkpoint); returns the summary."""
-  wall_start = time.time()
+  wall_start, compiles = time.time(), compile_cache.Tally.start()
+  compile_cache.use(compile_cache.of_config(config))  # before the first program is compiled
   r = resolve(config, workdir)
   check_writable(workdir)
   lock = WorkdirLock(workdir, jax.process_index())  # a second run on this workdir stops here
@@ -56,7 +57,7 @@ def run(config, workdir: str) -> dict:
     with preemption.Preemption(built.ckpt.manager.reached_preemption) as preempt:
       try:
         trained = train(r, built, steps, workdir, preempt)
-        return finish(r, built, steps, trained, workdir, wall_start)
+        return finish(r, built, steps, trained, workdir, wall_start, compiles)
       except RunStopped as stop:
         tracking.append_summary(workdir, stop.outcome, int(built.data_state["next_step"]),
                                 {"step": stop.step, "wall_seconds": time.time() - wall_start})
@@ -382,7 +383,8 @@ class Throughput:
 # ---------------------------------------------------------------------------------------------
 # finish: held-out evaluation with the best parameters, reports, summary.
 # ---------------------------------------------------------------------------------------------
-def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start: float) -> dict:
+def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start: float,
+           compiles: compile_cache.Tally) -> dict:
   final_eval = t.tracker.latest("eval/") or evaluate(r, steps, t.state.params)
   b.ckpt.wait()
   b.ckpt.close()
@@ -393,7 +395,7 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
              "wall_seconds": time.time() - wall_start, "init": b.init_source,
              "perf/compile_seconds": t.compile_seconds,
              "perf/step_memory_bytes": max((s.memory_bytes or 0 for s in steps.train), default=0)
-             or None, **final_eval}
+             or None, **compiles.summary(), **final_eval}
   final_params = t.state.params
   if t.best is not None and t.best.step is not None:
     final_params = t.best.restore(b.abstract_state.params)
