@@ -87,8 +87,8 @@ def check_sources(config, resuming: bool):
 
 
 def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings, teacher=None):
-  """(state, data_state, description, base) by the policy; `fresh` is the scratch state, `base`
-  the `BaseReference` the run's checkpoints hold in place of their frozen parameters (None: full
+  """(state, data_state, description, base) by the policy; `fresh()` makes the scratch state
+  (called only where the policy needs it: not for a checkpoint), `base` the `BaseReference` the run's checkpoints hold in place of their frozen parameters (None: full
   checkpoints). `teacher`: a distillation run's `distill.Teacher` (or None).
 
   A damaged checkpoint of our own workdir is moved aside and the one before it used; if none is
@@ -112,16 +112,16 @@ def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings
     return state, data_state, f"init.resume {config.init.resume} (step {step})", base
   if teacher is not None and config.distill.init == "every_k":
     source = teacher.student_weights(config.model.num_layers, config.model.scan_layers)
-    state, loaded, total = load_weights(fresh, source, config.init.exclude, shardings)
+    state, loaded, total = load_weights(fresh(), source, config.init.exclude, shardings)
     return (state, {"next_step": 0},
             f"{teacher.describe(config.model.num_layers)} ({len(loaded)} of {total} arrays)", None)
   if config.init.weights:
     source = ckpt_lib.weights_of(config.init.weights, config.model.scan_layers)
-    state, loaded, total = load_weights(fresh, source, config.init.exclude, shardings)
+    state, loaded, total = load_weights(fresh(), source, config.init.exclude, shardings)
     return (state, {"next_step": 0},
             f"init.weights {config.init.weights} ({len(loaded)} of {total} arrays)",
             base_reference(config, source, loaded, state.params))
-  return fresh, {"next_step": 0}, "scratch", None
+  return fresh(), {"next_step": 0}, "scratch", None
 
 
 def base_reference(config, source: dict, loaded: list, params):

@@ -115,8 +115,8 @@ def build_state(r: Run, workdir: str) -> Built:
   tx, lr_schedule = optim.build(config)
   init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
   dropout_key = derive_dropout_key(dropout_key, config.train.dropout_prng)
-  fresh, abstract, shardings = state_lib.create_sharded_state(model, tx, config, r.mesh, r.rules,
-                                                              init_key)
+  abstract, shardings, fresh = state_lib.plan_sharded_state(model, tx, config, r.mesh, r.rules,
+                                                            init_key)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=config.ckpt.keep, use_async=config.ckpt.use_async,
                                clean_unfinished=True)
