@@ -104,19 +104,23 @@ class Predictor:
         compiler_options=compile_options.for_step(compile_options.FORWARD))
 
   def predict(self, rows: list[dict], progress=None) -> list[dict]:
-    import numpy as np  # pylint: disable=g-import-not-at-top
     features, meta = self.task.predict_features(rows, self.tokenizer, self.seq_len)
+    return self.task.predict_rows(self.outputs(features, progress), rows, meta) if rows else []
+
+  def outputs(self, features: list[dict], progress=None) -> dict:
+    """The task's `eval_outputs` (e.g. a classifier's logits) of encoded `features`, in
+    batches of `batch_size` (the last one filled up with its last row: one shape, one compile)."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
     outputs = []
     for start in range(0, len(features), self.batch_size):
       part = features[start:start + self.batch_size]
-      part = part + [part[-1]] * (self.batch_size - len(part))  # one shape: one compilation
+      part = part + [part[-1]] * (self.batch_size - len(part))
       batch = {k: np.stack([f[k] for f in part]) for k in part[0]}
       outputs.append({k: np.asarray(v) for k, v in self.forward(self.params, batch).items()})
       if progress is not None:
         progress.update(min(self.batch_size, len(features) - start))
-    merged = {k: np.concatenate([o[k] for o in outputs])[:len(features)] for k in outputs[0]} \
+    return {k: np.concatenate([o[k] for o in outputs])[:len(features)] for k in outputs[0]} \
         if outputs else {}
-    return self.task.predict_rows(merged, rows, meta) if rows else []
 
 
 def main(argv):
