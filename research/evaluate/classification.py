@@ -7,10 +7,22 @@ predicted (or never present) count as 0, without a warning.
 import os
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics
 
 from research.errors import UserError
+
+
+def metrics():
+  """scikit-learn's `metrics`, imported at its first use: with pandas, which comes with it, and
+  scipy's `stats`, about a second of every command's start-up, which a run that computes no such
+  metric (pretraining, bad input) need not pay."""
+  import sklearn.metrics  # pylint: disable=g-import-not-at-top
+  return sklearn.metrics
+
+
+def stats():
+  """scipy's `stats`, imported at its first use (see `metrics`)."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  return scipy.stats
 
 
 def classification_metrics(labels, predictions, probabilities=None, label_names=None) -> dict:
@@ -23,25 +35,25 @@ def classification_metrics(labels, predictions, probabilities=None, label_names=
   """
   labels, predictions = np.asarray(labels), np.asarray(predictions)
   classes = None if label_names is None else np.arange(len(label_names))
-  result = {"accuracy": metrics.accuracy_score(labels, predictions)}
+  result = {"accuracy": metrics().accuracy_score(labels, predictions)}
   for average in ("micro", "macro", "weighted"):
-    p, r, f, _ = metrics.precision_recall_fscore_support(
+    p, r, f, _ = metrics().precision_recall_fscore_support(
         labels, predictions, labels=classes, average=average, zero_division=0)
     result.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
-  result["mcc"] = metrics.matthews_corrcoef(labels, predictions)
+  result["mcc"] = metrics().matthews_corrcoef(labels, predictions)
   if probabilities is not None:
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(labels), 2):
       raise ValueError(f"probabilities must have shape ({len(labels)}, 2) for 'roc_auc', "
                        f"got {probabilities.shape}")
     if len(np.unique(labels)) == 2:
-      result["roc_auc"] = metrics.roc_auc_score(labels, probabilities[:, 1])
+      result["roc_auc"] = metrics().roc_auc_score(labels, probabilities[:, 1])
   return {k: float(v) for k, v in result.items()}
 
 
 def per_class_report(labels, predictions, label_names) -> dict:
   """{name: {'precision', 'recall', 'f1', 'support'}} for classes 0..len(label_names)-1."""
-  p, r, f, support = metrics.precision_recall_fscore_support(
+  p, r, f, support = metrics().precision_recall_fscore_support(
       labels, predictions, labels=np.arange(len(label_names)), average=None, zero_division=0)
   return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                  "support": int(support[i])} for i, name in enumerate(label_names)}
@@ -65,7 +77,7 @@ def confusion_matrix_png(labels, predictions, label_names, path, title="Confusio
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  matrix = metrics.confusion_matrix(labels, predictions, labels=np.arange(len(label_names)))
+  matrix = metrics().confusion_matrix(labels, predictions, labels=np.arange(len(label_names)))
   size = 2.5 + 0.6 * len(label_names)
   fig = Figure(figsize=(size, size))
   FigureCanvasAgg(fig)
@@ -90,10 +102,10 @@ def multilabel_metrics(label_matrix, prediction_matrix) -> dict:
   Both inputs are 0/1 matrices of shape (examples, labels).
   """
   y, p = np.asarray(label_matrix), np.asarray(prediction_matrix)
-  return {"f1_micro": float(metrics.f1_score(y, p, average="micro", zero_division=0)),
-          "f1_macro": float(metrics.f1_score(y, p, average="macro", zero_division=0)),
-          "exact_match": float(metrics.accuracy_score(y, p)),
-          "hamming_loss": float(metrics.hamming_loss(y, p))}
+  return {"f1_micro": float(metrics().f1_score(y, p, average="micro", zero_division=0)),
+          "f1_macro": float(metrics().f1_score(y, p, average="macro", zero_division=0)),
+          "exact_match": float(metrics().accuracy_score(y, p)),
+          "hamming_loss": float(metrics().hamming_loss(y, p))}
 
 
 def _correlation(fn, labels, predictions) -> float:
@@ -112,10 +124,10 @@ def regression_metrics(labels, predictions) -> dict:
   Predictions of shape (n, 1) are flattened.
   """
   labels, predictions = np.ravel(labels), np.ravel(predictions)
-  return {"pearson": _correlation(stats.pearsonr, labels, predictions),
-          "spearman": _correlation(stats.spearmanr, labels, predictions),
-          "mse": float(metrics.mean_squared_error(labels, predictions)),
-          "mae": float(metrics.mean_absolute_error(labels, predictions))}
+  return {"pearson": _correlation(stats().pearsonr, labels, predictions),
+          "spearman": _correlation(stats().spearmanr, labels, predictions),
+          "mse": float(metrics().mean_squared_error(labels, predictions)),
+          "mae": float(metrics().mean_absolute_error(labels, predictions))}
 
 
 GLUE_METRICS = {
@@ -125,11 +137,11 @@ GLUE_METRICS = {
 }
 
 _GLUE_FNS = {
-    "accuracy": metrics.accuracy_score,
-    "f1": lambda y, p: metrics.f1_score(y, p, pos_label=1, zero_division=0),  # of class 1
-    "mcc": metrics.matthews_corrcoef,
-    "pearson": lambda y, p: _correlation(stats.pearsonr, y, p),
-    "spearman": lambda y, p: _correlation(stats.spearmanr, y, p),
+    "accuracy": lambda y, p: metrics().accuracy_score(y, p),
+    "f1": lambda y, p: metrics().f1_score(y, p, pos_label=1, zero_division=0),  # of class 1
+    "mcc": lambda y, p: metrics().matthews_corrcoef(y, p),
+    "pearson": lambda y, p: _correlation(stats().pearsonr, y, p),
+    "spearman": lambda y, p: _correlation(stats().spearmanr, y, p),
 }
 
 

@@ -6,10 +6,6 @@ Two ways to read ill-formed sequences (an 'I-' after 'O', or after another type)
 - 'strict' (seqeval's mode='strict' with the IOB2 scheme): an entity is a 'B-X' followed by
   'I-X's only; a stray 'I-' belongs to no entity.
 """
-from seqeval import metrics as seqeval_metrics
-from seqeval.metrics import sequence_labeling, v1
-from seqeval.scheme import IOB2, Entities
-
 from research.errors import UserError
 
 MODES = ("conlleval", "strict")
@@ -40,6 +36,10 @@ def extract_entities(tags, mode="conlleval") -> list:
 
 def _entity_types(tag_sequences, mode) -> set:
   """The types seqeval reports: those of the entities it finds (in `mode`)."""
+  # seqeval is imported where it is used: it brings scikit-learn and pandas, about a second of
+  # every command's start-up (see research/evaluate/classification.py `metrics`).
+  from seqeval.metrics import sequence_labeling  # pylint: disable=g-import-not-at-top
+  from seqeval.scheme import IOB2, Entities  # pylint: disable=g-import-not-at-top
   if mode == "strict":
     return Entities(tag_sequences, IOB2).unique_tags
   return {kind for kind, _, _ in sequence_labeling.get_entities(tag_sequences)}
@@ -58,6 +58,11 @@ def entity_metrics(true_tags, pred_tags, mode="conlleval") -> dict:
   if [len(t) for t in true_tags] != [len(p) for p in pred_tags]:
     raise ValueError("true_tags and pred_tags must have the same sentences and lengths")
   true_tags, pred_tags = [list(t) for t in true_tags], [list(p) for p in pred_tags]
+  # pylint: disable=g-import-not-at-top
+  from seqeval import metrics as seqeval_metrics
+  from seqeval.metrics import sequence_labeling, v1
+  from seqeval.scheme import IOB2
+  # pylint: enable=g-import-not-at-top
   if mode == "strict":
     scores = lambda average: v1.precision_recall_fscore_support(
         true_tags, pred_tags, average=average, zero_division=0, scheme=IOB2)
