@@ -79,7 +79,7 @@ def of_config(config) -> str:
 
 
 _lock = threading.Lock()
-_state = {"dir": None, "enabled_once": False}
+_state = {"dir": None, "enabled_once": False, "hook": False}
 
 
 def use(cache_dir: str | None) -> str | None:
@@ -187,8 +187,9 @@ _READ_ERROR = re.compile(r"Error (reading|writing) persistent compilation cache 
 
 def _report_damaged_entries():
   """Installs (once) the hook that turns jax's cache warnings into `_on_cache_warning`."""
-  if getattr(warnings.showwarning, "_research_compile_cache", False):
+  if _state["hook"]:
     return
+  _state["hook"] = True
   shown = warnings.showwarning
 
   def showwarning(message, category, filename, lineno, file=None, line=None):
@@ -198,7 +199,6 @@ def _report_damaged_entries():
     _on_cache_warning(match["module"], match[1], match["error"])
     return None
 
-  showwarning._research_compile_cache = True  # pylint: disable=protected-access
   warnings.showwarning = showwarning
 
 

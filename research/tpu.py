@@ -198,7 +198,7 @@ def analyse(lowered, devices) -> Analysis:
 
 
 def _coords(devices) -> str:
-  return ";".join(str(getattr(d, "coords", d.id)) for d in devices)
+  return ";".join(str(d.coords) for d in devices)
 
 
 def _libtpu_version() -> str:

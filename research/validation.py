@@ -9,6 +9,8 @@ passes any `x <= 0` refusal, an inf any lower bound): `check_finite`.
 import math
 import re
 
+import ml_collections
+
 from research import wandb_logging
 from research.errors import UserError
 from research.tasks import finetuning
@@ -101,7 +103,7 @@ def check_finite(config, prefix: str = ""):
   """Every float of the config, at any depth, is finite (the table checks its own keys first,
   with their ranges in the message)."""
   for key, value in config.items():
-    if hasattr(value, "items"):
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
       check_finite(value, f"{prefix}{key}.")
     elif not _finite(value):
       raise UserError(f"{prefix}{key} must be a finite number, got {value!r}")

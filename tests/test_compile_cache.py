@@ -146,3 +146,49 @@ def test_bypassed_compiles_for_real_and_leaves_the_cache_on(tmp_path, restore_ca
   assert (tally.counts()["programs"], tally.counts()["cache_hits"]) == (1, 0)
   compile_()
   assert (tally.counts()["programs"], tally.counts()["cache_hits"]) == (2, 1)
+
+
+def _tpu_lowered(topology_name):
+  """A small sharded program lowered for the slice `topology_name`, and the slice's devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from research import tpu  # pylint: disable=g-import-not-at-top
+  pytest.importorskip("libtpu", reason="XLA's TPU compiler: pip install -e '.[tpu-aot]'")
+  devices = tpu.tpu_devices(tpu.parse_topology(topology_name))
+  mesh = jax.sharding.Mesh(np.array(devices), ("d",))
+  rows = NamedSharding(mesh, PartitionSpec("d"))
+  step = jax.jit(lambda x, w: jnp.tanh(x @ w) @ w.T, in_shardings=(rows, None),
+                 out_shardings=rows)
+  return step.lower(jax.ShapeDtypeStruct((64, 256), jnp.float32),
+                    jax.ShapeDtypeStruct((256, 512), jnp.float32)), devices
+
+
+def test_aot_figures_are_kept_per_program_and_slice(tmp_path, monkeypatch, restore_cache):
+  """research.aot's TPU compiles (which JAX's cache cannot load back): the second analysis of
+  the same program for the same slice reads the figures the first compile gave; another chip or
+  slice compiles; a damaged figures file is compiled again."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from research import tpu  # pylint: disable=g-import-not-at-top
+  compiled = []
+  real_compile = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, "compile",
+                      lambda self, *a, **k: compiled.append(1) or real_compile(self, *a, **k))
+  compile_cache.use(str(tmp_path))
+  lowered, devices = _tpu_lowered("v5e:2x2")
+  first = tpu.analyse(lowered, devices)
+  assert len(compiled) == 1 and first.cost["flops"] > 0
+  assert first.memory["argument"] == (64 * 256 // 4 + 256 * 512) * 4  # rows split 4 ways
+  again = tpu.analyse(*_tpu_lowered("v5e:2x2"))
+  assert len(compiled) == 1 and again == first
+  v6e, devices = _tpu_lowered("v6e:2x2")  # the same program text, another chip
+  assert v6e.as_text() == lowered.as_text()
+  tpu.analyse(v6e, devices)
+  assert len(compiled) == 2
+  tpu.analyse(*_tpu_lowered("v5e:2x4"))
+  assert len(compiled) == 3
+  kept = [p for p in (tmp_path / "figures").iterdir()
+          if json.loads(p.read_text()) == {"memory": first.memory, "cost": first.cost}]
+  assert len(kept) == 1
+  kept[0].write_text("{garbage")
+  assert tpu.analyse(*_tpu_lowered("v5e:2x2")) == first and len(compiled) == 4
