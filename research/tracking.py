@@ -16,6 +16,7 @@ import datetime
 import json
 import math
 import os
+import sys
 
 import jax
 import tqdm
@@ -81,8 +82,7 @@ class Tracker:
     self._rewrite()  # drop what the interrupted run logged after its last checkpoint
     self.file = open(os.path.join(workdir, METRICS_FILE), "a")
     if tensorboard:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
-      self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = tensorboard_writer(os.path.join(workdir, "tensorboard"))
     if progress:
       self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                            desc="train")
@@ -158,6 +158,24 @@ class Tracker:
     if self.wandb:
       self.wandb.finish(summary, plot_path)
       self.wandb = None
+
+
+def tensorboard_writer(directory: str):
+  """tensorboardX's `SummaryWriter` into `directory`, tensorboardX imported without torch.
+
+  Where torch is installed, tensorboardX imports it (about 2.5 s of every run's start-up on 2
+  CPU cores) only so that its writer accepts torch tensors, which we never log: the import is
+  made to fail for the moment tensorboardX is imported (it falls back to numpy), and works as
+  usual afterwards. A process that imported torch already is left as it is."""
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    if block:
+      del sys.modules["torch"]
+  return tensorboardX.SummaryWriter(directory)
 
 
 def plot_losses(history: list[dict], path: str):
