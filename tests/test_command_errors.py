@@ -2,7 +2,6 @@
 one line on stderr, exit code 2, before any model is compiled, and nothing touched: every file
 under the test's directory byte-identical afterwards and none added. And no libtpu start-up
 errors on a machine without a TPU."""
-import hashlib
 import http.server
 import os
 import socket
@@ -13,6 +12,7 @@ import threading
 import pytest
 
 from conftest import REPO
+from test_cli_errors import _tree_digest
 
 TEXT = "Shares fell as the bank cut its profit forecast\n"
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # NUL bytes: not text
@@ -24,24 +24,13 @@ def _command(module, *args, env=None, stdin=""):
                         text=True, input=stdin, timeout=300, env=dict(os.environ, **(env or {})))
 
 
-def _digest(root) -> dict:
-  """{relative path: sha256} of every file under `root` (a new or removed file changes it)."""
-  digest = {}
-  for folder, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(folder, name)
-      with open(path, "rb") as f:
-        digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return digest
-
-
 def _refused(root, module, args, line, **kwargs):
   """Runs the command; asserts exactly `line` on stderr, exit code 2, and `root` untouched."""
-  before = _digest(root)
+  before = _tree_digest(root)
   proc = _command(module, *args, **kwargs)
   assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [line]), proc.stderr[-3000:]
   assert proc.stdout == ""
-  assert _digest(root) == before
+  assert _tree_digest(root) == before
 
 
 @pytest.fixture
