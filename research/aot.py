@@ -41,6 +41,8 @@ For the decode step: params and the key/value cache per device instead of params
 and the roofline step is the time of one generated token per row (tokens/s: rows / step); MFU
 counts each new token's forward FLOPs against the whole cache (`research.perf`'s sequence FLOPs /
 its length).
+Printed once: `start-up`, the seconds spent tracing, lowering and in XLA's compiler (0 where the
+figures were read from the compile cache; see below); --json: `compile`.
 A step that does not fit ends the command with one line (exit code 1): XLA's numbers and the
 lever that helps (more fsdp, `model.remat`, a smaller batch or `train.grad_accum_steps`). Bad input
 (an unknown topology, a mesh that does not match the slice, libtpu missing) is one line `error:

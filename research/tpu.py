@@ -156,6 +156,7 @@ class Analysis:
   and `memory.compiled_memory` take either."""
   memory: dict
   cost: dict
+  cached: bool = dataclasses.field(default=False, compare=False)  # read from the compile cache
 
   FIELDS = ("argument", "output", "alias", "temp", "generated_code")
 
@@ -187,13 +188,13 @@ def analyse(lowered, devices) -> Analysis:
   if path and os.path.exists(path):
     try:
       with open(path) as f:
-        return Analysis(**json.load(f))
+        return Analysis(**json.load(f), cached=True)
     except (OSError, ValueError, TypeError):
       os.remove(path)  # damaged: compiled again below
   with compile_cache.bypassed():
     analysis = Analysis.of(lowered.compile())
   if path:
-    _write_json(path, dataclasses.asdict(analysis))
+    _write_json(path, {"memory": analysis.memory, "cost": analysis.cost})
   return analysis
 
 
@@ -323,7 +324,7 @@ def decode_figures(config, mesh, model_cfg, chip, peak: float) -> dict:
   figures.update(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
                  alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes,
                  total=perf.compiled_bytes(compiled), code=stats.generated_code_size_in_bytes,
-                 **cost_figures(compiled))
+                 from_cache=compiled.cached, **cost_figures(compiled))
   need = figures["total"] + figures["code"]
   figures.update(fits=need <= chip.hbm_bytes, headroom=chip.hbm_bytes - need,
                  **roofline(figures, chip, peak, rows, flops, devices))
@@ -335,9 +336,12 @@ def decode_figures(config, mesh, model_cfg, chip, peak: float) -> dict:
 
 def estimate(config, topology: Topology, steps) -> dict:
   """Every figure of the module doc, as one dict (the --json object)."""
-  from research import chips, memory, models, perf  # pylint: disable=g-import-not-at-top
-  from research.run_shape import shape_config  # pylint: disable=g-import-not-at-top
-  from research.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from research import chips, compile_cache, memory, models, perf
+  from research.run_shape import shape_config
+  from research.train import state as state_lib
+  # pylint: enable=g-import-not-at-top
+  compiles = compile_cache.Tally.start()
   bad = [s for s in steps if s not in STEPS]
   if bad or not steps:
     raise UserError(f"--step: unknown steps {bad}; known: {list(STEPS)}")
@@ -383,13 +387,15 @@ def estimate(config, topology: Topology, steps) -> dict:
     else:
       stats = memory.compiled_memory(step, compiled)
       figures.update({k: stats[k] for k in ("argument", "output", "alias", "temp", "total")},
-                     code=stats["generated_code"], **cost_figures(compiled))
+                     code=stats["generated_code"], from_cache=compiled.cached,
+                     **cost_figures(compiled))
       need = figures["total"] + figures["code"]
       figures.update(fits=need <= chip.hbm_bytes, headroom=chip.hbm_bytes - need,
                      **roofline(figures, chip, peak, batch * seq, flops, len(devices)))
       if not figures["fits"]:
         figures["levers"] = levers(config, figures, chip.hbm_bytes, len(devices))
     out["steps"][kind] = figures
+  out["compile"] = {k: v for k, v in compiles.counts().items() if k.endswith("_seconds")}
   return out
 
 
@@ -410,6 +416,9 @@ def report(out: dict) -> list:
            f"{out['seq_len']} tokens (grad_accum_steps {out['grad_accum_steps']}); mesh data "
            f"{m['data']}, fsdp {m['fsdp']}, tensor {m['tensor']}; remat {out['remat']}"]
   lines += [f"  ({note})" for note in out["notes"]]
+  c = out["compile"]
+  lines.append(f"start-up: tracing {c['trace_seconds']:.1f} s, lowering {c['lower_seconds']:.1f} "
+               f"s, XLA {c['xla_seconds']:.1f} s")
   for kind, f in out["steps"].items():
     if kind == "decode":
       lines.append(f"decode step ({f['rows']} rows, one new token each, a cache of "
@@ -421,6 +430,9 @@ def report(out: dict) -> list:
     if "xla_error" in f:
       lines.append(f"  does not fit: XLA: {f['xla_error']}")
       continue
+    if f["from_cache"]:
+      lines.append("  (XLA's figures read from the compile cache: this step was compiled for "
+                   "this slice before)")
     lines += [f"  XLA: argument {gib(f['argument'])}, output {gib(f['output'])}, alias "
               f"{gib(f['alias'])}, temp {gib(f['temp'])}, total {gib(f['total'])} (+ code "
               f"{gib(f['code'])}) of {gib(out['hbm_bytes'])}: "

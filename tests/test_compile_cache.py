@@ -180,7 +180,7 @@ def test_aot_figures_are_kept_per_program_and_slice(tmp_path, monkeypatch, resto
   assert len(compiled) == 1 and first.cost["flops"] > 0
   assert first.memory["argument"] == (64 * 256 // 4 + 256 * 512) * 4  # rows split 4 ways
   again = tpu.analyse(*_tpu_lowered("v5e:2x2"))
-  assert len(compiled) == 1 and again == first
+  assert len(compiled) == 1 and again == first and again.cached and not first.cached
   v6e, devices = _tpu_lowered("v6e:2x2")  # the same program text, another chip
   assert v6e.as_text() == lowered.as_text()
   tpu.analyse(v6e, devices)
