@@ -430,7 +430,7 @@ def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):
 # run a different experiment than the one its checkpoints belong to.
 RESUMABLE_FIELDS = ("train.steps", "logging.", "ckpt.every_steps", "ckpt.keep", "ckpt.use_async",
                     "evals.every_steps", "evals.patience", "mesh.", "sharding_rules",
-                    "model.remat", "compile.")
+                    "model.remat", "compile.", "data_cache.")
 
 
 def check_same_run(saved_config: dict, config: dict, where: str, shown: int = 4):

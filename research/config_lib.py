@@ -11,6 +11,7 @@ import os
 import ml_collections
 
 from research import compile_cache, wandb_logging
+from research.data import cache as data_cache
 from research.compress import distill
 from research.errors import UserError
 from research.compress.magnitude import PruneConfig
@@ -127,7 +128,7 @@ def train(steps: int, batch_size: int):
 
 def common(config):
   """Adds the sections every recipe shares (mesh, sharding rules, checkpoints, init, logging,
-  the compile cache)."""
+  the compile and data caches)."""
   config.mesh = dict(data=-1, fsdp=1, tensor=1)
   config.sharding_rules = DEFAULT_RULES
   config.ckpt = dict(every_steps=1000, keep=3, use_async=True)
@@ -138,6 +139,7 @@ def common(config):
   config.prune = dataclasses.asdict(PruneConfig())  # magnitude pruning: research/compress/magnitude.py
   config.distill = distill.section()  # knowledge distillation from a teacher: off until one is set
   config.compile = compile_cache.section()  # compiled programs kept: research/compile_cache.py
+  config.data_cache = data_cache.section()  # tokenizers and token ids kept: research/data/cache.py
   return config
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from research.continual import replay
 from research.continual.settings import ContinualConfig
+from research.data import cache as data_cache
 from research.data import encoding, labelled
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
@@ -53,7 +54,8 @@ def build(config, workdir: str) -> TaskSet:
   rows, classes = read_sources(config, settings)
   settings.check_classes(classes)
   texts = [t for src in rows for t in training_texts(rows[src])]
-  tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", [texts], workdir)
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, "encoder", [texts], workdir,
+                                          data_cache.of_config(config))
   shared = settings.scenario == "class"
   seen = {c for s in settings.stages[:current + 1] for c in (s.classes or classes[s.source])}
   tasks = []

@@ -10,6 +10,7 @@ import numpy as np
 import tokenizers
 
 from research import objectives
+from research.data import cache as data_cache
 from research.data import examples as examples_lib
 from research.data import prepared, sources, tokenizer as tokenizer_lib
 from research.data.pipeline import StepIndexedBatches, device_batches
@@ -67,16 +68,18 @@ def build(config, workdir: str) -> Data:
 
 def _in_memory(config, workdir: str):
   """(tokenizer, a DenseRows store per split, the commonest training token, stats): every
-  document read and tokenized now."""
+  document read and tokenized now (or the tokenizer and ids read from the data cache, which
+  holds what the same texts gave before: research/data/cache.py)."""
   data_cfg, kind = config.data, config.model.kind
   stats = {}
   docs = sources.load_documents(data_cfg, stats)
-  tok = tokenizer_lib.get_tokenizer(data_cfg, kind, [docs["train"]], workdir)
+  cache = data_cache.of_config(config)
+  tok = tokenizer_lib.get_tokenizer(data_cfg, kind, [docs["train"]], workdir, cache)
   specials = SpecialIds.of(tok)
   pair = kind == "encoder" and config.objective.sentence_task != "none"
   stores = {}
   for split, texts in docs.items():
-    token_docs = tokenizer_lib.token_ids(tok, texts)
+    token_docs = cache.token_ids(tok, texts, tokenizer_lib.token_ids)
     if split == "train":
       counts = np.bincount(np.concatenate(token_docs), minlength=tok.get_vocab_size())
     maker = examples_lib.RowMaker(kind, data_cfg.seq_len, pair, specials.eos)

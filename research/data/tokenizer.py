@@ -213,16 +213,22 @@ def from_file(path: str) -> tokenizers.Tokenizer:
                     f"({reason})") from None
 
 
-def get_tokenizer(data_cfg, kind: str, train_text_batches, workdir: str) -> tokenizers.Tokenizer:
+def get_tokenizer(data_cfg, kind: str, train_text_batches, workdir: str,
+                  cache=None) -> tokenizers.Tokenizer:
   """The configured tokenizer, else the workdir's saved one, else one trained (`train`) on
-  `train_text_batches`, an iterable of lists of texts, read only when training."""
+  `train_text_batches`, an iterable of lists of texts, read only when training. With `cache` (a
+  research.data.cache.DataCache; the batches are then lists, read twice), a tokenizer trained on
+  the same texts before is read from it instead."""
   if data_cfg.tokenizer:
     tok = load(data_cfg.tokenizer)
   else:
     saved = os.path.join(workdir, "tokenizer.json")
     if os.path.exists(saved):
       return from_file(saved)
-    tok = train(kind, train_text_batches, data_cfg.vocab_size)
+    if cache is None:
+      tok = train(kind, train_text_batches, data_cfg.vocab_size)
+    else:
+      tok = owned(cache.tokenizer(kind, train_text_batches, data_cfg.vocab_size, train))
   ids = SpecialIds.of(tok)
   needed = ("cls", "sep", "mask") if kind == "encoder" else ("eos",)
   missing = [SPECIAL_NAMES[r][0] for r in needed if getattr(ids, r) < 0]

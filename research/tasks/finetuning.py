@@ -8,6 +8,7 @@ after its kind ('classification', 'token_classification', 'span'), so a single-t
 exports to transformers' *ForSequenceClassification; in multi-task runs each task's head is named
 after the task. Label names are saved as WORKDIR/labels.json for `research.predict`.
 """
+from research.data import cache as data_cache
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
 from research.data import labelled
@@ -71,7 +72,8 @@ def build(config, workdir: str) -> TaskSet:
     task_class(config.tasks[name].kind)  # an unknown kind fails before any data is read
   rows = {name: labelled.load_rows(config.tasks[name]) for name in names}
   texts = [t for name in names for t in training_texts(rows[name])]
-  tokenizer = tokenizer_lib.get_tokenizer(config.data, model_kind(config), [texts], workdir)
+  tokenizer = tokenizer_lib.get_tokenizer(config.data, model_kind(config), [texts], workdir,
+                                          data_cache.of_config(config))
   labels = saved_labels(workdir)  # a resumed run keeps its label order
   tasks = []
   for name in names:
