@@ -52,8 +52,10 @@ EXTRAS_REQUIRE = {
     # random models and the real weights of `models`. torch is pinned to the CPU build this
     # environment carries; an unpinned torch would pull a multi-GB CUDA build.
     # nbclient, nbformat and ipykernel execute colab/*.ipynb headless (tests/test_notebooks.py).
-    "test": ["pytest>=9.0,<10", "torch==2.13.0", "transformers>=5.23,<6", "peft>=0.21.2,<0.22",
-             "nbclient>=0.11.0,<0.12", "nbformat>=5.11.1,<6", "ipykernel>=7.4.0,<8",
+    # pytest-xdist runs the suite on both cores (`pytest -n 2`, as .ci/run does).
+    "test": ["pytest>=9.0,<10", "pytest-xdist>=3.8,<4", "torch==2.13.0", "transformers>=5.23,<6",
+             "peft>=0.21.2,<0.22", "nbclient>=0.11.0,<0.12", "nbformat>=5.11.1,<6",
+             "ipykernel>=7.4.0,<8",
              *MODELS, *WANDB, *TPU_AOT],
 }
 

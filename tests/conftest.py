@@ -11,14 +11,38 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 
-# One compile cache for the whole test run (research/compile_cache.py), so that a program is
-# compiled once per run: in-process tests use it from here on, and every subprocess a test starts
-# inherits the variable (tests/process_group.py keeps it too). .ci/run sets it for the quick
-# start and both suites; without it a run gets a fresh folder, never a developer's own cache.
+# One compile cache and one data cache for the whole test run (research/compile_cache.py,
+# research/data/cache.py), so that a program is compiled, and a corpus tokenized, once per run:
+# in-process tests use them from here on, and every subprocess a test starts inherits the
+# variables (tests/process_group.py keeps them too; pytest-xdist's workers inherit them from the
+# first process). .ci/run sets them for the quick start and both suites; without them a run gets
+# fresh folders, never a developer's own caches.
 os.environ.setdefault("RESEARCH_COMPILE_CACHE_DIR",
                       tempfile.mkdtemp(prefix="research-test-compile-cache-"))
+os.environ.setdefault("RESEARCH_DATA_CACHE_DIR", tempfile.mkdtemp(prefix="research-test-data-cache-"))
 from research import compile_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 compile_cache.use(os.environ["RESEARCH_COMPILE_CACHE_DIR"])
+
+
+# The modules holding the longest tests, longest first (`pytest -n 2 -m slow --durations=80`,
+# 2026-12-07: the runlocal jobs about 200 s each on a shared core, the tables and the chaos test
+# 100-130 s, the TPU compiles 107 s). pytest-xdist hands tests to whichever worker is free in
+# collection order, so a long test collected last keeps one core busy while the other idles;
+# these modules go first instead. A module's tests stay together and in their order, so its
+# module-scoped fixtures are built once per worker as before.
+LONGEST_FIRST = (
+    "tests/test_runlocal.py", "experiments/minilm_bbc_offline/test_peft_table.py",
+    "experiments/minilm_bbc_offline/test_compress_table.py", "tests/test_chaos.py",
+    "tests/test_aot.py", "tests/test_sharding.py", "tests/test_quantize.py",
+    "tests/test_hf_peft_export.py", "tests/test_readme_commands.py", "tests/test_notebooks.py",
+    "tests/test_distill.py", "tests/test_continual.py", "tests/test_multihost.py",
+    "tests/test_adapter_checkpoint.py", "tests/test_bench_cpu.py",
+    "experiments/continual_bbc_news/test_continual_table.py", "tests/test_generate.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
 
 
 def tiny_config(name="mlm", steps=20, **overrides):
