@@ -17,22 +17,29 @@ DECODER = dict(kind="decoder", vocab_size=300, hidden_size=32, num_layers=2, num
 
 
 def init(model_cfg, ids, **kw):
+  """The model and its initial parameters, initialised as one compiled program (eager, each
+  operation compiles on its own: most of these tests' time)."""
   model = models.build(model_cfg)
-  params = model.init(jax.random.key(0), ids, **kw)["params"]
+  params = jax.jit(lambda key: model.init(key, ids, **kw))(jax.random.key(0))["params"]
   return model, params
+
+
+def apply(model, params, ids, **kw):
+  """`model.apply` on `ids` as one compiled program."""
+  return jax.jit(lambda p: model.apply({"params": p}, ids, **kw))(params)
 
 
 def test_encoder_outputs_and_head_shapes():
   ids = jax.random.randint(jax.random.key(1), (2, 16), 5, 300)
   positions = jnp.array([[1, 3, 5], [0, 2, 4]])
   model, params = init(ENCODER, ids, masked_positions=positions)
-  out = model.apply({"params": params}, ids, masked_positions=positions)
+  out = apply(model, params, ids, masked_positions=positions)
   assert out["hidden"].shape == (2, 16, 32)
   assert out["pooled"].shape == (2, 32)
   assert out["mlm_logits"].shape == (2, 3, 300)
   assert out["sentence_pair_logits"].shape == (2, 2)
   # The MLM head at position p equals the head applied to the full hidden state at p.
-  full = model.apply({"params": params}, ids, masked_positions=jnp.tile(jnp.arange(16), (2, 1)))
+  full = apply(model, params, ids, masked_positions=jnp.tile(jnp.arange(16), (2, 1)))
   np.testing.assert_allclose(out["mlm_logits"][0, 1], full["mlm_logits"][0, 3], rtol=1e-5, atol=1e-5)
 
 
@@ -40,16 +47,16 @@ def test_encoder_ignores_padding_tokens():
   ids = jax.random.randint(jax.random.key(2), (1, 12), 5, 300)
   mask = jnp.array([[1] * 8 + [0] * 4])
   model, params = init(ENCODER, ids, attention_mask=mask)
-  a = model.apply({"params": params}, ids, attention_mask=mask)["hidden"]
-  b = model.apply({"params": params}, ids.at[0, 8:].set(7), attention_mask=mask)["hidden"]
+  a = apply(model, params, ids, attention_mask=mask)["hidden"]
+  b = apply(model, params, ids.at[0, 8:].set(7), attention_mask=mask)["hidden"]
   np.testing.assert_allclose(a[0, :8], b[0, :8], rtol=1e-5, atol=1e-5)
 
 
 def test_decoder_is_causal():
   ids = jax.random.randint(jax.random.key(3), (1, 12), 5, 300)
   model, params = init(DECODER, ids)
-  a = model.apply({"params": params}, ids)["lm_logits"]
-  b = model.apply({"params": params}, ids.at[0, 6:].set(9))["lm_logits"]
+  a = apply(model, params, ids)["lm_logits"]
+  b = apply(model, params, ids.at[0, 6:].set(9))["lm_logits"]
   np.testing.assert_allclose(a[0, :6], b[0, :6], rtol=1e-5, atol=1e-5)
   assert not np.allclose(a[0, 6:], b[0, 6:])
 
@@ -61,9 +68,9 @@ def test_packed_documents_do_not_see_each_other():
   packed = jnp.concatenate([doc1, doc2], axis=1)
   segments = jnp.array([[1] * 5 + [2] * 7])
   model, params = init(DECODER, packed, segment_ids=segments)
-  both = model.apply({"params": params}, packed, segment_ids=segments)["lm_logits"]
-  alone1 = model.apply({"params": params}, doc1)["lm_logits"]
-  alone2 = model.apply({"params": params}, doc2)["lm_logits"]
+  both = apply(model, params, packed, segment_ids=segments)["lm_logits"]
+  alone1 = apply(model, params, doc1)["lm_logits"]
+  alone2 = apply(model, params, doc2)["lm_logits"]
   np.testing.assert_allclose(both[0, :5], alone1[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(both[0, 5:], alone2[0], rtol=1e-5, atol=1e-5)
 
@@ -75,7 +82,8 @@ def test_positions_restart_per_segment():
 
 def test_parameters_carry_logical_axis_names():
   ids = jnp.ones((1, 8), jnp.int32)
-  boxed = models.build(ENCODER).init(jax.random.key(0), ids, masked_positions=ids[:, :2])["params"]
+  boxed = jax.jit(lambda key: models.build(ENCODER).init(key, ids, masked_positions=ids[:, :2]))(
+      jax.random.key(0))["params"]
   q = boxed["backbone"]["layer_0"]["attention"]["query"]["kernel"]
   assert q.names == ("embed", "heads", "kv")
   assert boxed["token_embed"]["embedding"].names == ("vocab", "embed")
@@ -87,7 +95,7 @@ def test_no_parameter_names_a_logical_axis_twice(classifier):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   ids = jnp.ones((1, 8), jnp.int32)
   cfg = dict(ENCODER, heads=("classification",), classifier=classifier, num_labels=3)
-  boxed = models.build(cfg).init(jax.random.key(0), ids)["params"]
+  boxed = jax.jit(lambda key: models.build(cfg).init(key, ids))(jax.random.key(0))["params"]
   names = [leaf.names for leaf in jax.tree.leaves(
       boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))]
   assert len(names) == len(jax.tree.leaves(nn.unbox(boxed)))  # every parameter is named
@@ -99,7 +107,7 @@ def test_bfloat16_compute_keeps_float32_params():
   cfg = dict(DECODER, dtype="bfloat16")
   ids = jnp.ones((1, 8), jnp.int32)
   model, params = init(cfg, ids)
-  out = model.apply({"params": params}, ids)
+  out = apply(model, params, ids)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   assert out["hidden"].dtype == jnp.bfloat16
   assert out["lm_logits"].dtype == jnp.float32
@@ -162,14 +170,15 @@ def test_remat_changes_memory_not_results(policy):
   ids = jax.random.randint(jax.random.key(4), (2, 16), 5, 300)
   model, params = init(DECODER, ids)
   remat_model = models.build(models.ModelConfig(**{**DECODER, "remat": policy}))
-  assert jax.tree.structure(remat_model.init(jax.random.key(0), ids)["params"]) == \
-      jax.tree.structure(params)
+  assert jax.tree.structure(jax.eval_shape(lambda: remat_model.init(jax.random.key(0), ids))[
+      "params"]) == jax.tree.structure(params)
 
   def loss(m, p):
     return jnp.mean(m.apply({"params": p}, ids, deterministic=False,
                             rngs={"dropout": jax.random.key(5)})["lm_logits"] ** 2)
-  value, grads = jax.value_and_grad(lambda p: loss(model, p))(params)
-  remat_value, remat_grads = jax.value_and_grad(lambda p: loss(remat_model, p))(params)
+  # compiled, as training runs them (eager, the backward of each block ran op by op: a minute)
+  value, grads = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+  remat_value, remat_grads = jax.jit(jax.value_and_grad(lambda p: loss(remat_model, p)))(params)
   np.testing.assert_allclose(remat_value, value, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                remat_grads, grads)

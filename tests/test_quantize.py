@@ -170,16 +170,17 @@ def test_int8_logits_are_close_to_float_on_the_real_minilm_weights():
                             dtype="float32")
   backbone = models.build(base_cfg)
   fit_batch = batch(fit)
-  pooled = backbone.apply({"params": params}, fit_batch["input_ids"],
-                          attention_mask=fit_batch["attention_mask"])["pooled"]
+  pooled = jax.jit(lambda p: backbone.apply(  # compiled: eager dispatch took most of a minute
+      {"params": p}, fit_batch["input_ids"], attention_mask=fit_batch["attention_mask"]))(
+          params)["pooled"]
   pooled = np.asarray(pooled) - np.asarray(pooled).mean(0)
   means = np.stack([pooled[5 * i:5 * i + 5].mean(0) for i in range(len(names))], 1)
   params = dict(params, heads_classification={"out": {
       "kernel": means / np.linalg.norm(means, axis=0) * 10, "bias": np.zeros(len(names))}})
   test_batch = batch(test)
-  logits = lambda c, p: np.asarray(models.build(c).apply(
-      {"params": p}, test_batch["input_ids"],
-      attention_mask=test_batch["attention_mask"])["classification_logits"])
+  logits = lambda c, p: np.asarray(jax.jit(lambda p_: models.build(c).apply(
+      {"params": p_}, test_batch["input_ids"],
+      attention_mask=test_batch["attention_mask"])["classification_logits"])(p))
   reference = logits(cfg, params)
   measured = {}
   for activations in (False, True):

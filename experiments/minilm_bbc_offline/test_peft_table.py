@@ -23,7 +23,8 @@ def _run(root, *flags):
 def test_the_table_runs_each_method_through_the_command_line(tmp_path):
   methods = "full,bitfit"  # lora: the test below
   results, out = _run(tmp_path, f"--methods={methods}", "--timing_steps=3",
-                      "--extra=--config.train.steps=2,--config.evals.every_steps=2")
+                      "--extra=--config.train.steps=2,--config.evals.every_steps=2,"
+                        "--config.data.seq_len=32")
   for method in methods.split(","):
     r = results[method]
     assert f"{method}: python -m research.main {CONFIG}" in out
