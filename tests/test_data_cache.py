@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import run_cli, tiny_config
 from research import train as train_lib
 from research import tracking
 from research.data import cache as data_cache
@@ -165,3 +165,40 @@ def test_a_warm_run_reads_the_cache_and_trains_exactly_as_a_cold_one(tmp_path, m
   off = run("off", "")
   assert cold == warm == off
   assert len(cold[0]) == 4  # every step logged
+
+
+def test_a_cached_tokenizer_comes_back_with_its_own_padding_off(tmp_path):
+  """An entry is read as every tokenizer we load is (`tokenizer.from_file`): a padding setting in
+  its JSON (an entry edited by hand, or from a tokenizer that carried one) is switched off."""
+  cache = data_cache.DataCache(str(tmp_path))
+  tok = cache.tokenizer("encoder", [TEXTS], 300, tokenizer_lib.train)
+  (entry,) = (tmp_path / "tokenizers").iterdir()
+  tok.enable_padding(length=64)
+  tok.enable_truncation(64)
+  tok.save(str(entry))
+  read = data_cache.DataCache(str(tmp_path)).tokenizer("encoder", [TEXTS], 300, forbidden)
+  assert read.padding is None and read.truncation is None
+  assert len(read.encode("one more").ids) < 64
+
+
+TINY_FLAGS = ["--config=configs/mlm.py:runlocal", "--config.train.batch_size=8",
+              "--config.data.vocab_size=1024", "--config.data.seq_len=32",
+              "--config.evals.every_steps=2", "--config.evals.batches=1",
+              "--config.logging.progress=False", "--config.logging.tensorboard=False"]
+
+
+def test_the_flag_names_the_folder_and_a_resumed_run_may_change_it(tmp_path):
+  """`--config.data_cache.dir` through the command line: the run's tokenizer and token ids land
+  there; resuming with the cache off (`--config.data_cache.dir=`) is allowed and goes on."""
+  folder, workdir = tmp_path / "cache", tmp_path / "run"
+  first = run_cli(*TINY_FLAGS, "--config.train.steps=2", f"--config.data_cache.dir={folder}",
+                  f"--workdir={workdir}")
+  assert first.returncode == 0, first.stderr[-3000:]
+  (entry,) = (folder / "tokenizers").iterdir()
+  assert tokenizer_lib.from_file(str(entry)).to_str() == \
+      tokenizer_lib.from_file(str(workdir / "tokenizer.json")).to_str()
+  assert len(list((folder / "token_ids").iterdir())) == 2
+  resumed = run_cli(*TINY_FLAGS, "--config.train.steps=4", "--config.data_cache.dir=",
+                    f"--workdir={workdir}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert [r["step"] for r in tracking.read_metrics(str(workdir)) if "train/loss" in r][-1] == 4

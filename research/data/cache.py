@@ -73,7 +73,8 @@ class DataCache:
       return train(kind, text_batches, vocab_size)
     key = self._key("tokenizer", kind, str(vocab_size), texts=(t for b in text_batches for t in b))
     path = os.path.join(self.directory, "tokenizers", key + ".json")
-    found = self._read(path, lambda: tokenizers.Tokenizer.from_file(path))
+    from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    found = self._read(path, lambda: tokenizer_lib.from_file(path))  # its padding off, as trained
     if found is not None:
       return found
     tok = train(kind, text_batches, vocab_size)

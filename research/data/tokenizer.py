@@ -225,10 +225,8 @@ def get_tokenizer(data_cfg, kind: str, train_text_batches, workdir: str,
     saved = os.path.join(workdir, "tokenizer.json")
     if os.path.exists(saved):
       return from_file(saved)
-    if cache is None:
-      tok = train(kind, train_text_batches, data_cfg.vocab_size)
-    else:
-      tok = owned(cache.tokenizer(kind, train_text_batches, data_cfg.vocab_size, train))
+    tok = (train(kind, train_text_batches, data_cfg.vocab_size) if cache is None else
+           cache.tokenizer(kind, train_text_batches, data_cfg.vocab_size, train))
   ids = SpecialIds.of(tok)
   needed = ("cls", "sep", "mask") if kind == "encoder" else ("eos",)
   missing = [SPECIAL_NAMES[r][0] for r in needed if getattr(ids, r) < 0]
