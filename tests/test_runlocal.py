@@ -26,6 +26,7 @@ def test_runlocal_job_learns_within_five_minutes(tmp_path, name, prefix):
   seconds = time.time() - start
   after = calibrate()
   assert proc.returncode == 0, proc.stderr[-3000:]
+  print(proc.stdout)  # the summary the user sees (CI's quick start runs this test with -s)
   print(f"{name} runlocal: {seconds:.0f} s")
   assert seconds < 300
   records = tracking.read_metrics(str(tmp_path))
