@@ -12,8 +12,12 @@ still run each time: the cache key is the lowered program.
 Where: `config.compile.cache_dir` for the commands that take a --config (research.main,
 research.aot, research.cost, research.memory), `--compile_cache_dir` for the others; both default
 to $RESEARCH_COMPILE_CACHE_DIR, else `~/.cache/research/compile` (`default_dir`). An empty
-value turns the cache off. Clear it with `rm -r` of the folder at any time; it holds at most
-`MAX_BYTES` (the least recently used entries are evicted first).
+value turns the cache off. Clear it with `rm -r` of the folder at any time. It is kept under
+`MAX_BYTES` by `trim`, the least recently used entries first, at most once per
+`TRIM_EVERY_SECONDS` (when a process starts using the folder), not by jax's own eviction: that
+reads the whole folder under a file lock at every program it writes (60 small programs written
+into a folder of 3,300 entries: 18 s of CPU, 3.4 s without), so that a test suite's later tests
+were the slower the more its earlier ones had compiled.
 
 A cache that cannot be used never fails a run: an unwritable folder costs one warning line and
 the process compiles without it; a damaged entry costs one warning line, is removed, and its
@@ -36,6 +40,7 @@ import logging
 import os
 import re
 import threading
+import time
 import warnings
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,9 @@ log = logging.getLogger(__name__)
 
 ENV = "RESEARCH_COMPILE_CACHE_DIR"
 DEFAULT_DIR = os.path.join("~", ".cache", "research", "compile")
-MAX_BYTES = 8 * 2**30  # then the least recently used entries go (jax's LRU eviction)
+MAX_BYTES = 8 * 2**30  # then the least recently used entries go (`trim`)
+TRIM_EVERY_SECONDS = 3600
+_STAMP = ".trimmed"  # its modification time: when the folder was last trimmed
 
 
 def default_dir() -> str:
@@ -104,13 +111,75 @@ def use(cache_dir: str | None) -> str | None:
     jax.config.update("jax_compilation_cache_dir", wanted)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES if wanted else -1)
+    jax.config.update("jax_compilation_cache_max_size", -1)  # no eviction at every write
     # Not XLA's GPU autotuning cache: jax would put it inside the folder and its path into every
     # entry's key, so that a copied or moved cache (a CI cache restored elsewhere) was cold.
     jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
     _reset_jax_cache()
     _report_damaged_entries()
+  if wanted and "://" not in cache_dir:
+    trim_now_and_then(wanted)
   return wanted
+
+
+def trim_now_and_then(directory: str, every_seconds: float = TRIM_EVERY_SECONDS,
+                      max_bytes: int = MAX_BYTES) -> bool:
+  """`trim(directory)` unless a process did within `every_seconds` (the stamp file says when);
+  returns whether it trimmed. The stamp is set first, so processes starting together trim once."""
+  stamp = os.path.join(directory, _STAMP)
+  try:
+    if time.time() - os.stat(stamp).st_mtime < every_seconds:
+      return False
+  except OSError:
+    pass  # never trimmed
+  try:
+    with open(stamp, "wb"):
+      pass
+  except OSError:
+    return False
+  trim(directory, max_bytes)
+  return True
+
+
+def trim(directory: str, max_bytes: int = MAX_BYTES) -> int:
+  """Removes the least recently used programs until the folder holds at most `max_bytes`;
+  returns how many. Last use: a file's access time where the file system records reads (Linux's
+  default `relatime`: the first read after a write, then at most daily), else when it was
+  written. jax names an entry '<key>-cache' (older versions added '<key>-atime' beside it)."""
+  entries = collections.defaultdict(lambda: [0.0, 0, []])  # key: [last use, bytes, paths]
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return 0
+  for name in names:
+    key, dash, suffix = name.rpartition("-")
+    if not dash or suffix not in ("cache", "atime"):
+      continue
+    path = os.path.join(directory, name)
+    try:
+      stat = os.stat(path)
+    except OSError:
+      continue  # another process removed it
+    entry = entries[key]
+    entry[0] = max(entry[0], stat.st_atime, stat.st_mtime)
+    entry[1] += stat.st_size
+    entry[2].append(path)
+  total = sum(size for _, size, _ in entries.values())
+  removed = 0
+  for _, size, paths in sorted(entries.values()):
+    if total <= max_bytes:
+      break
+    for path in paths:
+      try:
+        os.remove(path)
+      except OSError:
+        pass  # another process removed it
+    total -= size
+    removed += 1
+  if removed:
+    log.info("compile cache: removed the %d least recently used programs from %s (over %.1f GiB)",
+             removed, directory, max_bytes / 2**30)
+  return removed
 
 
 def in_use() -> str | None:

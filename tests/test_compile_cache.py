@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -192,3 +193,51 @@ def test_aot_figures_are_kept_per_program_and_slice(tmp_path, monkeypatch, resto
   assert len(kept) == 1
   kept[0].write_text("{garbage")
   assert tpu.analyse(*_tpu_lowered("v5e:2x2")) == first and len(compiled) == 4
+
+
+def _fake_entries(folder, last_used):
+  """Cache files '<key>-cache' of 100 bytes each, last used at `last_used[key]` (seconds ago)."""
+  folder.mkdir(exist_ok=True)
+  now = time.time()
+  for key, ago in last_used.items():
+    path = folder / f"{key}-cache"
+    path.write_bytes(b"x" * 100)
+    os.utime(path, (now - ago, now - ago))
+
+
+def test_trim_removes_the_least_recently_used_programs_first(tmp_path):
+  """Over the limit, the programs used longest ago go (a legacy '<key>-atime' file with its
+  entry), until the folder fits; other files stay."""
+  _fake_entries(tmp_path, {"jit_a-1": 50, "jit_b-2": 10, "jit_c-3": 40, "jit_d-4": 20})
+  (tmp_path / "jit_c-3-atime").write_bytes(b"t" * 8)
+  os.utime(tmp_path / "jit_c-3-atime", (time.time() - 40,) * 2)
+  (tmp_path / "notes.txt").write_text("kept")
+  assert compile_cache.trim(str(tmp_path), max_bytes=250) == 2
+  assert sorted(os.listdir(tmp_path)) == ["jit_b-2-cache", "jit_d-4-cache", "notes.txt"]
+  assert compile_cache.trim(str(tmp_path), max_bytes=250) == 0
+
+
+def test_the_folder_is_trimmed_at_most_once_per_period(tmp_path):
+  """`use` trims a folder when no process has within TRIM_EVERY_SECONDS (its stamp file), so the
+  folder is read once an hour, not at every compile."""
+  _fake_entries(tmp_path, {"jit_a-1": 30, "jit_b-2": 20, "jit_c-3": 10})
+  trim = lambda: compile_cache.trim_now_and_then(str(tmp_path), max_bytes=150)
+  assert trim() and _entries(tmp_path) == ["jit_c-3-cache"]
+  _fake_entries(tmp_path, {"jit_a-1": 30, "jit_b-2": 20})
+  assert not trim() and len(_entries(tmp_path)) == 3  # trimmed moments ago: left alone
+  stamp = tmp_path / ".trimmed"
+  os.utime(stamp, (time.time() - compile_cache.TRIM_EVERY_SECONDS - 1,) * 2)
+  assert trim() and _entries(tmp_path) == ["jit_c-3-cache"]
+
+
+def test_writing_a_program_leaves_the_rest_of_the_folder_unread(tmp_path, restore_cache):
+  """jax's own eviction reads every entry of the folder (and writes '<key>-atime' files) at each
+  program it caches; ours is off that path: a new entry, and no bookkeeping files."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  _fake_entries(tmp_path, {f"jit_old-{i}": 10 for i in range(3)})
+  compile_cache.use(str(tmp_path))
+  jax.jit(lambda x: jnp.sin(x) * 7.0)(jnp.ones(3)).block_until_ready()
+  names = [n for n in os.listdir(tmp_path) if not n.startswith(".")]
+  assert any(n.startswith("jit__lambda") for n in names), names
+  assert all(n.endswith("-cache") for n in names), names
