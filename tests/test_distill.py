@@ -343,9 +343,9 @@ def test_a_narrower_student_matches_hidden_states_through_its_learned_projection
   batch[distillation.TEACHER] = {
       layers.BLOCK_OUTPUTS: jax.random.normal(jax.random.key(3), (2, 2, 6, 16))}
   term = distillation.hidden_states(1.0)
-  grads = jax.grad(lambda p: term.sums(apply_model(model, p, batch,
-                                                   sown=(layers.BLOCK_OUTPUTS,)), batch)["loss"])(
-                                                       params)
+  # jitted: eagerly, every op of the backward pass compiles on its own
+  grads = jax.jit(jax.grad(lambda p, b: term.sums(
+      apply_model(model, p, b, sown=(layers.BLOCK_OUTPUTS,)), b)["loss"]))(params, batch)
   for name in ("layer_0", "layer_1"):
     assert float(jnp.abs(grads["backbone"][name][layers.DISTILL_PROJECTION]["kernel"]).max()) > 0
 
