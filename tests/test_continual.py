@@ -27,7 +27,7 @@ def tiny_model():
                            dropout_rate=0.0, dtype="float32")
   model = models.build(cfg)
   ids = np.random.default_rng(0).integers(1, 64, (6, 8)).astype(np.int32)
-  params = model.init(jax.random.key(0), ids)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), ids)["params"]  # eager init: seconds of ops
   return model, params, ids
 
 
@@ -53,7 +53,7 @@ def test_ewc_penalty_is_its_formula_in_the_train_step():
   _, metrics = step(state, batch, None, (data,))
   np.testing.assert_allclose(float(metrics["train/ewc"]), expected, rtol=1e-5)
   # Its gradient, the part the step adds to the task's: strength x F x (param - anchor).
-  grads = jax.grad(lambda p: penalty.value(p, data, 3.0))(params)
+  grads = jax.jit(jax.grad(lambda p, d: penalty.value(p, d, 3.0)))(params, data)
   for path, g in params_lib.flatten(grads).items():
     np.testing.assert_allclose(np.asarray(g), 3.0 * fisher[path] * (np.asarray(flat[path]) -
                                                                     anchor[path]), rtol=1e-5,
@@ -102,12 +102,13 @@ def test_fisher_diagonal_is_the_mean_squared_per_example_gradient():
   got = penalty.fisher_diagonal(model, params, (objective,), features, 4, 7, 3, mesh, ())
   chosen = np.random.default_rng(7).permutation(6)[:4]
   def loss(p, f):
-    batch = {k: np.asarray(v)[None] for k, v in f.items()}
+    batch = {k: jax.numpy.asarray(v)[None] for k, v in f.items()}
     out = model.apply({"params": p}, batch["input_ids"], attention_mask=batch["attention_mask"])
     return -jax.nn.log_softmax(out["classification_logits"][0])[batch["label"][0]]
   expected = None
+  grad = jax.jit(jax.grad(loss))  # one example's gradient, as the formula's reference
   for i in chosen:
-    g = jax.tree.map(np.square, jax.grad(loss)(params, features[int(i)]))
+    g = jax.tree.map(np.square, grad(params, features[int(i)]))
     expected = g if expected is None else jax.tree.map(np.add, expected, g)
   for path, v in params_lib.flatten(expected).items():
     np.testing.assert_allclose(got[path], np.asarray(v) / 4, rtol=2e-4, atol=1e-9)
