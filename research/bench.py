@@ -55,6 +55,7 @@ import types
 import numpy as np
 
 from research import bench_cpu, compile_cache
+from research.data import synthetic
 
 WORKLOADS = {  # name: (kind, size, seq, batch)
     "bert-base-mlm-s128": ("encoder", "base", 128, 256),
@@ -136,18 +137,10 @@ def model_config(w: Workload, dtype: str, overrides: dict | None = None):
 
 
 def synthetic_batch(w: Workload, num_predictions: int, seed: int = 0, vocab_size: int = 0) -> dict:
-  """Token ids below `vocab_size` (default: the workload kind's `VOCAB`), and for MLM
-  `num_predictions` masked positions per row (the peer gets the same)."""
-  rng, vocab = np.random.default_rng(seed), vocab_size or VOCAB[w.kind]
-  ids = rng.integers(min(1000, vocab // 2), vocab - 1, (w.batch, w.seq), dtype=np.int32)
-  batch = {"input_ids": ids, "unigram_top": np.zeros(w.batch, np.int32)}  # no padding: no mask
-  if w.kind == "encoder":
-    positions = np.sort(np.stack([rng.choice(np.arange(1, w.seq - 1), num_predictions,
-                                             replace=False) for _ in range(w.batch)]), 1)
-    batch.update(token_type_ids=np.zeros_like(ids), masked_positions=positions.astype(np.int32),
-                 masked_ids=np.take_along_axis(ids, positions, 1),
-                 masked_weights=np.ones(positions.shape, np.float32))
-  return batch  # decoder rows: one document each, as for the peer (no segment_ids)
+  """`synthetic.batch` at the workload's shapes, ids below `vocab_size` (default: the workload
+  kind's `VOCAB`); the peer gets the same batch."""
+  return synthetic.batch(w.kind, w.batch, w.seq, num_predictions, vocab_size or VOCAB[w.kind],
+                         seed)
 
 
 def matmul_tflops(dtype: str, size: int, repeats: int = 10) -> float:

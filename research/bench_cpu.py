@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from research import compile_cache
+from research.data import synthetic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +108,9 @@ def task_objectives(config) -> tuple:
 def batch_of(config, rows: int, seed: int = 0) -> dict:
   """Token ids (no padding) and the objective's targets: MLM positions, class labels, or none
   (next tokens come from the ids)."""
-  from research import bench  # pylint: disable=g-import-not-at-top
   from research.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  w = bench.Workload("", config.model.kind, "", config.data.seq_len, rows)
-  batch = bench.synthetic_batch(w, state_lib.max_predictions(config), seed,
-                                config.model.vocab_size)
+  batch = synthetic.batch(config.model.kind, rows, config.data.seq_len,
+                          state_lib.max_predictions(config), config.model.vocab_size, seed)
   if config.get("tasks"):
     batch = {k: batch[k] for k in ("input_ids",)}
     batch["token_type_ids"] = np.zeros_like(batch["input_ids"])

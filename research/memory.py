@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from research import bench, compile_cache, compile_options, config_lib, models, perf, sharding
 from research import objectives as objectives_lib
+from research.data import synthetic
 from research.errors import UserError
 from research.train import optim
 from research.train import state as state_lib
@@ -80,10 +81,11 @@ def abstract_state(model, tx, config, mesh, rules):
 def abstract_batch(config, mesh, rows):
   """The benchmark's synthetic batch of `rows` rows at this config's shapes, as sharded shape
   structs."""
-  w = bench.Workload("", config.model.kind, "", config.data.seq_len, rows)
   batch_sharding = sharding.batch_sharding(mesh)
+  batch = synthetic.batch(config.model.kind, rows, config.data.seq_len,
+                          state_lib.max_predictions(config), config.model.vocab_size)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
-                      bench.synthetic_batch(w, state_lib.max_predictions(config))), batch_sharding
+                      batch), batch_sharding
 
 
 def saved_activation_bytes(loss_fn, objectives, dropout_key, state, batch, bigger_batch,
