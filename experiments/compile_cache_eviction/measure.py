@@ -33,7 +33,6 @@ if mode == "jax_lru":
 else:
   from research import compile_cache
   compile_cache.use(folder)
-x = jnp.ones(3)
 start = time.process_time()
 for i in range(programs):
   jax.jit(lambda x, i=i: x * i + 1.0)(jnp.ones((i + 1,))).block_until_ready()
