@@ -23,9 +23,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.5,<3",
     "matplotlib>=3.11,<4",
     "safetensors>=0.8.0,<0.9",
-    "scikit-learn>=1.9.1,<2",
-    "scipy>=1.17.1,<2",
-    "seqeval>=1.2.2,<2",
+    "seqeval>=1.2.2,<2",  # entity-level NER scores; brings scikit-learn
     "rouge-score>=0.1.2,<0.2",  # ROUGE-L of generative fine-tuning (research/evaluate/generation.py)
 ]
 
@@ -53,7 +51,9 @@ EXTRAS_REQUIRE = {
     # environment carries; an unpinned torch would pull a multi-GB CUDA build.
     # nbclient, nbformat and ipykernel execute colab/*.ipynb headless (tests/test_notebooks.py).
     # pytest-xdist runs the suite on both cores (`pytest -n 2`, as .ci/run does).
-    "test": ["pytest>=9.0,<10", "pytest-xdist>=3.8,<4", "torch==2.13.0", "transformers>=5.23,<6",
+    # scikit-learn and scipy: the references our metrics and stratified split are checked against.
+    "test": ["pytest>=9.0,<10", "pytest-xdist>=3.8,<4", "scikit-learn>=1.9.1,<2",
+             "scipy>=1.17.1,<2", "torch==2.13.0", "transformers>=5.23,<6",
              "peft>=0.21.2,<0.22", "nbclient>=0.11.0,<0.12", "nbformat>=5.11.1,<6",
              "ipykernel>=7.4.0,<8",
              *MODELS, *WANDB, *TPU_AOT],

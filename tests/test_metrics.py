@@ -1,4 +1,5 @@
-"""research.evaluate against scikit-learn, scipy and seqeval on random inputs; SQuAD by hand."""
+"""research.evaluate against scikit-learn, scipy and seqeval on random inputs (our classification
+metrics are numpy, so these are parity tests); SQuAD by hand."""
 import math
 import re
 import string
@@ -65,6 +66,31 @@ def test_binary_roc_auc_equals_sklearn(seed):
   # A single class in the labels: ROC AUC is undefined and left out, without a warning.
   assert "roc_auc" not in classification.classification_metrics(
       np.ones(200, int), positive > 0.5, probabilities)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tied_scores_rank_as_sklearn_and_scipy_rank_them(seed):
+  """Ties are common in what we rank (rounded probabilities, STS-B's 0.2-step labels): each
+  tied value takes the mean of its ranks, and a tied positive/negative pair counts one half."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, 300)
+  scores = np.round(0.7 * rng.random(300) + 0.3 * labels, 1)  # 11 distinct values
+  assert classification.roc_auc(labels, scores) == pytest.approx(
+      metrics.roc_auc_score(labels, scores))
+  y = np.round(rng.uniform(0, 5, 300) * 5) / 5
+  p = np.round(y + rng.normal(size=300))
+  np.testing.assert_array_equal(classification.average_ranks(p), stats.rankdata(p))
+  assert classification.regression_metrics(y, p)["spearman"] == pytest.approx(
+      stats.spearmanr(y, p)[0])
+
+
+def test_matthews_correlation_of_one_predicted_class_is_zero_as_in_sklearn():
+  labels = np.array([0, 1, 2, 1, 0, 2])
+  for predictions in (np.zeros(6, int), np.full(6, 7)):  # 7: a class the labels never hold
+    assert classification.matthews_corrcoef(labels, predictions) == metrics.matthews_corrcoef(
+        labels, predictions) == 0.0
+  assert classification.matthews_corrcoef(labels, [2, 1, 2, 0, 0, 2]) == pytest.approx(
+      metrics.matthews_corrcoef(labels, [2, 1, 2, 0, 0, 2]))
 
 
 def test_probabilities_of_the_wrong_shape_are_refused():

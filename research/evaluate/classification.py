@@ -1,8 +1,10 @@
 """Classification, multi-label and regression metrics, and GLUE's official metric per task.
 
-Thin wrappers over scikit-learn and scipy that return python floats under fixed names, so that
-they can be logged as `eval/<task>/<metric>`. Precision, recall and F1 of a class that is never
-predicted (or never present) count as 0, without a warning.
+Computed in numpy from counts, under fixed names that are logged as `eval/<task>/<metric>`, and
+checked against scikit-learn and scipy on random inputs, ties included (tests/test_metrics.py).
+Not scikit-learn itself: importing it (with the pandas and scipy it brings) took 1.3 s of every
+fine-tuning command's start-up. Precision, recall and F1 of a class that is never predicted (or
+never present) count as 0, as scikit-learn's `zero_division=0` counts them, without a warning.
 """
 import os
 
@@ -11,18 +13,87 @@ import numpy as np
 from research.errors import UserError
 
 
-def metrics():
-  """scikit-learn's `metrics`, imported at its first use: with pandas, which comes with it, and
-  scipy's `stats`, about a second of every command's start-up, which a run that computes no such
-  metric (pretraining, bad input) need not pay."""
-  import sklearn.metrics  # pylint: disable=g-import-not-at-top
-  return sklearn.metrics
+def _ratio(numerator, denominator):
+  """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
+  numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+  return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
 
 
-def stats():
-  """scipy's `stats`, imported at its first use (see `metrics`)."""
-  import scipy.stats  # pylint: disable=g-import-not-at-top
-  return scipy.stats
+def _counts(labels, predictions, classes):
+  """Per class of `classes`: (true positives, times predicted, times present)."""
+  labels, predictions = np.asarray(labels)[:, None], np.asarray(predictions)[:, None]
+  hits = (labels == classes) & (predictions == classes)
+  return hits.sum(0), (predictions == classes).sum(0), (labels == classes).sum(0)
+
+
+def _precision_recall_f1(true_positives, predicted, present):
+  return (_ratio(true_positives, predicted), _ratio(true_positives, present),
+          _ratio(2 * true_positives, predicted + present))
+
+
+def _averaged(true_positives, predicted, present, average):
+  """(precision, recall, f1) averaged over classes: 'micro' pools the counts, 'macro' takes the
+  plain mean of the classes' scores, 'weighted' their mean weighted by each class's support."""
+  if average == "micro":
+    return _precision_recall_f1(true_positives.sum(), predicted.sum(), present.sum())
+  scores = _precision_recall_f1(true_positives, predicted, present)
+  if average == "macro":
+    return tuple(score.mean() for score in scores)
+  if present.sum() == 0:
+    return 0.0, 0.0, 0.0
+  return tuple(np.average(score, weights=present) for score in scores)
+
+
+def confusion_matrix(labels, predictions, num_classes):
+  """counts[i, j]: examples of true class i predicted as class j, for classes 0..num_classes-1."""
+  counts = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
+  return counts
+
+
+def matthews_corrcoef(labels, predictions) -> float:
+  """The multiclass Matthews correlation (Gorodkin's R_K) over the classes seen in either input;
+  0.0 where it is undefined (all labels or all predictions one class)."""
+  _, inverse = np.unique(np.concatenate([np.ravel(labels), np.ravel(predictions)]),
+                         return_inverse=True)
+  n = len(np.ravel(labels))
+  counts = confusion_matrix(inverse[:n], inverse[n:], inverse.max() + 1).astype(float)
+  true_sum, predicted_sum = counts.sum(1), counts.sum(0)
+  covariance = np.trace(counts) * n - true_sum @ predicted_sum
+  variance = (n * n - predicted_sum @ predicted_sum) * (n * n - true_sum @ true_sum)
+  return 0.0 if variance == 0 else float(covariance / np.sqrt(variance))
+
+
+def average_ranks(values):
+  """Ranks 1..n of `values`, tied values sharing the mean of their ranks."""
+  values = np.ravel(values)
+  order = np.argsort(values, kind="stable")
+  ordered = values[order]
+  starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+  ends = np.r_[starts[1:], len(values)]
+  group = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+  ranks = np.empty(len(values))
+  ranks[order] = ((starts + 1 + ends) / 2)[group]
+  return ranks
+
+
+def roc_auc(labels, scores) -> float:
+  """The area under the ROC curve of binary `labels` (0/1) ranked by `scores`: the chance that
+  a positive outranks a negative, a tie counting one half (the Mann-Whitney U statistic)."""
+  labels = np.ravel(labels).astype(bool)
+  positives, negatives = labels.sum(), (~labels).sum()
+  rank_sum = average_ranks(scores)[labels].sum()
+  return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def pearson(x, y) -> float:
+  x, y = np.ravel(x).astype(float), np.ravel(y).astype(float)
+  x, y = x - x.mean(), y - y.mean()
+  return float(np.clip(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)), -1.0, 1.0))
+
+
+def spearman(x, y) -> float:
+  return pearson(average_ranks(x), average_ranks(y))
 
 
 def classification_metrics(labels, predictions, probabilities=None, label_names=None) -> dict:
@@ -33,28 +104,29 @@ def classification_metrics(labels, predictions, probabilities=None, label_names=
   add 'roc_auc' (of class 1); it is left out when the labels hold a single class, where it is
   undefined.
   """
-  labels, predictions = np.asarray(labels), np.asarray(predictions)
-  classes = None if label_names is None else np.arange(len(label_names))
-  result = {"accuracy": metrics().accuracy_score(labels, predictions)}
+  labels, predictions = np.ravel(labels), np.ravel(predictions)
+  classes = (np.union1d(labels, predictions) if label_names is None
+             else np.arange(len(label_names)))
+  counts = _counts(labels, predictions, classes)
+  result = {"accuracy": np.mean(labels == predictions)}
   for average in ("micro", "macro", "weighted"):
-    p, r, f, _ = metrics().precision_recall_fscore_support(
-        labels, predictions, labels=classes, average=average, zero_division=0)
+    p, r, f = _averaged(*counts, average)
     result.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
-  result["mcc"] = metrics().matthews_corrcoef(labels, predictions)
+  result["mcc"] = matthews_corrcoef(labels, predictions)
   if probabilities is not None:
     probabilities = np.asarray(probabilities)
     if probabilities.shape != (len(labels), 2):
       raise ValueError(f"probabilities must have shape ({len(labels)}, 2) for 'roc_auc', "
                        f"got {probabilities.shape}")
     if len(np.unique(labels)) == 2:
-      result["roc_auc"] = metrics().roc_auc_score(labels, probabilities[:, 1])
+      result["roc_auc"] = roc_auc(labels, probabilities[:, 1])
   return {k: float(v) for k, v in result.items()}
 
 
 def per_class_report(labels, predictions, label_names) -> dict:
   """{name: {'precision', 'recall', 'f1', 'support'}} for classes 0..len(label_names)-1."""
-  p, r, f, support = metrics().precision_recall_fscore_support(
-      labels, predictions, labels=np.arange(len(label_names)), average=None, zero_division=0)
+  true_positives, predicted, support = _counts(labels, predictions, np.arange(len(label_names)))
+  p, r, f = _precision_recall_f1(true_positives, predicted, support)
   return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                  "support": int(support[i])} for i, name in enumerate(label_names)}
 
@@ -77,7 +149,7 @@ def confusion_matrix_png(labels, predictions, label_names, path, title="Confusio
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  matrix = metrics().confusion_matrix(labels, predictions, labels=np.arange(len(label_names)))
+  matrix = confusion_matrix(labels, predictions, len(label_names))
   size = 2.5 + 0.6 * len(label_names)
   fig = Figure(figsize=(size, size))
   FigureCanvasAgg(fig)
@@ -101,19 +173,21 @@ def multilabel_metrics(label_matrix, prediction_matrix) -> dict:
 
   Both inputs are 0/1 matrices of shape (examples, labels).
   """
-  y, p = np.asarray(label_matrix), np.asarray(prediction_matrix)
-  return {"f1_micro": float(metrics().f1_score(y, p, average="micro", zero_division=0)),
-          "f1_macro": float(metrics().f1_score(y, p, average="macro", zero_division=0)),
-          "exact_match": float(metrics().accuracy_score(y, p)),
-          "hamming_loss": float(metrics().hamming_loss(y, p))}
+  y, p = np.asarray(label_matrix).astype(bool), np.asarray(prediction_matrix).astype(bool)
+  counts = (y & p).sum(0), p.sum(0), y.sum(0)  # per label, as `_counts` gives per class
+  return {"f1_micro": float(_averaged(*counts, "micro")[2]),
+          "f1_macro": float(_averaged(*counts, "macro")[2]),
+          "exact_match": float(np.mean((y == p).all(1))),
+          "hamming_loss": float(np.mean(y != p))}
 
 
 def _correlation(fn, labels, predictions) -> float:
-  """scipy's correlation `fn`, or 0.0 where it is undefined (either input constant)."""
+  """The correlation `fn` (pearson, spearman), or 0.0 where it is undefined (either input
+  constant)."""
   labels, predictions = np.ravel(labels), np.ravel(predictions)
   if np.ptp(labels) == 0 or np.ptp(predictions) == 0:
     return 0.0
-  return float(fn(labels, predictions)[0])
+  return fn(labels, predictions)
 
 
 def regression_metrics(labels, predictions) -> dict:
@@ -124,10 +198,10 @@ def regression_metrics(labels, predictions) -> dict:
   Predictions of shape (n, 1) are flattened.
   """
   labels, predictions = np.ravel(labels), np.ravel(predictions)
-  return {"pearson": _correlation(stats().pearsonr, labels, predictions),
-          "spearman": _correlation(stats().spearmanr, labels, predictions),
-          "mse": float(metrics().mean_squared_error(labels, predictions)),
-          "mae": float(metrics().mean_absolute_error(labels, predictions))}
+  return {"pearson": _correlation(pearson, labels, predictions),
+          "spearman": _correlation(spearman, labels, predictions),
+          "mse": float(np.mean((labels - predictions) ** 2)),
+          "mae": float(np.mean(np.abs(labels - predictions)))}
 
 
 GLUE_METRICS = {
@@ -137,11 +211,11 @@ GLUE_METRICS = {
 }
 
 _GLUE_FNS = {
-    "accuracy": lambda y, p: metrics().accuracy_score(y, p),
-    "f1": lambda y, p: metrics().f1_score(y, p, pos_label=1, zero_division=0),  # of class 1
-    "mcc": lambda y, p: metrics().matthews_corrcoef(y, p),
-    "pearson": lambda y, p: _correlation(stats().pearsonr, y, p),
-    "spearman": lambda y, p: _correlation(stats().spearmanr, y, p),
+    "accuracy": lambda y, p: np.mean(y == p),
+    "f1": lambda y, p: _precision_recall_f1(*_counts(y, p, np.array([1])))[2][0],  # of class 1
+    "mcc": matthews_corrcoef,
+    "pearson": lambda y, p: _correlation(pearson, y, p),
+    "spearman": lambda y, p: _correlation(spearman, y, p),
 }
 
 
