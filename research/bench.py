@@ -115,7 +115,7 @@ def run_config(w: Workload, dtype: str, overrides: dict | None = None):
   """The config a user runs for this workload: configs/mlm.py (encoders) or clm.py (decoders) at
   its size, sequence length, batch, vocabulary and compute dtype, plus `--set` overrides; heads
   and the MLM prediction count derived as a run derives them."""
-  from research import config_lib, objectives  # pylint: disable=g-import-not-at-top
+  from research import config_lib, objectives, run_shape  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config_file("mlm" if w.kind == "encoder" else "clm", f"size={w.size}")
   config.data.seq_len, config.train.batch_size = w.seq, w.batch
   config.model.update(vocab_size=VOCAB[w.kind], max_len=max(config.model.max_len, w.seq),
@@ -125,9 +125,8 @@ def run_config(w: Workload, dtype: str, overrides: dict | None = None):
       config.train.dropout_prng = value
     else:
       config.model[key] = value
-  config.model.heads = objectives.pretraining(config.objective)[1]
-  if w.kind == "encoder":
-    config.objective.max_predictions = objectives.max_predictions(config.objective, w.seq)
+  # synthetic ids: the vocabulary is the model's, whatever a tokenizer would have
+  run_shape.derive(config, config.model.vocab_size, objectives.pretraining(config.objective)[1])
   return config
 
 
@@ -215,7 +214,7 @@ def time_train_step(config, steps: int, warmup: int, profile_dir: str = "", name
   w = Workload(name, config.model.kind, "", config.data.seq_len, config.train.batch_size)
   cfg = models.ModelConfig.of_run(config)
   model = models.build(cfg)
-  tx, lr = optim.build(config)
+  tx, lr = optim.build(config, ())  # pretraining: no training feature
   mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_of(config)
   init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
   state, _, state_shardings = state_lib.create_sharded_state(model, tx, config, mesh, rules,

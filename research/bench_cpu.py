@@ -143,7 +143,7 @@ def build_ours(w: Workload) -> Ours:
   config = run_config(w)
   model_cfg = models.ModelConfig.of_run(config)
   model = models.build(model_cfg)
-  tx, lr = optim.build(config)
+  tx, lr = optim.build(config, ())  # the runlocal workloads: no training feature
   mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_of(config)
   init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
   state, _, shardings = state_lib.create_sharded_state(model, tx, config, mesh, rules, init_key)

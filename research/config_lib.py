@@ -10,11 +10,9 @@ import os
 
 import ml_collections
 
-from research import compile_cache, wandb_logging
+from research import compile_cache, features, wandb_logging
 from research.data import cache as data_cache
-from research.compress import distill
 from research.errors import UserError
-from research.compress.magnitude import PruneConfig
 from research.data.labelled import TRAIN_ROWS
 from research.models.config import SIZES, ModelConfig
 from research.peft.config import PeftConfig
@@ -128,16 +126,16 @@ def train(steps: int, batch_size: int):
 
 def common(config):
   """Adds the sections every recipe shares (mesh, sharding rules, checkpoints, init, logging,
-  the compile and data caches)."""
+  the compile and data caches, and each registered training feature's, research/features.py)."""
   config.mesh = dict(data=-1, fsdp=1, tensor=1)
   config.sharding_rules = DEFAULT_RULES
   config.ckpt = dict(every_steps=1000, keep=3, use_async=True)
   config.init = {"resume": "", "weights": "", "exclude": ()}
   config.logging = dict(every_steps=50, peak_tflops=0.0, tensorboard=True, progress=True,
                         wandb=wandb_logging.section())  # Weights & Biases: research/wandb_logging.py
-  config.peft = dataclasses.asdict(PeftConfig())  # parameter-efficient fine-tuning: research/peft
-  config.prune = dataclasses.asdict(PruneConfig())  # magnitude pruning: research/compress/magnitude.py
-  config.distill = distill.section()  # knowledge distillation from a teacher: off until one is set
+  for feature in features.REGISTRY:  # peft, prune, distill, ema: each off by default
+    if feature.section() is not None:
+      config[feature.name] = feature.section()
   config.compile = compile_cache.section()  # compiled programs kept: research/compile_cache.py
   config.data_cache = data_cache.section()  # tokenizers and token ids kept: research/data/cache.py
   return config

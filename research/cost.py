@@ -134,6 +134,7 @@ def estimate(config, devices: int, mfu: float, memory: bool, calibrate_steps: in
   from research import tpu  # pylint: disable=g-import-not-at-top
   from research import memory as memory_lib  # pylint: disable=g-import-not-at-top
   from research import models, perf, sharding  # pylint: disable=g-import-not-at-top
+  from research import features  # pylint: disable=g-import-not-at-top
   from research.train import optim  # pylint: disable=g-import-not-at-top
   from research.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -156,7 +157,8 @@ def estimate(config, devices: int, mfu: float, memory: bool, calibrate_steps: in
          "heads": model_cfg.num_heads, "mlp": model_cfg.mlp_dim, "vocab": model_cfg.vocab_size,
          "seq_len": seq, "batch": batch, "steps": steps,
          "params": state_lib.count_params(params),
-         "params_trainable": state_lib.count_params(params, optim.trainable_predicate(config)),
+         "params_trainable": state_lib.count_params(params, optim.trainable_predicate(
+             config, features.of_config(config))),
          "flops_per_step": flops_per_step, "flops_per_token": flops_per_step / (batch * seq),
          "tokens": steps * batch * seq, "total_flops": flops_per_step * steps,
          "counted": "training steps only (not evaluation, tokenizer, compilation)",

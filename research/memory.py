@@ -45,13 +45,15 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from research import bench, compile_cache, compile_options, config_lib, models, perf, sharding
+from research import bench, compile_cache, compile_options, config_lib, features, models, perf
+from research import sharding
 from research import objectives as objectives_lib
 from research.data import synthetic
 from research.errors import UserError
 from research.train import optim
 from research.train import state as state_lib
-from research.train.resolve import check_batch, padded_vocab_size
+from research.run_shape import padded_vocab_size
+from research.train.resolve import check_batch
 from research.train.step import (derive_dropout_key, make_eval_step, make_loss_fn,
                                  make_train_step)
 
@@ -183,7 +185,8 @@ def abstract_step(config, mesh) -> AbstractStep:
   """
   check_batch(config, mesh)
   model = models.build(models.ModelConfig.of_run(config))
-  tx, lr_schedule = optim.build(config)
+  run_features = features.of_config(config)  # PEFT freezes, AdaLoRA and pruning wrap the optimizer
+  tx, lr_schedule = optim.build(config, run_features)
   rules = sharding.rules_of(config)
   state, shardings = abstract_state(model, tx, config, mesh, rules)
   batch, batch_sharding = abstract_batch(config, mesh, config.train.batch_size)
@@ -192,7 +195,7 @@ def abstract_step(config, mesh) -> AbstractStep:
   step_objectives = objectives_lib.pretraining(config.objective)[0]
   train_step = make_train_step(model, step_objectives, tx, lr_schedule, dropout_key,
                                config.train.grad_accum_steps,
-                               trainable=optim.trainable_predicate(config))
+                               trainable=optim.trainable_predicate(config, run_features))
   return AbstractStep(config, mesh, model, step_objectives, rules, state, shardings, batch,
                       batch_sharding, dropout_key, train_step)
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli, tiny_config
 from test_cli_errors import _fails_with
 from test_lora import TINY, _apply, _init, _with_base
-from research import models
+from research import features, models
 from research import params as params_lib
 from research.peft import adalora, lora
 from research.peft.config import PeftConfig
@@ -144,7 +144,7 @@ def test_orthogonality_is_zero_for_orthonormal_factors_and_grows_otherwise():
   np.testing.assert_allclose(adalora.orthogonality(doubled), 2 * 9 * 4, rtol=1e-5)
   (reg,) = adalora.regularizers(PeftConfig(method="adalora", orth_weight=0.25))
   assert reg.name == "orthogonality"
-  np.testing.assert_allclose(reg.fn(doubled), 0.25 * 72, rtol=1e-5)
+  np.testing.assert_allclose(reg.fn(doubled, None), 0.25 * 72, rtol=1e-5)
   assert adalora.regularizers(PeftConfig(method="lora")) == ()
 
 
@@ -158,10 +158,12 @@ def test_frozen_parameters_keep_no_optimizer_state():
   params = models.build(cfg).init(jax.random.key(0), ids)["params"]
   params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
                         is_leaf=lambda x: hasattr(x, "unbox"))
-  tx, _ = optim.build(config)
+  run_features = features.of_config(config)
+  tx, _ = optim.build(config, run_features)
   opt_state = tx.init(params)
   flat = params_lib.flatten(params)
-  trained = sum(v.size for p, v in flat.items() if optim.trainable_predicate(config)(p))
+  trained = sum(v.size for p, v in flat.items()
+                if optim.trainable_predicate(config, run_features)(p))
   adapters = sum(v.size for p, v in flat.items() if "/lora_" in p)
   e_size = sum(v.size for p, v in flat.items() if p.endswith("/lora_e"))
   leaves = jax.tree.leaves(opt_state)

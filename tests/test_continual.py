@@ -16,7 +16,6 @@ from research import checkpoint, models, tracking
 from research import objectives as objectives_lib
 from research import params as params_lib
 from research.continual import matrix, penalty, replay, runner
-from research.objectives import Regularizer
 from research.train import optim
 from research.train.step import TrainState, make_train_step
 
@@ -39,18 +38,17 @@ def test_ewc_penalty_is_its_formula_in_the_train_step():
   fisher = {p: rng.uniform(size=v.shape).astype(np.float32) for p, v in flat.items()}
   expected = 0.5 * 3.0 * sum(float(np.sum(fisher[p] * (np.asarray(flat[p]) - anchor[p]) ** 2))
                              for p in flat)
-  reg = Regularizer("ewc", lambda p, d: penalty.value(p, d, 3.0),
-                    {"anchor": anchor, "weight": fisher})
+  ewc = penalty.ContinualPenalty("ewc", strength=3.0, anchor_source="", scan_layers=False)
   objective = objectives_lib.classification("t", "classification")
   config = tiny_config("finetune")
-  tx, schedule = optim.build(config)
+  tx, schedule = optim.build(config, ())
   step = jax.jit(make_train_step(model, (objective,), tx, schedule, jax.random.key(0),
-                                 regularizers=(reg,)))
+                                 features=(ewc,)))
   state = TrainState.create(params, tx.init(params))
   batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
            "label": np.arange(6, dtype=np.int32) % 3}
   data = jax.device_put({"anchor": anchor, "weight": fisher})
-  _, metrics = step(state, batch, None, (data,))
+  _, metrics = step(state, batch, {"continual": data})
   np.testing.assert_allclose(float(metrics["train/ewc"]), expected, rtol=1e-5)
   # Its gradient, the part the step adds to the task's: strength x F x (param - anchor).
   grads = jax.jit(jax.grad(lambda p, d: penalty.value(p, d, 3.0)))(params, data)

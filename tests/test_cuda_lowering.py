@@ -21,7 +21,8 @@ def lower_for_cuda(model_cfg, batch, monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the default implementation choice
   model = models.build(model_cfg)
   objective = objectives.masked_lm() if model_cfg.kind == "encoder" else objectives.causal_lm()
-  tx, lr = optim.build(bench.run_config(bench.workloads("bert-base-mlm-s128", True)[0], "float32"))
+  tx, lr = optim.build(bench.run_config(bench.workloads("bert-base-mlm-s128", True)[0], "float32"),
+                       ())
   params = jax.eval_shape(lambda: model.init(
       jax.random.key(0), batch["input_ids"], masked_positions=batch.get("masked_positions"))
                           )["params"]

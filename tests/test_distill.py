@@ -19,7 +19,7 @@ from research import params as params_lib
 from research import tracking
 from research.compress import distill
 from research.objectives import distillation
-from research.train import trainer
+from research import train
 from research.models import layers, layout
 from research.train.step import TrainState, apply_model, make_train_step
 from test_cli_errors import _fails_with
@@ -76,9 +76,10 @@ def tiny():
   task = (objectives.classification("c", "c"),)
 
   def distilled(soft_weight):
-    settings = distill.DistillConfig(teacher="t", soft_weight=soft_weight)
-    return jax.jit(make_train_step(model, distillation.with_distillation(task, settings), tx,
-                                   lambda s: 1e-2, jax.random.key(0), teacher=FakeTeacher(model)))
+    feature = distill.Distill(distill.DistillConfig(teacher="t", soft_weight=soft_weight),
+                              loaded={"teacher": FakeTeacher(model)})
+    return jax.jit(make_train_step(model, task, tx, lambda s: 1e-2, jax.random.key(0),
+                                   features=(feature,)))
   return dict(batch=batch, teacher=teacher, state=lambda: TrainState.create(student, tx.init(student)),
               plain=jax.jit(make_train_step(model, task, tx, lambda s: 1e-2, jax.random.key(0))),
               soft0=distilled(0.0), soft05=distilled(0.5))
@@ -86,13 +87,13 @@ def tiny():
 
 def test_soft_weight_zero_is_the_hard_label_loss_exactly(tiny):
   batch, teacher = tiny["batch"], tiny["teacher"]
-  distilled_state, got = tiny["soft0"](tiny["state"](), batch, teacher)
+  distilled_state, got = tiny["soft0"](tiny["state"](), batch, {"distill": teacher})
   plain_state, want = tiny["plain"](tiny["state"](), batch)
   assert float(got["train/loss"]) == float(want["train/loss"])
   for a, b in zip(jax.tree.leaves(distilled_state.params), jax.tree.leaves(plain_state.params)):
     assert np.array_equal(a, b)
   # and a soft weight adds exactly its term
-  _, mixed = tiny["soft05"](tiny["state"](), batch, teacher)
+  _, mixed = tiny["soft05"](tiny["state"](), batch, {"distill": teacher})
   assert float(mixed["train/c_soft/loss"]) > 0
   np.testing.assert_allclose(float(mixed["train/loss"]),
                              float(want["train/loss"]) + 0.5 * float(mixed["train/c_soft/loss"]),
@@ -104,7 +105,7 @@ def test_the_teacher_is_an_argument_untouched_and_without_optimizer_state(tiny):
   before = jax.tree.map(np.array, teacher)
   state = tiny["state"]()
   for _ in range(3):
-    state, _ = tiny["soft05"](state, tiny["batch"], teacher)
+    state, _ = tiny["soft05"](state, tiny["batch"], {"distill": teacher})
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(teacher)):
     assert np.array_equal(a, np.asarray(b))  # bit-exact
   # the optimizer state holds the student's moments only: the same tree as without a teacher
@@ -193,7 +194,7 @@ def teacher(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("distill") / "teacher")
   config = tiny_config("finetune", steps=4, **{"model.num_layers": TEACHER_LAYERS})
   config.data.seq_len = 32
-  trainer.run(config, workdir)
+  train.run(config, workdir)
   return workdir
 
 
@@ -212,7 +213,7 @@ def test_every_k_student_starts_as_the_teacher_blocks_and_leaves_the_teacher_alo
   before = _digest(teacher)
   config = student_config(teacher, steps=1)
   config.optim.learning_rate = 0.0  # one step that changes nothing: the initial weights
-  summary = trainer.run(config, str(tmp_path / "student"))
+  summary = train.run(config, str(tmp_path / "student"))
   assert _digest(teacher) == before
   ours = params_lib.flatten(checkpoint.workdir_params(str(tmp_path / "student")))
   theirs = params_lib.flatten(checkpoint.workdir_params(teacher))
@@ -226,12 +227,12 @@ def test_every_k_student_starts_as_the_teacher_blocks_and_leaves_the_teacher_alo
 @pytest.mark.slow
 def test_a_killed_and_resumed_student_equals_the_uninterrupted_one(teacher, tmp_path):
   whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
-  trainer.run(student_config(teacher), whole)
+  train.run(student_config(teacher), whole)
   # The state a kill after the step-2 checkpoint leaves: that checkpoint and nothing newer.
   shutil.copytree(whole, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
   shutil.rmtree(os.path.join(resumed, "best"), ignore_errors=True)
-  summary = trainer.run(student_config(teacher), resumed)
+  summary = train.run(student_config(teacher), resumed)
   assert "resumed from step 2" in summary["init"]
   ours = params_lib.flatten(checkpoint.workdir_params(resumed))
   theirs = params_lib.flatten(checkpoint.workdir_params(whole))
@@ -357,7 +358,7 @@ def test_a_narrower_student_trains_predicts_and_exports(teacher, tmp_path):
   config = student_config(teacher, init="")
   config.model.update(hidden_size=64, num_heads=2, mlp_dim=128)
   workdir = str(tmp_path / "narrow")
-  trainer.run(config, workdir)
+  train.run(config, workdir)
   saved = checkpoint.workdir_config(workdir)
   assert saved["model"]["distill_width"] == 128  # the tiny teacher's width
   flat = params_lib.flatten(checkpoint.workdir_params(workdir))
@@ -380,7 +381,7 @@ def test_precomputed_teacher_logits_train_the_student_the_in_step_teacher_does(t
   student reuses; training on them gives the in-step teacher's losses and weights."""
   def student(name, **fields):
     config = student_config(teacher, hidden_weight=0.0, attention_weight=0.0, **fields)
-    summary = trainer.run(config, str(tmp_path / name))
+    summary = train.run(config, str(tmp_path / name))
     return summary, {r["step"]: r for r in tracking.read_metrics(str(tmp_path / name))}
   shared = str(tmp_path / "logits")
   _, in_step = student("in_step")
@@ -450,14 +451,14 @@ def test_an_mlm_student_that_is_its_teacher_has_no_soft_loss(tmp_path):
   teacher_dir = str(tmp_path / "teacher")
   config = tiny_config("mlm", steps=2)
   config.data.seq_len = 32
-  trainer.run(config, teacher_dir)
+  train.run(config, teacher_dir)
   losses = {}
   for init in ("every_k", ""):
     config = tiny_config("mlm", steps=1, **{"model.dropout_rate": 0.0})
     config.data.seq_len = 32
     config.optim.learning_rate = 0.0
     config.distill.update({"teacher": teacher_dir, "init": init})
-    trainer.run(config, str(tmp_path / f"student_{init or 'scratch'}"))
+    train.run(config, str(tmp_path / f"student_{init or 'scratch'}"))
     (record,) = [r for r in tracking.read_metrics(str(tmp_path / f"student_{init or 'scratch'}"))
                  if "train/mlm_soft/loss" in r]
     losses[init or "scratch"] = record["train/mlm_soft/loss"]

@@ -141,12 +141,13 @@ def overrides(config, config_file, tmp_path, stand_ins):
 @pytest.mark.parametrize("config_file, variant", every_variant())
 def test_every_variant_resolves(config_file, variant, tmp_path, stand_ins):
   """The run each argument describes passes every check a run makes before its first write."""
+  from research import features  # pylint: disable=g-import-not-at-top
   from research.train import resolve  # pylint: disable=g-import-not-at-top
   config = load(os.path.join(REPO, config_file)).get_config(variant or None)
   for flag in overrides(config, config_file, tmp_path, stand_ins):
     if not flag.startswith("--config.train.steps="):  # a schedule (AdaLoRA's) may need its steps
       apply_flag(config, flag)
-  run = resolve.resolve(config, str(tmp_path / "run"))
+  run = resolve.resolve(config, str(tmp_path / "run"), features.REGISTRY)
   assert [t.name for t in run.task_set.tasks] == list(config.tasks)
   assert run.model_cfg.peft.method == config.peft.method
   assert not (tmp_path / "run").exists()

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 from test_cli_errors import _fails_with
-from research import models
+from research import features, models
 from research import params as params_lib
 from research.peft import lora
 from research.peft.config import PeftConfig
@@ -102,18 +102,19 @@ def test_frozen_parameters_get_no_gradient_and_no_optimizer_state():
                         masked_positions=batch["masked_positions"])["params"]
     params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
                           is_leaf=lambda x: hasattr(x, "unbox"))
-    tx, lr = optim.build(config)
+    run_features = features.of_config(config)
+    tx, lr = optim.build(config, run_features)
     state = step_lib.TrainState.create(params, tx.init(params))
     from research import objectives  # pylint: disable=g-import-not-at-top
     train_step = step_lib.make_train_step(
         model, objectives.pretraining(config.objective)[0], tx, lr, jax.random.key(1),
-        trainable=optim.trainable_predicate(config))
+        trainable=optim.trainable_predicate(config, run_features))
     compiled = jax.jit(train_step).lower(state, batch).compile()
     costs[method] = compiled.cost_analysis()["flops"]
     states[method] = sum(x.size for x in jax.tree.leaves(state.opt_state))
     if method == "lora":
       trained = sum(v.size for p, v in params_lib.flatten(params).items()
-                    if optim.trainable_predicate(config)(p))
+                    if optim.trainable_predicate(config, run_features)(p))
       counters = sum(1 for x in jax.tree.leaves(state.opt_state) if x.ndim == 0)
       assert states[method] == 2 * trained + counters  # Adam's two moments + step counters
   assert costs["lora"] < 0.85 * costs["none"], costs

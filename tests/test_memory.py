@@ -33,7 +33,7 @@ from research.train import optim
 out = {}
 for mesh in ("8x1x1", "1x8x1", "1x1x8"):
   config = memory.memory_config("encoder", "tiny", 16, 64, "bfloat16", {"vocab_size": 1024})
-  model, (tx, _) = models.build(models.ModelConfig.from_dict(config.model)), optim.build(config)
+  model, (tx, _) = models.build(models.ModelConfig.from_dict(config.model)), optim.build(config, ())
   try:
     state, _ = memory.abstract_state(model, tx, config, sharding.make_mesh(memory.parse_mesh(mesh)),
                                      sharding.rules_of(config))

@@ -14,14 +14,20 @@ from research import checkpoint, models, params as params_lib, tracking
 from research.errors import EXIT_DIVERGED
 from research.objectives.base import Regularizer
 from research.train import nonfinite
+from research.train.feature import Feature
 from research.train.step import TrainState, make_train_step
 from test_accumulation import mlm_case
 
 
-def poisoned(path):
-  """A regularizer worth 0 whose gradient is infinite at parameter `path`: sqrt'(0)."""
-  leaf = lambda params: params_lib.flatten(params)[path]
-  return Regularizer("poison", lambda params: jnp.sqrt(jnp.abs(leaf(params).ravel()[0] * 0.0)))
+class Poisoned(Feature):
+  """A training feature whose regularizer is worth 0 with an infinite gradient at parameter
+  `path`: sqrt'(0)."""
+  name = "poison"
+
+  def __init__(self, path):
+    leaf = lambda params: params_lib.flatten(params)[path]
+    self.regularizers = (Regularizer("poison", lambda params, _: jnp.sqrt(jnp.abs(
+        leaf(params).ravel()[0] * 0.0))),)
 
 
 def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
@@ -31,11 +37,11 @@ def test_a_nonfinite_update_is_dropped_in_the_step_and_counted():
   params = model.init(jax.random.key(0), batch["input_ids"][:1],
                       masked_positions=batch["masked_positions"][:1])["params"]
   target = list(params_lib.flatten(params))[3]
-  def step_of(regularizers):
+  def step_of(features):
     return jax.jit(make_train_step(model, (objective,), optax.sgd(0.1),
                                    optax.constant_schedule(0.0), jax.random.key(1),
-                                   regularizers=regularizers, nonfinite_limit=3))
-  nan_step, good_step = step_of((poisoned(target),)), step_of(())
+                                   nonfinite_limit=3, features=features))
+  nan_step, good_step = step_of((Poisoned(target),)), step_of(())
   state = TrainState.create(params, optax.sgd(0.1).init(params))
 
   state, metrics = nan_step(state, batch)  # step 1: dropped

@@ -25,7 +25,7 @@ def test_weight_decay_reaches_kernels_only(tiny):
   config = tiny("mlm")
   config.optim.update(weight_decay=0.5, clip_norm=0.0)
   config.schedule.update(warmup_steps=0, decay="constant")
-  tx, _ = optim.build(config)
+  tx, _ = optim.build(config, ())
   params = {"dense": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
@@ -50,7 +50,7 @@ def test_frozen_parameters_get_no_update_and_no_optimizer_state(tiny):
   config = tiny("mlm")
   config.optim.update(weight_decay=0.5, trainable=(r"^heads_",))
   config.schedule.update(warmup_steps=0, decay="constant")
-  tx, _ = optim.build(config)
+  tx, _ = optim.build(config, ())
   params = {"backbone": {"dense": {"kernel": jnp.ones((4, 4))}},
             "heads_mlm": {"dense": {"kernel": jnp.ones((4, 4))}}}
   state = tx.init(params)

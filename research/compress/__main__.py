@@ -13,10 +13,10 @@ stderr and exit code 2 (--verbose shows the traceback).
 from absl import app, flags
 
 from research import command_line, compile_cache, files
-from research.compress import distill, prune, quantize
+from research.compress import distill_command, prune, quantize
 from research.errors import UserError, exit_with, one_line_errors
 
-METHODS = {"distill": distill, "prune": prune, "quantize": quantize}
+METHODS = {"distill": distill_command, "prune": prune, "quantize": quantize}
 FLAGS = flags.FLAGS
 
 

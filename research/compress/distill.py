@@ -19,18 +19,21 @@
   precompute     compute the teacher's logits on the run's batches once, to disk, instead of in
                  every step (research/compress/precomputed.py; soft targets only)
   precompute_dir where they go (default WORKDIR/teacher_logits): students sharing it share them
-The loss terms are research/objectives/distillation.py; the step runs the teacher
-(research/train/step.py). `configure` and `check` run in research/train/resolve.py, before
-anything is written; `Teacher.load` in the trainer's build_state (a resumed run reloads the
-teacher: it is never checkpointed).
+The loss terms are research/objectives/distillation.py. `Distill` is distillation as a training
+feature (research/train/feature.py): its `configure` and `check` run while the run is resolved,
+before anything is written; the teacher is loaded when the state is built (a resumed run reloads
+it: it is never checkpointed) and its parameters are the step's input, or its logits are
+computed once and ride with the batches (research/compress/precomputed.py). The command that
+trains a student of a workdir is research/compress/distill_command.py.
 """
 import dataclasses
-import json
+import logging
 import os
 
 import jax
 import numpy as np
 
+from research import config_section
 from research import checkpoint as ckpt_lib
 from research import models
 from research import params as params_lib
@@ -38,6 +41,11 @@ from research.compress import precomputed
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
 from research.models import layers, layout
+from research.objectives import distillation
+from research.peft.config import PeftConfig
+from research.train.feature import Feature, ResolvedModel
+
+log = logging.getLogger(__name__)
 
 INITS = ("", "every_k")
 PROJECTION_PATTERN = f"/{layers.DISTILL_PROJECTION}/"  # the blocks' learned maps to its width
@@ -60,14 +68,7 @@ class DistillConfig:
 
   @classmethod
   def from_dict(cls, d) -> "DistillConfig":
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise UserError(f"unknown distill config keys {unknown}; known: {sorted(names)}")
-    cfg = cls(**d)
-    cfg.validate()
-    return cfg
+    return config_section.parse(cls, d, "distill")
 
   @property
   def active(self) -> bool:
@@ -115,12 +116,9 @@ def teacher_tokenizer(teacher: str) -> str:
   return _hf_dir(teacher) or os.path.join(teacher, "tokenizer.json")
 
 
-def configure(config):
+def configure(config, d: DistillConfig):
   """What a teacher implies for the student's config: its tokenizer (unless one is given) and,
   with init=every_k, its model shape but `model.num_layers` (and the run's own STUDENT_FIELDS)."""
-  d = of_run(config)
-  if not d.active:
-    return
   if d.init == "every_k" and (config.init.weights or config.init.resume):
     raise UserError("distill.init=every_k starts the student from the teacher: leave "
                     "init.weights and init.resume empty")
@@ -136,8 +134,9 @@ def configure(config):
         config.model[field] = value
   width = projection_width(d, teacher, config.model.hidden_size)
   config.model.distill_width = width
-  from research.train import optim  # pylint: disable=g-import-not-at-top
-  if width and optim.trainable_patterns(config):  # PEFT or optim.trainable: train it too
+  frozen_some = (config.optim.get("trainable") or
+                 PeftConfig.from_dict(config.get("peft")).trainable_patterns)
+  if width and frozen_some:  # PEFT or optim.trainable train a subset: the projection too
     config.optim.trainable = (*config.optim.get("trainable", ()), PROJECTION_PATTERN)
 
 
@@ -159,13 +158,11 @@ def layer_ratio(teacher_layers: int, student_layers: int) -> int:
   return teacher_layers // student_layers
 
 
-def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple):
+def check(config, model_cfg: models.ModelConfig, tokenizer, objectives: tuple,
+          d: DistillConfig):
   """Refuses, in one line, a teacher the student cannot learn from: another vocabulary, other
   heads, a depth the layer map cannot pair, other head counts for attention matching, an
   objective without soft targets."""
-  d = of_run(config)
-  if not d.active:
-    return
   own = tokenizer_lib.load(teacher_tokenizer(d.teacher))
   if own.get_vocab() != tokenizer.get_vocab():
     raise UserError(
@@ -204,10 +201,7 @@ class Teacher:
   sown: tuple = ()  # what the blocks' outputs are matched on: layers.BLOCK_OUTPUTS, ATTENTION
 
   @classmethod
-  def load(cls, config, student_cfg: models.ModelConfig) -> "Teacher | None":
-    d = of_run(config)
-    if not d.active:
-      return None
+  def load(cls, d: DistillConfig, student_cfg: models.ModelConfig) -> "Teacher":
     own = teacher_model_config(d.teacher)
     model_cfg = dataclasses.replace(own, heads=student_cfg.heads,
                                     num_labels=student_cfg.num_labels, dtype=student_cfg.dtype,
@@ -268,63 +262,75 @@ class Teacher:
             f"{[i * self.ratio for i in range(num_layers)]})")
 
 
+
+
 # ---------------------------------------------------------------------------------------------
-# python -m research.compress --method=distill: a training run of the student, nothing else.
+# As a training feature (research/train/feature.py): on when distill.teacher is set.
 # ---------------------------------------------------------------------------------------------
-def define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_integer("distill_layers", 2, "Blocks of the student (model.num_layers).",
-                       lower_bound=1)
-  flags.DEFINE_enum("distill_init", "every_k", ["every_k", "scratch"],
-                    "The student's start: every k-th teacher block (same width), or scratch.")
-  flags.DEFINE_float("distill_temperature", DistillConfig.temperature, "distill.temperature")
-  flags.DEFINE_float("distill_soft_weight", DistillConfig.soft_weight, "distill.soft_weight")
-  flags.DEFINE_float("distill_hard_weight", DistillConfig.hard_weight, "distill.hard_weight")
-  flags.DEFINE_float("distill_hidden_weight", DistillConfig.hidden_weight,
-                     "distill.hidden_weight")
-  flags.DEFINE_float("distill_attention_weight", DistillConfig.attention_weight,
-                     "distill.attention_weight")
-  flags.DEFINE_integer("distill_steps", 0, "train.steps of the student (0: the teacher's).")
-  flags.DEFINE_bool("distill_precompute", False, "distill.precompute: the teacher's logits "
-                    "computed once, to disk, instead of in every step (soft targets only).")
-  flags.DEFINE_string("distill_precompute_dir", "", "distill.precompute_dir (default "
-                      "OUT/teacher_logits): students sharing it compute the logits once.")
+@dataclasses.dataclass(frozen=True)
+class Distill(Feature):
+  name = "distill"
+  settings: DistillConfig
+  # The teacher, loaded once per run when the state is built (`teacher`), never compared.
+  loaded: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
+  @classmethod
+  def section(cls) -> dict:
+    return section()
 
-def student_config(teacher: str, layers: int, settings: DistillConfig, steps: int = 0):
-  """The config of a run that distils workdir `teacher` into a `layers`-block student: the
-  teacher's own resolved config (its task, data, optimizer, schedule) with `distill` set, its
-  initialisation and PEFT method cleared, and the teacher's tokenizer (data.tokenizer '')."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from research import config_lib  # pylint: disable=g-import-not-at-top
-  saved = ckpt_lib.workdir_config(teacher)
-  defaults = json.loads(config_lib.common(ml_collections.ConfigDict()).to_json())
-  # JSON values: no shared objects; the compile cache is this machine's, not the teacher run's.
-  saved.update(init=defaults["init"], peft=defaults["peft"], compile=defaults["compile"])
-  config = ml_collections.ConfigDict(saved)
-  config.distill = dataclasses.asdict(settings)
-  config.model.num_layers = layers
-  config.data.tokenizer = ""
-  if steps:
-    config.train.steps = steps
-  return config
+  @classmethod
+  def of_run(cls, config) -> "Distill | None":
+    settings = of_run(config)
+    return cls(settings) if settings.active else None
 
+  def configure(self, config):
+    configure(config, self.settings)
 
-def compress_from_flags(FLAGS) -> str:  # pylint: disable=invalid-name
-  """Trains the student of --workdir (a workdir of ours) into --out; returns the summary line."""
-  from research.train import trainer  # pylint: disable=g-import-not-at-top
-  settings = DistillConfig(
-      teacher=FLAGS.workdir, temperature=FLAGS.distill_temperature,
-      soft_weight=FLAGS.distill_soft_weight, hard_weight=FLAGS.distill_hard_weight,
-      hidden_weight=FLAGS.distill_hidden_weight, attention_weight=FLAGS.distill_attention_weight,
-      init="" if FLAGS.distill_init == "scratch" else FLAGS.distill_init,
-      precompute=FLAGS.distill_precompute, precompute_dir=FLAGS.distill_precompute_dir)
-  settings.validate()
-  config = student_config(FLAGS.workdir, FLAGS.distill_layers, settings, FLAGS.distill_steps)
-  config.compile.cache_dir = FLAGS.compile_cache_dir
-  summary = trainer.run(config, FLAGS.out)
-  tests = {k: v for k, v in summary.items() if k.startswith("test/") and k.endswith("accuracy")}
-  shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())) or \
-      f"train/loss {summary.get('train/loss', float('nan')):.4f}"
-  return (f"distilled {FLAGS.workdir} into a {FLAGS.distill_layers}-block student in "
-          f"{FLAGS.out}: {summary['params/total']} parameters, {shown}")
+  def check(self, model: ResolvedModel):
+    check(model.config, model.model_cfg, model.task_set.tokenizer, model.objectives,
+          self.settings)
+
+  def teacher(self, run) -> Teacher:
+    if "teacher" not in self.loaded:
+      self.loaded["teacher"] = Teacher.load(self.settings, run.model_cfg)
+    return self.loaded["teacher"]
+
+  @property
+  def sown(self) -> tuple:
+    return tuple(name for name, weight in ((layers.BLOCK_OUTPUTS, self.settings.hidden_weight),
+                                          (layers.ATTENTION, self.settings.attention_weight))
+                 if weight)
+
+  def initial_weights(self, run):
+    """distill.init=every_k: the teacher's weights, every k-th block."""
+    if self.settings.init != "every_k":
+      return None
+    teacher, layers_ = self.teacher(run), run.config.model.num_layers
+    return (teacher.student_weights(layers_, run.config.model.scan_layers),
+            teacher.describe(layers_))
+
+  def step_inputs(self, run, abstract_params):
+    """The teacher's parameters, laid out by the run's rules (None with distill.precompute)."""
+    if self.settings.precompute:
+      return None
+    teacher = self.teacher(run)
+    return jax.device_put(teacher.params, teacher.shardings(run.mesh, run.rules))
+
+  def train_batches(self, run, batch_fn, workdir: str):
+    """With distill.precompute: the stored logits ride with each step's host batch."""
+    if not self.settings.precompute:
+      return batch_fn
+    logits = precomputed.TeacherLogits.of_run(run, self.teacher(run), self.settings, workdir)
+    log.info("distill.precompute: the teacher's logits from %s", logits.folder)
+    return logits.batches(batch_fn)
+
+  def objectives(self, objectives: tuple) -> tuple:
+    return distillation.with_distillation(objectives, self.settings)
+
+  def prepare_batch(self, batch, inputs):
+    """The teacher's outputs join the batch (inputs: its parameters), as the objectives' soft
+    targets, under `stop_gradient`; with distill.precompute the batch holds them already."""
+    if inputs is None:
+      return batch
+    teacher = self.loaded["teacher"]  # loaded by `step_inputs`, before the step is traced
+    return {**batch, distillation.TEACHER: jax.lax.stop_gradient(teacher.outputs(inputs, batch))}

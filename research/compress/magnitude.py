@@ -24,9 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research import config_section
 from research import params as params_lib
 from research.errors import UserError
 from research.models import layout
+from research.train.feature import Feature, ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,7 @@ class PruneConfig:
 
   @classmethod
   def from_dict(cls, d) -> "PruneConfig":
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise UserError(f"unknown prune config keys {unknown}; known: {sorted(names)}")
-    d["targets"] = tuple(d.get("targets", ()))
-    cfg = cls(**d)
-    cfg.validate()
-    return cfg
+    return config_section.parse(cls, d, "prune")
 
   def validate(self, key: str = "prune.sparsity"):
     check_sparsity(self.sparsity, key)
@@ -221,3 +215,39 @@ def report(params, cfg: PruneConfig) -> dict:
   log.info("pruning: %.4f of the targeted weights are 0 (target %.4f, %s)", real, cfg.sparsity,
            cfg.scope)
   return {REPORT_KEY: real}
+
+
+# ---------------------------------------------------------------------------------------------
+# As a training feature (research/train/feature.py): on when prune.sparsity > 0.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Prune(Feature):
+  name = "prune"
+  settings: PruneConfig
+
+  @classmethod
+  def section(cls) -> dict:
+    return dataclasses.asdict(PruneConfig())
+
+  @classmethod
+  def of_run(cls, config) -> "Prune | None":
+    settings = PruneConfig.from_dict(config.get("prune"))
+    return cls(settings) if settings.active else None
+
+  def check(self, model: ResolvedModel):
+    """The targets name some parameter; not with PEFT (adapter-only checkpoints would not hold
+    the pruned base weights)."""
+    check_targets(self.settings, list(model.param_shapes))
+    if model.model_cfg.peft.active:
+      raise UserError(f"prune.sparsity={self.settings.sparsity} with peft.method="
+                      f"{model.model_cfg.peft.method!r}: magnitude pruning prunes fully trained "
+                      "weights; use one or the other")
+
+  def optimizer(self, tx):
+    return pruning(tx, self.settings)
+
+  def evaluated(self, state, evaluate) -> dict:
+    return {REPORT_KEY: sparsity(state.params, self.settings)}  # of the parameters evaluated
+
+  def finish(self, params, state, workdir: str, evaluate) -> dict:
+    return report(params, self.settings)  # of the parameters tested (the best ones, if kept)

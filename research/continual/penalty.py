@@ -10,9 +10,12 @@
       (WORKDIR/stages/<stage>/fisher.npz). Stage 1 has no penalty.
   L2-SP (Li et al. 2018): anchor = the weights the sequence started from (`init.weights`),
       weight 1 on every parameter loaded from them (the backbone); new heads are free.
-The anchor and the weights reach the jitted step as a `Regularizer`'s data (an argument laid out
-like the parameters, never a compiled constant); the term is logged as train/ewc or train/l2sp.
+`ContinualPenalty` is the penalty as a training feature (research/train/feature.py), on in a
+continual run's stages after the first: the anchor and the weights reach the jitted step as its
+`step_inputs` (arguments laid out like the parameters, never compiled constants); the term is
+logged as train/ewc or train/l2sp.
 """
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -26,6 +29,7 @@ from research import params as params_lib
 from research.continual.settings import ContinualConfig
 from research.errors import UserError
 from research.objectives import Regularizer
+from research.train.feature import Feature, ResolvedModel
 from research.train.step import make_loss_fn
 
 FISHER_FILE = "fisher.npz"
@@ -43,40 +47,66 @@ def value(params, data, strength: float):
   return 0.5 * strength * total
 
 
-def regularizers(config, shapes: dict) -> tuple:
-  """The continual method's penalty of this stage's run (() for the others, or EWC's stage 1).
-  `shapes`: {path: shape} of the model's parameters."""
-  if not config.get("continual") or int(config.continual.stage) < 1:
-    return ()
-  settings = ContinualConfig.of_run(config)
-  scan = config.model.get("scan_layers", False)
-  if settings.method == "l2sp":
-    source = ckpt_lib.weights_of(config.continual.base, scan, "continual.base")
-    anchor = {p: np.asarray(v, np.float32) for p, v in source.items()
-              if p in shapes and tuple(v.shape) == tuple(shapes[p])}
-    strength = settings.l2sp_strength
-    return (Regularizer("l2sp", lambda params, data: value(params, data, strength),
-                        {"anchor": anchor}),)
-  if settings.method == "ewc" and config.continual.previous:
-    previous = config.continual.previous
-    fisher = load_fisher(previous)
-    anchor = {p: np.asarray(v, np.float32)
-              for p, v in ckpt_lib.weights_of(previous, scan, "continual.previous").items()}
-    if set(fisher) != set(anchor) or set(anchor) != set(shapes):
-      raise UserError(f"{os.path.join(previous, FISHER_FILE)} does not cover this model's "
-                      "parameters: was the stage run with another model?")
-    strength = settings.ewc_strength
-    return (Regularizer("ewc", lambda params, data: value(params, data, strength),
-                        {"anchor": anchor, "weight": fisher}),)
-  return ()
+@dataclasses.dataclass(frozen=True)
+class ContinualPenalty(Feature):
+  """EWC (from stage 2) or L2-SP (from stage 1) in a continual stage's run."""
+  name = "continual"
+  method: str  # 'ewc' or 'l2sp'
+  strength: float
+  anchor_source: str  # EWC: the previous stage's workdir; L2-SP: continual.base (init.weights)
+  scan_layers: bool
+
+  @classmethod
+  def of_run(cls, config) -> "ContinualPenalty | None":
+    if not config.get("continual") or int(config.continual.stage) < 1:
+      return None
+    settings = ContinualConfig.of_run(config)
+    scan = bool(config.model.get("scan_layers", False))
+    if settings.method == "l2sp":
+      return cls("l2sp", settings.l2sp_strength, config.continual.base, scan)
+    if settings.method == "ewc" and config.continual.previous:
+      return cls("ewc", settings.ewc_strength, config.continual.previous, scan)
+    return None
+
+  @property
+  def regularizers(self) -> tuple:
+    strength = self.strength
+    return (Regularizer(self.method, lambda params, data: value(params, data, strength)),)
+
+  def check(self, model: ResolvedModel):
+    """EWC's Fisher diagonal covers exactly this model's parameters."""
+    if self.method == "ewc" and set(fisher_paths(self.anchor_source)) != set(model.param_shapes):
+      raise UserError(f"{os.path.join(self.anchor_source, FISHER_FILE)} does not cover this "
+                      "model's parameters: was the stage run with another model?")
+
+  def step_inputs(self, run, abstract_params):
+    """{'anchor': {path: array}[, 'weight': {path: array}]}, each laid out like its parameter.
+    L2-SP anchors the parameters loaded from continual.base whose shape is this model's (not
+    the new heads)."""
+    params = params_lib.flatten(abstract_params)
+    key = "continual.previous" if self.method == "ewc" else "continual.base"
+    source = ckpt_lib.weights_of(self.anchor_source, self.scan_layers, key)
+    data = {"anchor": {p: np.asarray(v, np.float32) for p, v in source.items()
+                       if p in params and tuple(v.shape) == tuple(params[p].shape)}}
+    if self.method == "ewc":
+      data["weight"] = load_fisher(self.anchor_source)
+    return jax.device_put(data, {field: {p: params[p].sharding for p in arrays}
+                                 for field, arrays in data.items()})
 
 
-def load_fisher(stage_dir: str) -> dict:
+def fisher_paths(stage_dir: str) -> list:
+  """The parameter paths of a stage's Fisher diagonal (read from the file's index only)."""
   path = os.path.join(stage_dir, FISHER_FILE)
   if not os.path.exists(path):
     raise UserError(f"no Fisher diagonal ({FISHER_FILE}) in {stage_dir!r}: the continual run "
                     "writes it when that stage ends")
   with np.load(path) as f:
+    return list(f.files)
+
+
+def load_fisher(stage_dir: str) -> dict:
+  fisher_paths(stage_dir)  # or the one-line error of a stage without one
+  with np.load(os.path.join(stage_dir, FISHER_FILE)) as f:
     return {p: f[p] for p in f.files}
 
 

@@ -40,6 +40,7 @@ HEATMAP, CURVES = "continual_R.png", "continual_accuracy.png"
 
 def run(config, workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+  from research import features  # pylint: disable=g-import-not-at-top
   from research.train import trainer  # pylint: disable=g-import-not-at-top
   wall_start = time.time()
   config = config.copy_and_resolve_references()
@@ -64,7 +65,7 @@ def run(config, workdir: str) -> dict:
         stage_cfg = stage_config(config, settings, k, workdir)
         if settings.method == "replay" and k:
           prepare_replay(settings, config, workdir, k, stage_dir)
-        summary = trainer.run(stage_cfg, stage_dir)
+        summary = trainer.run(stage_cfg, stage_dir, features.REGISTRY)
         if settings.method == "ewc" and k + 1 < len(names):
           estimate_fisher(stage_cfg, settings, workdir, k, stage_dir)
         done = {"row": accuracy_row(summary, settings, rows, k),
@@ -172,8 +173,9 @@ def prepare_replay(settings: ContinualConfig, config, workdir: str, k: int, stag
 
 
 def estimate_fisher(stage_cfg, settings: ContinualConfig, workdir: str, k: int, stage_dir: str):
+  from research import features  # pylint: disable=g-import-not-at-top
   from research.train.resolve import resolve  # pylint: disable=g-import-not-at-top
-  r = resolve(stage_cfg, stage_dir)
+  r = resolve(stage_cfg, stage_dir, features.REGISTRY)
   task = r.task_set.tasks[k]
   params = ckpt_lib.workdir_params(stage_dir)
   start = time.time()

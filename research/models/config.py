@@ -8,6 +8,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from research import config_section
 from research.errors import UserError
 from research.models import quantization
 from research.models import tpu_attention
@@ -118,19 +119,12 @@ class ModelConfig:
   def from_dict(cls, d, peft=None) -> "ModelConfig":
     """Builds from a ConfigDict or dict (a config's `model` section) and, optionally, its `peft`
     section; unknown keys and bad values raise `UserError`."""
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    d = config_section.as_dict(d)
     given = d.pop("peft", None)  # a dict of `dataclasses.asdict(model_cfg)`
     peft = peft if peft is not None else given
-    d["peft"] = peft if isinstance(peft, PeftConfig) else PeftConfig.from_dict(peft)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise UserError(f"unknown model config keys {unknown}; known: {sorted(names)}")
-    if "heads" in d:
-      d["heads"] = tuple(d["heads"])
-    cfg = cls(**d)
-    cfg.validate()
-    return cfg
+    return dataclasses.replace(config_section.parse(cls, d, "model"),
+                               peft=peft if isinstance(peft, PeftConfig)
+                               else PeftConfig.from_dict(peft))
 
   def validate(self):
     if self.kind not in KINDS:

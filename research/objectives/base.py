@@ -78,12 +78,9 @@ def unigram_hits(batch, labels, weights):
 @dataclasses.dataclass(frozen=True)
 class Regularizer:
   """A loss term of the parameters alone, added once per step (e.g. a continual-learning
-  penalty pulling parameters towards an earlier task's); reported as 'train/<name>'.
-
-  `data`: arrays the term reads besides the parameters (an anchor, a Fisher diagonal), as
-  {field: {parameter path: host array}}; the trainer lays each array out like the parameter of
-  its path and passes them to the jitted step as an argument (never baked into the compiled
-  program as constants, never checkpointed): then `fn(params, data)`, else `fn(params)`."""
+  penalty pulling parameters towards an earlier task's); reported as 'train/<name>'. A training
+  feature's (research/train/feature.py): `fn(params, inputs)`, `inputs` being what the feature's
+  `step_inputs` put on the mesh (an anchor, a Fisher diagonal; None when it puts nothing), an
+  argument of the jitted step: never baked into the compiled program, never checkpointed."""
   name: str
-  fn: Callable  # params -> scalar, or (params, data) -> scalar when `data` is given
-  data: dict | None = None
+  fn: Callable  # (params, inputs) -> scalar

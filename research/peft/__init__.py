@@ -7,7 +7,9 @@
   prefix.py   prefix tuning: learned per-layer key/value prefixes (optionally from an MLP)
   prompt.py   prompt tuning: learned soft-prompt embeddings in front of the tokens
   targets.py  what a method can act on in a model; one-line errors before a run writes
+  feature.py  `Peft`: the method as a training feature (research/train/feature.py)
 
-The model builds a method's parameters from `ModelConfig.peft`; the optimizer freezes the rest
-through `optim.trainable_predicate`, and the train step differentiates only what is trained.
+The model builds a method's parameters from `ModelConfig.peft`; the `Peft` feature names what is
+trained, so the optimizer freezes the rest and the train step differentiates only what is
+trained; AdaLoRA adds its rank budget to the optimizer, its regulariser and its rank report.
 """

@@ -189,7 +189,7 @@ def regularizers(peft: PeftConfig) -> tuple:
   if peft.method != "adalora" or not peft.orth_weight:
     return ()
   weight = peft.orth_weight
-  return (Regularizer(REGULARIZER, lambda params: weight * orthogonality(params)),)
+  return (Regularizer(REGULARIZER, lambda params, _: weight * orthogonality(params)),)
 
 
 def ranks(params) -> dict:

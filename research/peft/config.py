@@ -7,6 +7,7 @@ layout: 'backbone/layers/attention/query'); `targets` are regexes searched in th
 import dataclasses
 import re
 
+from research import config_section
 from research.errors import UserError
 
 METHODS = ("none", "lora", "adalora", "adapter", "prefix", "prompt", "bitfit", "ia3")
@@ -82,15 +83,7 @@ class PeftConfig:
 
   @classmethod
   def from_dict(cls, d) -> "PeftConfig":
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else (d or {}))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise UserError(f"unknown peft config keys {unknown}; known: {sorted(names)}")
-    d["targets"] = tuple(d.get("targets", ()))
-    cfg = cls(**d)
-    cfg.validate()
-    return cfg
+    return config_section.parse(cls, d, "peft")
 
   def validate(self):
     if self.method not in METHODS:

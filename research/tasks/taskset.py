@@ -5,8 +5,6 @@ heads, losses, evaluation or label files it asks the task set, and only through 
   tokenizer, tasks               the shared tokenizer; the tasks (one = single-task)
   head_specs                     every head the model needs (the model config is derived from it)
   train_batch(step)              (task index, this host's rows): the multi-task mixture inside
-  regularizers                   loss terms of the parameters alone (AdaLoRA's, continual
-                                 learning's penalties)
   stats                          data statistics for the summary
   save(workdir)                  writes tokenizer.json and, for fine-tuning, labels.json
 Pretraining is a task set of one `PretrainingTask`.
@@ -26,7 +24,6 @@ class TaskSet:
   tasks: list
   tokenizer: object
   schedule: mixture.Schedule | None = None  # which task each step draws from (several tasks)
-  regularizers: tuple = ()
 
   @property
   def head_specs(self) -> tuple:

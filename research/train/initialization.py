@@ -3,11 +3,11 @@
   1. the workdir's own latest valid checkpoint (full state and data position: a resumed run;
      damaged newer ones are moved to WORKDIR/checkpoints.damaged/),
   2. `init.resume`: the full state of another run's latest valid checkpoint,
-  3. `init.weights`: weights only, from a workdir of ours or 'hf:DIR' (a transformers
-     checkpoint), every parameter whose path and shape match, minus `init.exclude` regexes,
-     the source's blocks first put in this model's layout (`model.scan_layers`); or, for a
-     distillation student with `distill.init=every_k`, the teacher's weights, every k-th block
-     (research/compress/distill.py),
+  3. the weights a training feature gives (`Feature.initial_weights`: a distillation student
+     with `distill.init=every_k` takes its teacher's, every k-th block), else `init.weights`:
+     weights only, from a workdir of ours or 'hf:DIR' (a transformers checkpoint); either way
+     every parameter whose path and shape match, minus `init.exclude` regexes, the source's
+     blocks first put in this model's layout (`model.scan_layers`),
   4. from scratch.
 
 A PEFT run (`peft.method` other than 'none') that starts from `init.weights` saves adapter-only
@@ -30,8 +30,6 @@ import numpy as np
 from research import checkpoint as ckpt_lib
 from research import params as params_lib
 from research.errors import UserError
-from research.peft.config import PeftConfig
-from research.train import optim
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +84,15 @@ def check_sources(config, resuming: bool):
     ckpt_lib.check_float_weights(config.init.weights, "init.weights")
 
 
-def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings, teacher=None):
+def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings,
+                  feature_weights=lambda: None, trainable=lambda path: True,
+                  adapter_only=False):
   """(state, data_state, description, base) by the policy; `fresh()` makes the scratch state
-  (called only where the policy needs it: not for a checkpoint), `base` the `BaseReference` the run's checkpoints hold in place of their frozen parameters (None: full
-  checkpoints). `teacher`: a distillation run's `distill.Teacher` (or None).
+  (called only where the policy needs it: not for a checkpoint), `base` the `BaseReference` the
+  run's checkpoints hold in place of their frozen parameters (None: full checkpoints).
+  `feature_weights()`: (source, description) of a training feature's weights, or None;
+  `trainable`: path -> bool; `adapter_only`: a PEFT run, whose checkpoints from `init.weights`
+  hold the trained parameters and a reference to the frozen rest.
 
   A damaged checkpoint of our own workdir is moved aside and the one before it used; if none is
   left the run stops (one line naming what was moved) rather than silently start over."""
@@ -110,26 +113,24 @@ def initial_state(config, own: ckpt_lib.Checkpointer, fresh, abstract, shardings
                       "is damaged: see the warnings above)")
     state, data_state, base = restored
     return state, data_state, f"init.resume {config.init.resume} (step {step})", base
-  if teacher is not None and config.distill.init == "every_k":
-    source = teacher.student_weights(config.model.num_layers, config.model.scan_layers)
+  given = feature_weights()
+  if given is not None:
+    source, description = given
     state, loaded, total = load_weights(fresh(), source, config.init.exclude, shardings)
-    return (state, {"next_step": 0},
-            f"{teacher.describe(config.model.num_layers)} ({len(loaded)} of {total} arrays)", None)
+    return state, {"next_step": 0}, f"{description} ({len(loaded)} of {total} arrays)", None
   if config.init.weights:
     source = ckpt_lib.weights_of(config.init.weights, config.model.scan_layers)
     state, loaded, total = load_weights(fresh(), source, config.init.exclude, shardings)
+    base = base_reference(config, source, loaded, state.params, trainable) if adapter_only \
+        else None  # a full fine-tuning run saves every parameter
     return (state, {"next_step": 0},
-            f"init.weights {config.init.weights} ({len(loaded)} of {total} arrays)",
-            base_reference(config, source, loaded, state.params))
+            f"init.weights {config.init.weights} ({len(loaded)} of {total} arrays)", base)
   return fresh(), {"next_step": 0}, "scratch", None
 
 
-def base_reference(config, source: dict, loaded: list, params):
-  """The `BaseReference` of a PEFT run to the frozen parameters it loaded from `source` (as cast
-  into `params`); None without PEFT: a full fine-tuning run saves every parameter."""
-  if not PeftConfig.from_dict(config.get("peft")).active:
-    return None
-  trained = optim.trainable_predicate(config)
+def base_reference(config, source: dict, loaded: list, params, trained):
+  """The `BaseReference` of a PEFT run to the frozen parameters (`trained` false) it loaded from
+  `source` (as cast into `params`)."""
   dtypes = {p: v.dtype for p, v in params_lib.flatten(params).items()}
   frozen = {p: np.asarray(source[p], dtypes[p]) for p in loaded if not trained(p)}
   return ckpt_lib.BaseReference.of(config.init.weights, config.model.scan_layers, frozen)

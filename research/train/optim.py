@@ -3,17 +3,16 @@
 AdamW with weight decay masked off by parameter-path patterns (regexes searched in the
 '/'-joined path, e.g. 'backbone/layer_0/ln_mlp/scale'), so the mask does not depend on one
 library's naming; global-norm clipping; linear warmup then linear or cosine decay. Only the
-parameters `optim.trainable` selects are trained (the seam PEFT uses): the rest get zero updates
-and no optimizer state.
+parameters `optim.trainable` and the run's training features select are trained (PEFT's
+adapters): the rest get zero updates and no optimizer state. The features may wrap the
+optimizer of the trained parameters (`Feature.optimizer`: AdaLoRA's rank budget, pruning).
 """
 import jax
 import optax
 
 from research import params as params_lib
-from research.compress import magnitude
 from research.errors import UserError
-from research.peft import adalora
-from research.peft.config import PeftConfig
+from research.train import feature as feature_lib
 
 
 DECAYS = ("linear", "cosine", "constant")  # schedule.decay: what follows the warmup
@@ -43,26 +42,24 @@ def decay_mask(patterns):
   return lambda params: params_lib.mask(params, lambda path: not exempt(path))
 
 
-def trainable_patterns(config) -> tuple:
-  """The regexes of the trained parameters: `optim.trainable`'s and those of the `peft` method
-  (research/peft); empty: every parameter is trained."""
-  return (tuple(config.optim.get("trainable", ())) +
-          PeftConfig.from_dict(config.get("peft")).trainable_patterns)
+def trainable_patterns(config, features) -> tuple:
+  """The regexes of the trained parameters: `optim.trainable`'s and the `features`' (PEFT's
+  adapters); empty: every parameter is trained."""
+  return feature_lib.trainable_patterns(config, features)
 
 
-def trainable_predicate(config):
+def trainable_predicate(config, features):
   """path -> bool: whether the parameter at `path` is trained (`trainable_patterns`)."""
-  patterns = trainable_patterns(config)
+  patterns = trainable_patterns(config, features)
   return params_lib.matches(patterns) if patterns else (lambda path: True)
 
 
-def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build(config, features) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (+ clipping) on the trainable parameters; frozen ones get zero updates and no state.
 
-  Clipping measures the trainable parameters' gradients only. With `peft.method=adalora` the
-  trainable parameters' optimizer also prunes singular values to the rank budget
-  (`adalora.rank_allocation`, over `train.steps`). With `prune.sparsity` > 0 the whole optimizer
-  also keeps the targeted weights pruned (`magnitude.pruning`; not with PEFT: resolve refuses).
+  Clipping measures the trainable parameters' gradients only. Each of the run's `features`
+  (research.train.feature; () for none) may wrap the trainable parameters' optimizer, in the
+  registry's order (`Feature.optimizer`).
   """
   o = config.optim
   if o.name != "adamw":
@@ -71,16 +68,10 @@ def build(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
   chain.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                            mask=decay_mask(o.no_decay)))
-  tx = optax.chain(*chain)
-  peft = PeftConfig.from_dict(config.get("peft"))
-  if peft.method == "adalora":
-    tx = adalora.rank_allocation(tx, peft, config.train.steps)
-  prune = magnitude.PruneConfig.from_dict(config.get("prune"))
-  if prune.active:
-    tx = magnitude.pruning(tx, prune)
-  if not trainable_patterns(config):
+  tx = feature_lib.wrap_optimizer(optax.chain(*chain), features)
+  if not trainable_patterns(config, features):
     return tx, lr
-  trainable = trainable_predicate(config)
+  trainable = trainable_predicate(config, features)
   labels = lambda params: jax.tree.map(lambda t: "trainable" if t else "frozen",
                                        params_lib.mask(params, trainable))
   return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels), lr

@@ -1,7 +1,9 @@
 """Resolve a run's config in one place, before anything is written; then freeze it.
 
-`resolve(config, workdir) -> Run` checks that no live run holds the workdir, checks the values,
-applies what the initialisation source implies (`init.weights` from HF: the model's shape and
+`resolve(config, workdir, registry) -> Run` checks that no live run holds the workdir, checks
+the values, parses the sections of the training features `registry` lists that the config turns
+on (research/train/feature.py; each once, into `Run.features`), applies what the initialisation
+source and the features imply (`init.weights` from HF: the model's shape and
 tokenizer), derives `objective.max_predictions`, reads the data into the `TaskSet`, takes
 `model.vocab_size` from the tokenizer and `model.heads` from the tasks, builds the mesh, checks
 the batch against it, the optimizer settings, and a checkpoint already in the workdir against
@@ -16,23 +18,17 @@ is only skipped here (the newest one whose metadata reads is the one compared); 
 import dataclasses
 import json
 import logging
-import math
 import os
 
 import jax
 import ml_collections
 
 from research import checkpoint as ckpt_lib
-from research.compress import magnitude
-from research.continual import penalty
-from research import models, sharding, tasks, validation
+from research import models, run_shape, sharding, tasks, validation
 from research import params as params_lib
 from research.errors import UserError
 from research.models import quantization
-from research.peft import adalora
-from research.peft import targets as peft_targets
-from research import objectives
-from research.compress import distill
+from research.train import feature as feature_lib
 from research.train import initialization, optim
 from research.train import state as state_lib
 from research.workdir import check_not_in_use
@@ -48,17 +44,20 @@ class Run:
   mesh: jax.sharding.Mesh
   rules: tuple
   latest_step: int | None  # the workdir's own newest readable checkpoint (None: a new run)
+  features: tuple = ()  # the training features this run turns on, in the registry's order
 
   @property
-  def prune(self) -> magnitude.PruneConfig:
-    return magnitude.PruneConfig.from_dict(self.config.get("prune"))
+  def trainable(self):
+    """path -> bool: whether the parameter at `path` is trained (`optim.trainable`, features)."""
+    return optim.trainable_predicate(self.config, self.features)
 
 
-def resolve(config, workdir: str) -> Run:
+def resolve(config, workdir: str, registry) -> Run:
   check_not_in_use(workdir, jax.process_index())
   config = config.copy_and_resolve_references()
   validation.check_config(config)
   check_trainable_quantization(config.model.get("quantization", "none"))
+  features = feature_lib.enabled(registry, config)  # each feature's section, parsed once
   mesh = sharding.make_mesh(config.mesh)
   check_batch(config, mesh)
   own = os.path.join(workdir, "checkpoints")
@@ -67,26 +66,19 @@ def resolve(config, workdir: str) -> Run:
     check_base(ckpt_lib.Checkpointer(own, use_async=False), latest)
   initialization.check_sources(config, resuming=latest is not None)
   initialization.configure(config)
-  distill.configure(config)  # a teacher's tokenizer and, for an every_k student, its shape
-  resolve_max_predictions(config)
+  for feature in features:  # e.g. a teacher's tokenizer and, for an every_k student, its shape
+    feature.configure(config)
+  run_shape.derive_max_predictions(config)  # the data pipeline masks that many positions
   task_set = tasks.build(config, workdir)
-  resolve_vocab(config, task_set.tokenizer)
-  resolve_heads(config, task_set)
+  run_shape.derive(config, task_set.tokenizer.get_vocab_size(), task_set.head_specs)
   model_cfg = models.ModelConfig.of_run(config)
-  peft_targets.check_architecture(model_cfg, config.data.seq_len)
-  distill.check(config, model_cfg, task_set.tokenizer,
-                tuple(o for task in task_set.tasks for o in task.objectives))
-  task_set = dataclasses.replace(  # the PEFT method's loss terms (AdaLoRA's orthogonality)
-      task_set, regularizers=task_set.regularizers + adalora.regularizers(model_cfg.peft))
-  optim.build(config)  # its settings fail here, not after the workdir is written
   rules = sharding.rules_of(config)
-  shapes = state_lib.abstract_params(models.build(model_cfg), config, mesh, rules)
-  task_set = dataclasses.replace(  # a continual-learning stage's EWC or L2-SP penalty
-      task_set, regularizers=task_set.regularizers + penalty.regularizers(
-          config, {p: v.shape for p, v in params_lib.flatten(shapes).items()}))
-  check_path_patterns(config, list(params_lib.flatten(shapes)))
-  peft_targets.check(model_cfg, {p: v.shape for p, v in params_lib.flatten(shapes).items()})
-  check_prune(config, model_cfg, list(params_lib.flatten(shapes)))
+  model = feature_lib.ResolvedModel(config, model_cfg, task_set, lambda: state_lib.abstract_params(
+      models.build(model_cfg), config, mesh, rules))
+  for feature in features:
+    feature.check(model)
+  optim.build(config, features)  # its settings fail here, not after the workdir is written
+  check_path_patterns(config, list(model.param_shapes))
   if latest is not None:  # resuming: the same model, run and tokenizer, or a one-line refusal
     check_resumable(config, task_set.tokenizer, ckpt_lib.Checkpointer(own, use_async=False),
                     latest, workdir)
@@ -101,7 +93,7 @@ def resolve(config, workdir: str) -> Run:
                                f"init.resume {config.init.resume!r}")
     check_base(other, step)
   return Run(ml_collections.FrozenConfigDict(config), model_cfg, task_set, mesh,
-             sharding.rules_of(config), latest)
+             sharding.rules_of(config), latest, features)
 
 
 def check_resumable(config, tokenizer, own: ckpt_lib.Checkpointer, step: int, workdir: str):
@@ -150,16 +142,6 @@ def check_base(ckpt: ckpt_lib.Checkpointer, step: int):
     base.load_frozen(ckpt.step_path(step))
 
 
-def check_prune(config, model_cfg, paths: list):
-  """`prune` (its values already checked by `optim.build`) targets some parameter, and is not
-  combined with PEFT (adapter-only checkpoints would not hold the pruned base weights)."""
-  prune = magnitude.PruneConfig.from_dict(config.get("prune"))
-  magnitude.check_targets(prune, paths)
-  if prune.active and model_cfg.peft.active:
-    raise UserError(f"prune.sparsity={prune.sparsity} with peft.method={model_cfg.peft.method!r}: "
-                    "magnitude pruning prunes fully trained weights; use one or the other")
-
-
 def check_path_patterns(config, paths: list):
   """Each regex of `optim.trainable` and `init.exclude` names at least one parameter: one that
   names none would silently train (or load) everything, e.g. a per-block path such as
@@ -181,33 +163,3 @@ def check_batch(config, mesh):
     raise UserError(f"train.batch_size ({batch}) must be divisible by the data-parallel size "
                     f"(mesh data x fsdp = {dp}) times train.grad_accum_steps ({accum}), and by "
                     f"the {jax.process_count()} host(s)")
-
-
-def resolve_max_predictions(config):
-  if config.get("objective") and config.objective.name == "mlm":
-    config.objective.max_predictions = objectives.max_predictions(config.objective,
-                                                                 config.data.seq_len)
-
-
-def padded_vocab_size(tokens: int) -> int:
-  """The model's vocabulary for a tokenizer of `tokens` entries: rounded up to a multiple of 128."""
-  return int(math.ceil(tokens / 128) * 128)
-
-
-def resolve_vocab(config, tokenizer):
-  """model.vocab_size = -1 takes the tokenizer's size, rounded up to a multiple of 128."""
-  if config.model.vocab_size == -1:
-    config.model.vocab_size = padded_vocab_size(tokenizer.get_vocab_size())
-  elif config.model.vocab_size < tokenizer.get_vocab_size():
-    raise UserError(f"model.vocab_size ({config.model.vocab_size}) is smaller than the "
-                    f"tokenizer's vocabulary ({tokenizer.get_vocab_size()})")
-
-
-def resolve_heads(config, task_set):
-  """The model's heads are the ones the tasks read; a config may only repeat them."""
-  derived = task_set.head_specs
-  given = tuple(config.model.heads)
-  if given and given != derived:
-    raise UserError(f"model.heads {list(given)} differ from the heads the objective/tasks "
-                    f"need {list(derived)}; leave model.heads empty: it is derived")
-  config.model.heads = derived

@@ -8,11 +8,13 @@ An update whose loss or gradients are not finite is dropped and counted in `stat
 (research/train/nonfinite.py). `eval_step(params, batch)` returns the task's
 `eval_outputs(outputs, batch)`. Both stay on device: nothing here forces a host sync.
 
-Distillation (research/compress/distill.py): with a `teacher` the step is
-`train_step(state, batch, teacher_params)`. The frozen teacher's parameters are an argument of
-the step, not part of the state: never differentiated, no optimizer state, never checkpointed.
-Its outputs are computed first, under `stop_gradient`, and go into the batch (under
-`distillation.TEACHER`), where the distillation objectives read them like labels.
+Training features (research/train/feature.py) reach the step through its hooks only: the
+step is `train_step(state, batch, inputs)`, `inputs` holding each feature's `step_inputs` under
+its name (a distillation teacher's parameters, a continual penalty's anchor): arguments of the
+step, never differentiated, never checkpointed, never compiled in as constants. A feature's
+`prepare_batch` runs first (a teacher's outputs, under `stop_gradient`, join the batch), its
+`objectives` replace the task's, its `sown` collections are sown, and its `regularizers` add
+loss terms of the parameters.
 """
 from typing import Any
 
@@ -25,7 +27,6 @@ from research import objectives as objectives_lib
 from research import params as params_lib
 from research.errors import UserError
 from research.models import layers
-from research.objectives import distillation
 from research.train import nonfinite
 
 
@@ -86,30 +87,29 @@ def derive_dropout_key(key, prng: str):
 
 
 def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_steps=1,
-                    regularizers=(), nonfinite_limit=1, trainable=None, teacher=None):
+                    nonfinite_limit=1, trainable=None, features=()):
   """The train step of `objectives` (a task's loss terms, see research.objectives.base).
 
   Every objective's count is taken over the whole batch first; each microbatch's loss is its sum
   divided by those global counts, so the accumulated loss and gradients are the full batch's.
-  `regularizers` are `Regularizer`s: loss terms of the parameters alone (e.g. a continual-
-  learning penalty), added once per step. `nonfinite_limit`: consecutive non-finite steps after
-  which `state.health` stops changing, for the host to stop the run (`nonfinite.limit`).
-  `trainable` (path -> bool; None: all) picks the parameters that are differentiated: frozen
-  ones (PEFT) get no gradient computed, only zeros that `tx` (which freezes them) discards.
-  `teacher` (research.compress.distill.Teacher; None: no distillation) adds the step's third
-  argument, the teacher's parameters, and its outputs to the batch before anything else. The
-  fourth, `regularizer_data`, holds each regularizer's `data` (None for one without), in order.
+  `nonfinite_limit`: consecutive non-finite steps after which `state.health` stops changing, for
+  the host to stop the run (`nonfinite.limit`). `trainable` (path -> bool; None: all) picks the
+  parameters that are differentiated: frozen ones (PEFT) get no gradient computed, only zeros
+  that `tx` (which freezes them) discards. `features`: the run's training features, whose step
+  hooks the step calls (see the module docstring).
   """
-  loss_fn = make_loss_fn(model, objectives, teacher.sown if teacher is not None else ())
+  for feature in features:
+    objectives = feature.objectives(objectives)
+  loss_fn = make_loss_fn(model, objectives, tuple(s for f in features for s in f.sown))
   # Differentiated with respect to the trainable parameters only; the frozen ones are constants.
   grad_fn = jax.value_and_grad(
       lambda trained, frozen, *args: loss_fn(params_lib.join(trained, frozen), *args),
       has_aux=True)
 
-  def train_step(state: TrainState, batch, teacher_params=None, regularizer_data=()):
-    if teacher is not None:
-      batch = {**batch, distillation.TEACHER: jax.lax.stop_gradient(
-          teacher.outputs(teacher_params, batch))}
+  def train_step(state: TrainState, batch, inputs=None):
+    inputs = inputs or {}
+    for feature in features:
+      batch = feature.prepare_batch(batch, inputs.get(feature.name))
     rng = jax.random.fold_in(dropout_key, state.step)
     global_counts = objectives_lib.counts(objectives, batch)
     trained, frozen = params_lib.split(state.params, trainable or (lambda path: True))
@@ -128,12 +128,13 @@ def make_train_step(model, objectives, tx, lr_schedule, dropout_key, grad_accum_
       (loss, sums, grads), _ = jax.lax.scan(
           accumulate, zero, (jnp.arange(grad_accum_steps), micro))
     metrics = {f"train/{k}": s / jnp.maximum(c, 1.0) for k, (s, c) in sums.items()}
-    for i, r in enumerate(regularizers):
-      value, reg_grads = jax.value_and_grad(
-          lambda t, r=r, i=i: r.fn(params_lib.join(t, frozen)) if r.data is None else
-          r.fn(params_lib.join(t, frozen), regularizer_data[i]))(trained)
-      loss, grads = loss + value, jax.tree.map(jnp.add, grads, reg_grads)
-      metrics[f"train/{r.name}"] = value
+    for feature in features:
+      for r in feature.regularizers:
+        value, reg_grads = jax.value_and_grad(
+            lambda t, r=r, data=inputs.get(feature.name): r.fn(params_lib.join(t, frozen), data)
+        )(trained)
+        loss, grads = loss + value, jax.tree.map(jnp.add, grads, reg_grads)
+        metrics[f"train/{r.name}"] = value
     grad_norm, what = nonfinite.grad_norm_and_first_nonfinite(loss, grads)
     grads = params_lib.join(grads, jax.tree.map(jnp.zeros_like, frozen))
     def apply_update():

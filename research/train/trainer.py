@@ -10,7 +10,9 @@ Reads top to bottom in phases:
   train         the loop: log, evaluate, keep the best, checkpoint, stop early; stop on a
                 preemption signal (saved) or a divergence (not saved)
   finish        held-out evaluation, reports, summary
-The trainer drives tasks only through the `TaskSet` interface (research.tasks.taskset).
+The trainer drives tasks only through the `TaskSet` interface (research.tasks.taskset), and
+training features (PEFT, pruning, distillation, continual penalties, EMA) only through the
+`Feature` hooks (research.train.feature) of the features `registry` lists: it names none.
 """
 import dataclasses
 import json
@@ -28,9 +30,6 @@ from research import data as data_lib
 from research import compile_cache, compile_options, models, perf, sharding, tracking
 from research import params as params_lib
 from research.errors import Diverged, Preempted, RunStopped, UserError
-from research.compress import distill, magnitude, precomputed
-from research.objectives import distillation
-from research.peft import adalora
 from research.tasks import EvalContext
 from research.train import initialization, nonfinite, optim, preemption
 from research.train import state as state_lib
@@ -41,11 +40,12 @@ from research.workdir import WorkdirLock
 log = logging.getLogger(__name__)
 
 
-def run(config, workdir: str) -> dict:
-  """Trains as `config` says, in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+def run(config, workdir: str, registry) -> dict:
+  """Trains as `config` says, in `workdir` (resuming if it holds a checkpoint), with the training
+  features of `registry` (feature classes) the config turns on; returns the summary."""
   wall_start, compiles = time.time(), compile_cache.Tally.start()
   compile_cache.use(compile_cache.of_config(config))  # before the first program is compiled
-  r = resolve(config, workdir)
+  r = resolve(config, workdir, registry)
   check_writable(workdir)
   lock = WorkdirLock(workdir, jax.process_index())  # a second run on this workdir stops here
   try:
@@ -104,15 +104,12 @@ class Built:
   init_source: str
   ckpt: ckpt_lib.Checkpointer
   base: ckpt_lib.BaseReference | None  # adapter-only checkpoints refer to it (None: full ones)
-  teacher: distill.Teacher | None  # a distillation run's frozen teacher in the step (never
-  # checkpointed); None with distill.precompute, whose stored logits come with the batches:
-  teacher_logits: precomputed.TeacherLogits | None
 
 
 def build_state(r: Run, workdir: str) -> Built:
   config = r.config
   model = models.build(r.model_cfg)
-  tx, lr_schedule = optim.build(config)
+  tx, lr_schedule = optim.build(config, r.features)
   init_key, dropout_key = jax.random.split(jax.random.key(config.train.seed))
   dropout_key = derive_dropout_key(dropout_key, config.train.dropout_prng)
   abstract, shardings, fresh = state_lib.plan_sharded_state(model, tx, config, r.mesh, r.rules,
@@ -120,28 +117,25 @@ def build_state(r: Run, workdir: str) -> Built:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=config.ckpt.keep, use_async=config.ckpt.use_async,
                                clean_unfinished=True)
-  teacher = distill.Teacher.load(config, r.model_cfg)  # reloaded by a resumed run too
-  state, data_state, source, base = initialization.initial_state(config, ckpt, fresh, abstract,
-                                                                 shardings, teacher)
-  teacher_logits = None
-  if teacher is not None and distill.of_run(config).precompute:
-    teacher_logits = precomputed.TeacherLogits.of_run(r, teacher, distill.of_run(config), workdir)
-    log.info("distill.precompute: the teacher's logits from %s", teacher_logits.folder)
-    teacher = None  # the step runs without it
+  feature_weights = lambda: next((w for w in (f.initial_weights(r) for f in r.features)
+                                   if w is not None), None)
+  state, data_state, source, base = initialization.initial_state(
+      config, ckpt, fresh, abstract, shardings, feature_weights, r.trainable,
+      adapter_only=r.model_cfg.peft.active)
   if int(data_state["next_step"]) != int(state.step):
     raise UserError(f"checkpoint is inconsistent: state at step {int(state.step)}, data "
                     f"iterator at step {data_state['next_step']}")
   log.info("model: %s, %d parameters (%s trained); %s", r.model_cfg.kind,
-           state_lib.count_params(state.params), trained_share(r.config, state.params), source)
+           state_lib.count_params(state.params), trained_share(r, state.params), source)
   return Built(model, tx, lr_schedule, dropout_key, state, abstract, shardings, data_state,
-               source, ckpt, base, teacher, teacher_logits)
+               source, ckpt, base)
 
 
-def trained_share(config, params) -> str:
+def trained_share(r: Run, params) -> str:
   """'all' or, with frozen parameters (PEFT, `optim.trainable`), 'N = P%'."""
-  if not optim.trainable_patterns(config):
+  if not optim.trainable_patterns(r.config, r.features):
     return "all"
-  trained = state_lib.count_params(params, optim.trainable_predicate(config))
+  trained = state_lib.count_params(params, r.trainable)
   return f"{trained} = {100 * trained / state_lib.count_params(params):.2f}%"
 
 
@@ -156,31 +150,21 @@ class Steps:
 
 
 def compile_steps(r: Run, b: Built) -> Steps:
-  """A distillation run trains on `distillation.with_distillation`; with the teacher in the step
-  (no distill.precompute) each train step takes the teacher's parameters as its third argument,
-  laid out by the run's rules like the student's (`Teacher.shardings`)."""
+  """Each train step takes the features' `step_inputs` (a teacher's parameters, a penalty's
+  anchor), already on the mesh, as its third argument `inputs`, {feature name: arrays}."""
   batch_sharding = sharding.batch_sharding(r.mesh)
   tasks = r.task_set.tasks
-  settings = distill.of_run(r.config)
-  objectives = lambda task: (distillation.with_distillation(task.objectives, settings)
-                             if settings.active else task.objectives)
-  teacher, teacher_shardings = None, None
-  if b.teacher:
-    teacher_shardings = b.teacher.shardings(r.mesh, r.rules)
-    teacher = jax.device_put(b.teacher.params, teacher_shardings)
-  regularizer_data, regularizer_shardings = regularizer_arguments(r.task_set.regularizers,
-                                                                  b.shardings.params)
-  extra = (teacher, regularizer_data)
-  extra_shardings = (teacher_shardings, regularizer_shardings)
+  inputs = {f.name: data for f in r.features
+            if (data := f.step_inputs(r, b.abstract_state.params)) is not None}
+  input_shardings = jax.tree.map(lambda x: x.sharding, inputs)
   with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
     train_steps = [CompiledStep(jax.jit(
-        make_train_step(b.model, objectives(task), b.tx, b.lr_schedule, b.dropout_key,
-                        r.config.train.grad_accum_steps, r.task_set.regularizers,
-                        nonfinite.limit(r.config.train), optim.trainable_predicate(r.config),
-                        b.teacher),
-        in_shardings=(b.shardings, batch_sharding, *extra_shardings),
+        make_train_step(b.model, task.objectives, b.tx, b.lr_schedule, b.dropout_key,
+                        r.config.train.grad_accum_steps, nonfinite.limit(r.config.train),
+                        r.trainable, r.features),
+        in_shardings=(b.shardings, batch_sharding, input_shardings),
         out_shardings=(b.shardings, None), donate_argnums=0,
-        compiler_options=compile_options.for_step(compile_options.TRAIN)), extra)
+        compiler_options=compile_options.for_step(compile_options.TRAIN)), inputs)
         for task in tasks]
     eval_steps = [jax.jit(make_eval_step(b.model, task.eval_outputs),
                           in_shardings=(b.shardings.params, batch_sharding),
@@ -189,33 +173,20 @@ def compile_steps(r: Run, b: Built) -> Steps:
   return Steps(train_steps, eval_steps, batch_sharding)
 
 
-def regularizer_arguments(regularizers, param_shardings) -> tuple:
-  """(data, shardings) of the step's `regularizer_data` argument: each regularizer's arrays on
-  the mesh, laid out like the parameter of their path (None for a regularizer without data)."""
-  by_path = params_lib.flatten(param_shardings)
-  shardings = tuple(None if reg.data is None else
-                    {field: {p: by_path[p] for p in arrays} for field, arrays in reg.data.items()}
-                    for reg in regularizers)
-  data = tuple(None if reg.data is None else jax.device_put(reg.data, s)
-               for reg, s in zip(regularizers, shardings))
-  return data, shardings
-
-
 class CompiledStep:
-  """A jitted train step (its `extra` arguments bound), compiled ahead of its first call (when
+  """A jitted train step (its features' `inputs` bound), compiled ahead of its first call (when
   the batch's shapes are known) so the run can report the memory the compiled step holds
   (`perf.compiled_bytes`)."""
 
-  def __init__(self, jitted, extra=()):
+  def __init__(self, jitted, inputs=None):
     self.jitted, self.compiled, self.memory_bytes = jitted, None, None
-    self.extra = extra  # arguments after (state, batch): a distillation teacher's parameters
-    # (or None), the regularizers' data
+    self.inputs = inputs or {}
 
   def __call__(self, state, batch):
     if self.compiled is None:
-      self.compiled = self.jitted.lower(state, batch, *self.extra).compile()
+      self.compiled = self.jitted.lower(state, batch, self.inputs).compile()
       self.memory_bytes = perf.compiled_bytes(self.compiled)
-    return self.compiled(state, batch, *self.extra)
+    return self.compiled(state, batch, self.inputs)
 
 
 def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=False) -> dict:
@@ -233,6 +204,12 @@ def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=
     out.update(task.evaluate(split, EvalContext(run_batches, params, report_dir,
                                                        r.model_cfg, r.mesh, r.rules)))
   return out
+
+
+def evaluator(r: Run, steps: Steps):
+  """`evaluate(params, split='eval')`: the tasks' metrics of any parameters (a feature's: the EMA
+  weights'); the test split as the final evaluation takes it."""
+  return lambda params, split="eval": evaluate(r, steps, params, split, final=split != "eval")
 
 
 def to_host(tree):
@@ -275,8 +252,8 @@ def train(r: Run, b: Built, steps: Steps, workdir: str, preempt: preemption.Pree
   throughput = Throughput(r, start)
   saver = Saver(r, b)
   train_batch = r.task_set.train_batch
-  if b.teacher_logits is not None:
-    train_batch = b.teacher_logits.batches(train_batch)
+  for feature in r.features:  # e.g. a teacher's stored logits ride with the batches
+    train_batch = feature.train_batches(r, train_batch, workdir)
   try:
     with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
       for step, (task_index, batch) in data_lib.device_batches(
@@ -289,8 +266,8 @@ def train(r: Run, b: Built, steps: Steps, workdir: str, preempt: preemption.Pree
         diverged = saver.diverged(state) if record or evaluate_now else None  # synced already
         if evaluate_now and not diverged:
           record.update(evaluate(r, steps, state.params))
-          if r.prune.active:  # the real sparsity of the parameters evaluated
-            record[magnitude.REPORT_KEY] = magnitude.sparsity(state.params, r.prune)
+          for feature in r.features:  # e.g. the real sparsity; the EMA weights' metrics
+            record.update(feature.evaluated(state, evaluator(r, steps)))
           if best is not None:
             best.update(done, record, state.params)
             stopped = best.should_stop
@@ -322,7 +299,7 @@ class Saver:
   def __init__(self, r: Run, b: Built):
     self.ckpt, self.train_config, self.base = b.ckpt, r.config.train, b.base
     self.config_dict = json.loads(r.config.to_json_best_effort())
-    self.trainable = optim.trainable_predicate(r.config)
+    self.trainable = r.trainable
     # Checked on resume (`checkpoint.check_same_tokenizer`): ids mean the same tokens.
     self.tokenizer_sha256 = ckpt_lib.tokenizer_fingerprint(r.task_set.tokenizer)
 
@@ -389,7 +366,7 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
   b.ckpt.wait()
   b.ckpt.close()
   stop_if_preempted(t, b)  # the last save is complete on disk: stopping here loses nothing
-  trainable = optim.trainable_predicate(r.config)
+  trainable = r.trainable
   summary = {"step": int(t.state.step), "params/total": state_lib.count_params(t.state.params),
              "params/trainable": state_lib.count_params(t.state.params, trainable),
              "wall_seconds": time.time() - wall_start, "init": b.init_source,
@@ -409,10 +386,9 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
   evaluate(r, steps, final_params, "eval", report_dir, final=True)  # the eval split's reports
   stop_if_preempted(t, b)
   summary.update(r.task_set.stats)
-  if r.model_cfg.peft.method == "adalora":  # the rank each module kept, of the final parameters
-    summary.update(adalora.report(final_params, r.model_cfg.peft))
-  if r.prune.active:  # the real sparsity of the parameters tested (the best ones, if kept)
-    summary.update(magnitude.report(final_params, r.prune))
+  for feature in r.features:  # e.g. AdaLoRA's ranks, the sparsity of the parameters tested
+    summary.update(feature.finish(final_params, t.state, workdir, evaluator(r, steps)))
+    stop_if_preempted(t, b)
   t.tracker.finish(summary)
   return summary
 
