@@ -10,6 +10,7 @@ rank budget inside pruning inside the EMA, which averages the weights the others
 from research.compress.distill import Distill
 from research.compress.magnitude import Prune
 from research.continual.penalty import ContinualPenalty
+from research.ema import Ema
 from research.peft.feature import Peft
 from research.train import feature as feature_lib
 
@@ -18,6 +19,7 @@ REGISTRY = (
     Prune,  # magnitude pruning while training: config.prune
     Distill,  # knowledge distillation from a teacher: config.distill
     ContinualPenalty,  # EWC / L2-SP in a continual run's later stages: config.continual
+    Ema,  # an exponential moving average of the weights: config.ema
 )
 
 

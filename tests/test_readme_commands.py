@@ -765,6 +765,17 @@ def check_report(ws, result):
   assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
 
 
+def check_ema(ws, result):
+  """The run logged its average's metrics beside its own and wrote the average as a workdir."""
+  summary = _trained(result)
+  assert summary["ema/step"] == STEPS
+  assert {"ema/eval/bbc_news/accuracy", "ema/test/bbc_news/accuracy"} <= set(summary)
+  average = _flat(_params(os.path.join(result.workdir, "ema")))
+  weights = _flat(_params(result.workdir))
+  assert average.keys() == weights.keys()
+  assert any(not np.array_equal(average[p], weights[p]) for p in average)
+
+
 def check_wandb_offline(ws, result):
   """The run trained and logged every step to an offline W&B run in the workdir."""
   _trained(result)
@@ -907,6 +918,8 @@ CHECKS = {
     "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
     "--config.optim.learning_rate": ("finetune_lr", check_finetune_lr),
     "research.report /tmp/ft /tmp/ft_lr3e-4 --out --metrics": ("report", check_report),
+    "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
+    "--config.ema.decay": ("ema", check_ema),
     "research.main --config=configs/finetune.py:task=bbc_news,runlocal --workdir "
     "--config.logging.wandb.mode --config.logging.wandb.project": ("wandb_offline",
                                                                    check_wandb_offline),
