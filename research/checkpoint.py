@@ -332,15 +332,21 @@ OS_REASON = re.compile(r"([A-Z][\w ,'-]*?) \[os_error_code='\d+'\]|\[Errno \d+\]
 
 def one_line(error: Exception, limit: int = 300) -> str:
   """The innermost cause of `error` as one short line (orbax wraps tensorstore's message); a
-  long one keeps its start and end, and the operating system's reason wherever it was."""
+  long one keeps its start and end; the operating system's reason ('File too large') is kept
+  wherever it was, in this message or in an exception it was raised from or while handling (a
+  save in a background thread re-raised without its cause)."""
+  chain = [error]
+  while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
   while error.__cause__ is not None:
     error = error.__cause__
   text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+  reason = next((m.group(1) or m.group(2) for m in (OS_REASON.search(str(e)) for e in chain)
+                 if m), None)
+  reason = reason and reason.strip()
   if len(text) <= limit:
-    return text
+    return text if not reason or reason in text else f"{text} ({reason})"
   head, tail = text[:limit // 2], text[-limit // 2:]
-  reason = OS_REASON.search(text)
-  reason = reason and (reason.group(1) or reason.group(2)).strip()
   middle = f" ... {reason} ... " if reason and reason not in head + tail else " ... "
   return head + middle + tail
 

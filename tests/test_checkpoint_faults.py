@@ -168,3 +168,16 @@ def test_a_long_save_error_keeps_the_operating_systems_reason():
     line = one_line(e)
   assert line.startswith("ValueError: OUT_OF_RANGE: Error writing") and len(line) < 340
   assert "File too large" in line and "\n" not in line
+
+
+def test_the_operating_system_s_reason_survives_an_error_raised_while_handling_it():
+  """A save in a background thread can fail with an error raised while handling the OS error
+  (its `__context__`, not its `__cause__`): the line still says why ('File too large')."""
+  try:
+    try:
+      raise OSError(27, "File too large")
+    except OSError:
+      raise RuntimeError("the checkpoint's arrays were not written")  # pylint: disable=raise-missing-from
+  except RuntimeError as e:
+    line = checkpoint.one_line(e)
+  assert line == "RuntimeError: the checkpoint's arrays were not written (File too large)"
