@@ -177,7 +177,8 @@ def test_the_operating_system_s_reason_survives_an_error_raised_while_handling_i
     try:
       raise OSError(27, "File too large")
     except OSError:
-      raise RuntimeError("the checkpoint's arrays were not written")  # pylint: disable=raise-missing-from
+      # pylint: disable-next=raise-missing-from
+      raise RuntimeError("the checkpoint's arrays were not written")
   except RuntimeError as e:
     line = checkpoint.one_line(e)
   assert line == "RuntimeError: the checkpoint's arrays were not written (File too large)"

@@ -1,6 +1,7 @@
-"""The training-feature interface (research/train/feature.py): the trainer names no feature, and a
-feature defined outside the library (here, in this file) reaches the run through its hooks
-alone: its section, a step input on the mesh, a regulariser, an evaluation entry, a summary entry."""
+"""The training-feature interface (research/train/feature.py): the trainer names no feature, and
+a feature defined outside the library (here, in this file) reaches the run through its hooks
+alone: its section, a step input on the mesh, a regulariser, an evaluation entry, a summary
+entry."""
 import ast
 import dataclasses
 import os

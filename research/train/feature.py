@@ -38,7 +38,7 @@ the loop and the end
                        the tasks' eval metrics of any parameters (the EMA weights')
   finish(params, state, workdir, evaluate)  the summary's entries at the end (and files it
                        writes); `params` are the ones tested (the best kept, else the last),
-                       `evaluate(params, split)` any parameters' metrics on 'eval' or 'test' 
+                       `evaluate(params, split)` any parameters' metrics on 'eval' or 'test'
 """
 import dataclasses
 import functools
