@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research import config_section
 from research import params as params_lib
 from research.errors import UserError
 from research.train.feature import Feature
@@ -81,7 +82,6 @@ class Ema(Feature):
 
   @classmethod
   def of_run(cls, config) -> "Ema | None":
-    from research import config_section  # pylint: disable=g-import-not-at-top
     settings = config_section.parse(EmaSettings, config.get("ema"), "ema")
     return cls(settings) if settings.decay else None
 
