@@ -259,6 +259,23 @@ class Checkpointer:
       state["params"] = base.full(state["params"], self.step_path(step))
     return state
 
+  def restore_saved_params(self, step: int):
+    """The parameters saved at `step`, whatever model they belong to, reading only them: not
+    the optimizer state, twice their size (a 1-layer MiniLM workdir: 0.2 s instead of 0.65 s).
+    Each array is laid out as it was saved; saved on devices this process does not have (8
+    devices, read by a 1-device predict), on this process's first device."""
+    path = epath.Path(self.step_path(step)) / "state"
+    saved = ocp.StandardCheckpointHandler().metadata(path).tree["params"]
+    shardings = jax.tree.map(_saved_or_local_sharding, saved)
+    params = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item={"params": saved},
+        restore_args={"params": ocp.checkpoint_utils.construct_restore_args(saved, shardings)},
+        partial_restore=True))["params"]
+    base = self.saved_base(step)
+    if base is not None:
+      params = base.full(params, self.step_path(step))
+    return params
+
   def restore_newest(self, restore, *, set_aside: bool = False):
     """(step, restore(step)) for the newest step that restores, or (None, None).
 
@@ -413,11 +430,21 @@ def workdir_params(workdir: str, *, best: bool = False, key: str = "workdir"):
     if step is not None:
       return params
   ckpt = Checkpointer(checkpoints_of(workdir, key), use_async=False)
-  step, state = ckpt.restore_newest(ckpt.restore_raw_state)
+  step, params = ckpt.restore_newest(ckpt.restore_saved_params)
   if step is None:
     raise UserError(f"{key}: no checkpoint in {ckpt.directory!r} can be restored (each is "
                     "damaged: see the warnings above)")
-  return state["params"]
+  return params
+
+
+def _saved_or_local_sharding(leaf) -> jax.sharding.Sharding | None:
+  """A saved array's sharding (None for one saved from numpy: it is read as numpy)."""
+  if getattr(leaf, "sharding", None) is None:
+    return None
+  try:
+    return leaf.sharding.to_jax_sharding()
+  except ValueError:  # its devices are not this process's
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 def check_same_shapes(saved_model_cfg: dict, model_cfg: dict, where: str):

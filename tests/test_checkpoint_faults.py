@@ -48,6 +48,19 @@ def _params(workdir, step):
   return params_lib.flatten(ckpt.restore_raw_state(step)["params"])
 
 
+def test_the_parameters_alone_are_read_as_the_whole_state_holds_them(finished):
+  """`restore_saved_params` (what predict, init.weights and the converters read) reads only the
+  parameters of a checkpoint: the same arrays, dtypes and shardings as the whole state's."""
+  ckpt = checkpoint.Checkpointer(os.path.join(finished, "checkpoints"), use_async=False)
+  for step in ckpt.manager.all_steps():
+    whole = params_lib.flatten(ckpt.restore_raw_state(step)["params"])
+    alone = params_lib.flatten(ckpt.restore_saved_params(step))
+    assert sorted(alone) == sorted(whole)
+    for path, value in whole.items():
+      assert (alone[path].dtype, alone[path].sharding) == (value.dtype, value.sharding), path
+      np.testing.assert_array_equal(alone[path], value, err_msg=f"step {step} {path}")
+
+
 def _largest_array_file(workdir, step):
   files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "ocdbt.*", "d", "*"))
   return max(files, key=os.path.getsize)
@@ -106,10 +119,13 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_naming_what_it_moved(fin
 
 def test_another_runs_damaged_checkpoint_is_skipped_not_moved(finished, tmp_path, caplog):
   """What init.weights, research.predict and research.convert read (`workdir_params`): the
-  newest checkpoint that restores; a damaged one is named in a warning and left in place."""
+  newest checkpoint whose parameters restore; a damaged one is named in a warning and left in
+  place. (They read the parameters alone: every array file is truncated, so that the damage
+  reaches them wherever orbax put them.)"""
   workdir = _copy(finished, tmp_path)
-  with open(_largest_array_file(workdir, 40), "r+b") as f:
-    f.truncate(100)
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "40", "state", "ocdbt.*", "d", "*")):
+    with open(path, "r+b") as f:
+      f.truncate(100)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   got = params_lib.flatten(checkpoint.workdir_params(workdir))
   expected = _params(finished, 30)

@@ -4,16 +4,20 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
+from research import checkpoint
+from research import params as params_lib
 
 STEPS = 8
 SCRIPT = r"""
 import json, sys
 sys.path.insert(0, "tests")
 from conftest import tiny_config
-from research import train, tracking
+import numpy as np
+from research import checkpoint, params, train, tracking
 out = {}
 for mesh in json.loads(sys.argv[1]):
   # No warmup: the learning rate is at its peak from the first update, so every step after the
@@ -26,6 +30,10 @@ for mesh in json.loads(sys.argv[1]):
   workdir = sys.argv[2] + "/" + "_".join(map(str, mesh))
   train.run(config, workdir)
   out[str(mesh)] = [(r["train/loss"], r["train/lr"]) for r in tracking.read_metrics(workdir)]
+  # The final parameters as the whole saved state holds them, read on the devices that saved them.
+  ckpt = checkpoint.Checkpointer(workdir + "/checkpoints", use_async=False)
+  saved = ckpt.restore_raw_state(ckpt.latest_step())["params"]
+  np.savez(workdir + "/saved_params.npz", **{k: np.asarray(v) for k, v in params.flatten(saved).items()})
 print("LOSSES " + json.dumps(out))
 """ % STEPS
 
@@ -58,6 +66,15 @@ def test_meshes_match_single_device(tmp_path):
     assert [lr for _, lr in got] == pytest.approx(lrs, rel=1e-6), mesh
     # Every step's loss on that mesh, those after several updates included, is the 1-device one.
     assert [loss for loss, _ in got] == pytest.approx(losses, rel=1e-4), mesh
+    # This process has one device: the parameters saved sharded over 8 are read onto it, each
+    # the array the 8-device process read from the whole state (predict, init.weights).
+    workdir = str(tmp_path / "eight" / "_".join(map(str, json.loads(mesh))))
+    read = params_lib.flatten(checkpoint.workdir_params(workdir))
+    with np.load(os.path.join(workdir, "saved_params.npz")) as saved:
+      assert sorted(read) == sorted(saved.files)
+      for path in saved.files:
+        assert read[path].dtype == saved[path].dtype, path
+        np.testing.assert_array_equal(read[path], saved[path], err_msg=f"{mesh} {path}")
 
 
 @pytest.mark.slow
