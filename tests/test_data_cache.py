@@ -167,6 +167,35 @@ def test_a_warm_run_reads_the_cache_and_trains_exactly_as_a_cold_one(tmp_path, m
   assert len(cold[0]) == 4  # every step logged
 
 
+def test_a_warm_fine_tuning_run_tokenizes_nothing_and_trains_exactly_as_a_cold_one(
+    tmp_path, monkeypatch):
+  """A classification task's splits (research/data/encoding.py `encode_texts`) through the
+  cache: a second fresh run reads its tokenizer and every split's ids, and logs the first's
+  losses and held-out metrics."""
+  import finetune  # pylint: disable=g-import-not-at-top  (configs/)
+  folder = tmp_path / "cache"
+
+  def run(name):
+    config = finetune.get_config("task=bbc_news,runlocal")
+    config.train.update(steps=2, batch_size=8)
+    config.data.update(seq_len=32, vocab_size=512)
+    config.model.num_layers = 1
+    config.logging.update(progress=False, tensorboard=False)
+    config.data_cache.dir = str(folder)
+    summary = train_lib.run(config, str(tmp_path / name))
+    losses = [r["train/loss"] for r in tracking.read_metrics(str(tmp_path / name))]
+    return losses, {k: v for k, v in summary.items() if k.startswith(("eval/", "test/"))}
+
+  cold = run("cold")
+  assert len(os.listdir(folder / "token_ids")) == 3  # the train, eval and test splits' texts
+  with monkeypatch.context() as patch:
+    patch.setattr(tokenizer_lib, "train", forbidden)
+    patch.setattr(tokenizer_lib, "token_ids", forbidden)
+    warm = run("warm")
+  assert cold == warm
+  assert len(cold[0]) == 2 and "test/bbc_news/accuracy" in cold[1]
+
+
 def test_a_cached_tokenizer_comes_back_with_its_own_padding_off(tmp_path):
   """An entry is read as every tokenizer we load is (`tokenizer.from_file`): a padding setting in
   its JSON (an entry edited by hand, or from a tokenizer that carried one) is switched off."""

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import require_for_module
 from research.data import encoding, sources, tokenizer as tokenizer_lib
+from research.data.cache import DataCache
 
 transformers = require_for_module("transformers", "parity with transformers' tokenizer: "
                                   "pip install -e '.[test]'")
@@ -77,22 +78,44 @@ def _rows(theirs):
   return singles + pairs
 
 
-def test_rows_equal_transformers(tokenizer_dir):
+def test_rows_equal_transformers(tokenizer_dir, tmp_path):
+  """Without the data cache, with it cold (tokenizing, then keeping the ids) and warm (reading
+  them): the same rows as transformers'."""
   theirs = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   ours = tokenizer_lib.load(tokenizer_dir)
   rows = _rows(lambda text: theirs(text))
-  features, truncated = encoding.encode_texts(ours, rows, SEQ_LEN)
   args = ([r["text"] for r in rows[:3]],), ([r["text"] for r in rows[3:]],
                                             [r["text_pair"] for r in rows[3:]])
   expected = {k: np.concatenate([np.asarray(theirs(*a, truncation=True, max_length=SEQ_LEN,
                                                      padding="max_length")[k]) for a in args])
               for k in ("input_ids", "token_type_ids", "attention_mask")}
-  for key, want in expected.items():
-    got = np.stack([f[key] for f in features])
-    for i, row in enumerate(rows):
-      np.testing.assert_array_equal(got[i], want[i], err_msg=f"{key} of {row!r:.80}")
   full = [len(theirs(r["text"], r.get("text_pair"))["input_ids"]) for r in rows]
-  assert truncated == sum(n > SEQ_LEN for n in full) == 5  # the long ones only, not `exact`
+  cache = DataCache(str(tmp_path / "cache"))
+  for how, used in (("no cache", None), ("cold cache", cache), ("warm cache", cache)):
+    features, truncated = encoding.encode_texts(ours, rows, SEQ_LEN, used)
+    for key, want in expected.items():
+      got = np.stack([f[key] for f in features])
+      assert got.dtype == np.int32, (how, key)
+      for i, row in enumerate(rows):
+        np.testing.assert_array_equal(got[i], want[i], err_msg=f"{how}: {key} of {row!r:.80}")
+    assert truncated == sum(n > SEQ_LEN for n in full) == 5  # the long ones only, not `exact`
+  assert len(os.listdir(tmp_path / "cache" / "token_ids")) == 2  # the texts, the second texts
+
+
+def test_longest_first_is_one_id_at_a_time_off_the_longer():
+  """The closed form `encode_texts` uses against the rule itself, on every pair of lengths."""
+  def one_at_a_time(len_a, len_b, budget):
+    while len_a + len_b > budget:
+      if len_a >= len_b:
+        len_a -= 1
+      else:
+        len_b -= 1
+    return len_a, len_b
+  for budget in range(0, 12):
+    for len_a in range(0, 16):
+      for len_b in range(0, 16):
+        assert encoding.longest_first(len_a, len_b, budget) == one_at_a_time(
+            len_a, len_b, budget), (len_a, len_b, budget)
 
 
 def test_document_ids_are_whole(tokenizer_dir):

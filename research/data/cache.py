@@ -6,8 +6,10 @@ Both are pure functions of what goes in, so `DataCache` keeps what they return u
 exactly that (the texts, the model kind and vocabulary size, or the tokenizer's own JSON; and the
 version of the code and of `tokenizers` that computes them), and the next run with the same
 inputs reads it back: a repeated or resumed run, a sweep over anything but the data, the test
-suite's many short runs. What a run gets is the same either way (tests/test_data_cache.py compares
-cached and computed tokenizers and ids, and a cold and a warm run's losses, with `==`).
+suite's many short runs. A classification task's splits are encoded through it as well
+(research/data/encoding.py `encode_texts`). What a run gets is the same either way
+(tests/test_data_cache.py compares cached and computed tokenizers and ids, and a cold and a warm
+run's losses, with `==`).
 
 Where: `config.data_cache.dir`, default $RESEARCH_DATA_CACHE_DIR, else `~/.cache/research/data`
 (`default_dir`); empty turns it off. Clear it with `rm -r` at any time. It holds at most

@@ -16,6 +16,7 @@ import numpy as np
 from research import objectives as objectives_lib
 from research.errors import UserError
 from research.evaluate import classification as metrics_lib
+from research.data import cache as data_cache
 from research.data import encoding
 from research.tasks.base import EvalSplit, Task
 
@@ -131,9 +132,9 @@ class ClassificationTask(Task):
     self.setup(name, task_cfg, head, names or label_names(task_cfg.kind, rows["train"], name))
     seq_len, batch = config.data.seq_len, config.train.batch_size
     self.stats = {}
-    features = {}
+    features, cache = {}, data_cache.of_config(config)
     for split, split_rows in rows.items():
-      encoded, truncated = encoding.encode_texts(tokenizer, split_rows, seq_len)
+      encoded, truncated = encoding.encode_texts(tokenizer, split_rows, seq_len, cache)
       labels = encode_labels(self.kind, self.names, split_rows, split, name)
       features[split] = [dict(f, label=l) for f, l in zip(encoded, labels)]
       self.stats[f"data/{split}_rows"] = len(split_rows)
