@@ -191,17 +191,19 @@ class CompiledStep:
 
 def evaluate(r: Run, steps: Steps, params, split="eval", report_dir=None, final=False) -> dict:
   """Every task's metrics on `split` (tasks without that split are skipped; with `final`, so are
-  tasks that do not list it in their `final_splits`)."""
+  tasks that do not list it in their `final_splits`); the tasks that list it write their reports
+  to `report_dir`, if given."""
   out = {}
   for task, eval_step in zip(r.task_set.tasks, steps.eval):
     if split not in task.splits or (final and split not in task.final_splits):
       continue
+    task_reports = report_dir if split in task.final_splits else None
     def run_batches(batches, num_steps, eval_step=eval_step):
       with jax.set_mesh(r.mesh), nn.logical_axis_rules(r.rules):
         for _, batch in data_lib.device_batches(batches.host_batch, 0, num_steps,
                                                 steps.batch_sharding):
           yield to_host(eval_step(params, batch))
-    out.update(task.evaluate(split, EvalContext(run_batches, params, report_dir,
+    out.update(task.evaluate(split, EvalContext(run_batches, params, task_reports,
                                                        r.model_cfg, r.mesh, r.rules)))
   return out
 
@@ -233,6 +235,13 @@ class Trained:
   stopped: bool
   compile_seconds: float | None
   preempt: preemption.Preemption  # still listening during `finish`
+  eval_reported: bool = False  # the evaluation of the last step's parameters wrote the eval
+                               # split's reports
+
+
+def report_dir_of(workdir: str) -> str | None:
+  """Where the final evaluation's reports go (process 0 writes them)."""
+  return os.path.join(workdir, "reports") if jax.process_index() == 0 else None
 
 
 def train(r: Run, b: Built, steps: Steps, workdir: str, preempt: preemption.Preemption) -> Trained:
@@ -249,6 +258,10 @@ def train(r: Run, b: Built, steps: Steps, workdir: str, preempt: preemption.Pree
                                    config.evals.best_mode, config.evals.patience, tracker.history,
                                    b.base)
   stopped = bool(b.data_state.get("stopped_early"))
+  # The evaluation at `train.steps` writes the eval split's reports: when its parameters are the
+  # final ones (no best checkpoint, or the best is that step's), `finish` need not evaluate the
+  # eval split again for them; otherwise `finish` rewrites them from the best parameters.
+  eval_reported = False
   throughput = Throughput(r, start)
   saver = Saver(r, b)
   train_batch = r.task_set.train_batch
@@ -265,7 +278,9 @@ def train(r: Run, b: Built, steps: Steps, workdir: str, preempt: preemption.Pree
         evaluate_now = done % config.evals.every_steps == 0 or done == total
         diverged = saver.diverged(state) if record or evaluate_now else None  # synced already
         if evaluate_now and not diverged:
-          record.update(evaluate(r, steps, state.params))
+          eval_reported = done == total
+          record.update(evaluate(r, steps, state.params,
+                                 report_dir=report_dir_of(workdir) if eval_reported else None))
           for feature in r.features:  # e.g. the real sparsity; the EMA weights' metrics
             record.update(feature.evaluated(state, evaluator(r, steps)))
           if best is not None:
@@ -290,7 +305,8 @@ def train(r: Run, b: Built, steps: Steps, workdir: str, preempt: preemption.Pree
     b.ckpt.wait()  # the last save (a preemption's, or an earlier one) is complete on disk
     tracker.close(stop)
     raise
-  return Trained(state, tracker, best, stopped, throughput.compile_seconds, preempt)
+  return Trained(state, tracker, best, stopped, throughput.compile_seconds, preempt,
+                 eval_reported)
 
 
 class Saver:
@@ -373,18 +389,20 @@ def finish(r: Run, b: Built, steps: Steps, t: Trained, workdir: str, wall_start:
              "perf/compile_seconds": t.compile_seconds,
              "perf/step_memory_bytes": max((s.memory_bytes or 0 for s in steps.train), default=0)
              or None, **compiles.summary(), **final_eval}
-  final_params = t.state.params
+  final_params, final_are_last = t.state.params, True
   if t.best is not None and t.best.step is not None:
-    final_params = t.best.restore(b.abstract_state.params)
+    if t.best.step != int(t.state.step):  # else the best parameters are these, bit for bit
+      final_params, final_are_last = t.best.restore(b.abstract_state.params), False
     summary.update({"best/step": t.best.step, f"best/{t.best.metric}": t.best.value,
                     "stopped_early": t.stopped})
     t.best.close()
   summary.update(held_out_steps(t))
-  report_dir = os.path.join(workdir, "reports") if jax.process_index() == 0 else None
+  report_dir = report_dir_of(workdir)
   summary.update(evaluate(r, steps, final_params, "test", report_dir, final=True))
   stop_if_preempted(t, b)
-  evaluate(r, steps, final_params, "eval", report_dir, final=True)  # the eval split's reports
-  stop_if_preempted(t, b)
+  if not (t.eval_reported and final_are_last):  # the eval split's reports, of the final params
+    evaluate(r, steps, final_params, "eval", report_dir, final=True)
+    stop_if_preempted(t, b)
   summary.update(r.task_set.stats)
   for feature in r.features:  # e.g. AdaLoRA's ranks, the sparsity of the parameters tested
     summary.update(feature.finish(final_params, t.state, workdir, evaluator(r, steps)))
