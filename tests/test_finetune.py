@@ -17,7 +17,7 @@ from research import checkpoint, models, tracking, train
 from research.data import encoding
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
-from research.tasks import mixture
+from research.tasks import classification, mixture
 from research.train import step as step_lib
 
 
@@ -49,7 +49,6 @@ def test_when_the_last_step_is_final_its_evaluation_writes_the_eval_reports(
   the last step: the loop's evaluation of them writes the eval split's reports, and the end of
   the run evaluates the test split only (the eval split used to be evaluated a second time there,
   for its reports, and the best parameters read back from disk)."""
-  from research.tasks import classification  # pylint: disable=g-import-not-at-top
   calls, evaluate = [], classification.ClassificationTask.evaluate
 
   def counted(self, split, context):

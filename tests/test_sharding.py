@@ -33,7 +33,8 @@ for mesh in json.loads(sys.argv[1]):
   # The final parameters as the whole saved state holds them, read on the devices that saved them.
   ckpt = checkpoint.Checkpointer(workdir + "/checkpoints", use_async=False)
   saved = ckpt.restore_raw_state(ckpt.latest_step())["params"]
-  np.savez(workdir + "/saved_params.npz", **{k: np.asarray(v) for k, v in params.flatten(saved).items()})
+  np.savez(workdir + "/saved_params.npz",
+           **{k: np.asarray(v) for k, v in params.flatten(saved).items()})
 print("LOSSES " + json.dumps(out))
 """ % STEPS
 
